@@ -1,0 +1,187 @@
+"""The ``hydrolayer`` command line: sub-commands only, the logic lives in the library.
+
+Each sub-command is one ``_cmd_<name>(sub)`` function that adds its parser (with a worked
+example in its epilog) and sets ``func``; ``COMMANDS`` lists them in help order. User
+errors (:class:`hydrolayer.util.InputError`) print one line on stderr and exit with 2;
+``--traceback`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .util import InputError
+
+EPILOG = """\
+examples:
+  hydrolayer surface build calcite-104 --size 5x3 --layers 4 -o calcite.extxyz
+  hydrolayer describe calcite.extxyz -o descriptor.npz
+  hydrolayer describe calcite.extxyz -o window.cube --window 0,0
+  hydrolayer <command> --help      (each command shows a worked example)
+"""
+
+
+def _formatter(prog):
+    return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
+
+
+def _parser(sub, name, help, example, description=None):
+    """Add a sub-command parser whose help ends with a worked example."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog="example:\n  " + example.strip().replace("\n", "\n  "),
+        formatter_class=_formatter,
+    )
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        a, b = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must look like 5x3, got {text!r}") from None
+    if a < 1 or b < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return a, b
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        x, y = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected X0,Y0 in Å, got {text!r}") from None
+    return x, y
+
+
+# --------------------------------------------------------------------------- surface
+def _cmd_surface(sub):
+    from .structures import SURFACES
+
+    p = sub.add_parser(
+        "surface",
+        help="build surface slabs",
+        description="Build a surface slab of a carbonate polymorph.",
+        formatter_class=_formatter,
+        epilog="example:\n  hydrolayer surface build calcite-104 --size 5x3 --layers 4 --pair-vacancies 2 --seed 1 -o slab.extxyz",
+    )
+    ssub = p.add_subparsers(dest="surface_command", metavar="ACTION", required=True)
+    b = _parser(
+        ssub,
+        "build",
+        "build a slab by name and write it (format from the extension; .extxyz keeps atoms.info)",
+        "hydrolayer surface build calcite-104 --size 5x3 --layers 4 --pair-vacancies 2 --seed 1 -o slab.extxyz\n"
+        "hydrolayer surface build calcite-104 --size 5x3 --vacancy CO3 -o co3-vacancy.extxyz\n"
+        "hydrolayer surface build aragonite-010 --size 4x3 -o aragonite.cif",
+    )
+    b.add_argument("name", choices=sorted(SURFACES), metavar="NAME", help="one of: " + ", ".join(sorted(SURFACES)))
+    b.add_argument("--size", type=_size, default=(1, 1), help="lateral repeats of the surface cell, AxB (default 1x1)")
+    b.add_argument("--layers", type=int, default=4, help="number of stoichiometric layers (default 4)")
+    b.add_argument("--pair-vacancies", type=int, default=0, metavar="K", help="remove K neutral Ca2+/CO3 2- pairs from the top face")
+    b.add_argument("--vacancy", choices=["Ca", "CO3"], help="remove one Ca2+ or one CO3 2- from the top face (leaves a net charge)")
+    b.add_argument("--both-faces", action="store_true", help="also remove the same number of pairs from the bottom face")
+    b.add_argument("--vacuum", type=float, default=30.0, help="gap above the slab, Å (default 30)")
+    b.add_argument("--seed", type=int, default=0, help="random seed for the defect positions (default 0)")
+    b.add_argument("-o", "--output", required=True, type=Path, help="output structure file")
+    b.set_defaults(func=_run_surface_build)
+
+
+def _run_surface_build(args):
+    from .structures import build_surface, write_structure
+
+    atoms = build_surface(
+        args.name,
+        size=args.size,
+        layers=args.layers,
+        pair_vacancies=args.pair_vacancies,
+        vacancy=args.vacancy,
+        both_faces=args.both_faces,
+        seed=args.seed,
+        vacuum=args.vacuum,
+    )
+    write_structure(atoms, args.output)
+    print(f"wrote {args.output}: {atoms.get_chemical_formula()} ({len(atoms)} atoms), net charge {atoms.info['net_charge']:+d} e")
+
+
+# --------------------------------------------------------------------------- describe
+def _cmd_describe(sub):
+    p = _parser(
+        sub,
+        "describe",
+        "Gaussian-smeared C, O, Ca densities (Å^-3) of a surface: one window or the whole lateral cell",
+        "hydrolayer describe slab.extxyz -o descriptor.npz              # whole lateral cell\n"
+        "hydrolayer describe slab.extxyz -o window.cube --window 2.5,0  # one 10 x 10 x 20 Å window\n"
+        "hydrolayer describe POSCAR -o descriptor.npz --sigma 0.5 --picture descriptor.png",
+    )
+    p.add_argument("structure", type=Path, help="any structure file ASE reads (a slab, surface normal +z)")
+    p.add_argument("-o", "--output", required=True, type=Path, help=".npz (all channels) or .cube (one file per channel: OUT.C.cube, ...)")
+    p.add_argument("--sigma", type=float, default=None, help="Gaussian width in Å (default: descriptors.DEFAULT_SIGMA)")
+    p.add_argument("--window", type=_pair, default=None, metavar="X0,Y0", help="lateral corner of one 10 x 10 Å window, Å")
+    p.add_argument("--face", choices=["top", "bottom"], default="top", help="which face (the bottom face is mirrored to face +z)")
+    p.add_argument("--format", default=None, help="input format for ASE when the extension does not tell")
+    p.add_argument("--picture", type=Path, default=None, help="also write a PNG of the descriptor")
+    p.set_defaults(func=_run_describe)
+
+
+def _run_describe(args):
+    from .descriptors import DEFAULT_SIGMA, describe_cell, describe_window, plot_descriptor
+    from .structures import read_structure
+
+    atoms = read_structure(args.structure, format=args.format)
+    sigma = DEFAULT_SIGMA if args.sigma is None else args.sigma
+    if sigma <= 0:
+        raise InputError(f"{args.structure}: --sigma must be positive, got {sigma}")
+    if args.output.suffix not in (".npz", ".cube"):
+        raise InputError(f"{args.output}: unknown output format {args.output.suffix!r} (use .npz or .cube)")
+    if args.window is None:
+        grid = describe_cell(atoms, sigma=sigma, face=args.face)
+    else:
+        grid = describe_window(atoms, *args.window, sigma=sigma, face=args.face)
+    written = grid.write(args.output)
+    if args.picture:
+        plot_descriptor(grid, args.picture)
+        written.append(args.picture)
+    print("wrote " + ", ".join(str(w) for w in written))
+
+
+# --------------------------------------------------------------------------- main
+COMMANDS = [_cmd_surface, _cmd_describe]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hydrolayer",
+        description="Hydration layers over mineral surfaces: surfaces, MD ground truth, 3D U-Nets, AFM maps.",
+        epilog=EPILOG,
+        formatter_class=_formatter,
+    )
+    parser.add_argument("--traceback", action="store_true", help="show the full traceback on errors")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"hydrolayer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except InputError as err:
+        if args.traceback:
+            raise
+        print(f"hydrolayer: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("hydrolayer: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
