@@ -1,0 +1,347 @@
+"""The simulation database: an ``ase.db`` index plus one ``.npz`` density grid per row.
+
+Layout on disk (SQLite, the default)::
+
+    simulations.db          the ase.db index: one row per finished simulation
+    grids/<unique_id>.npz   water_density_half1, water_density_half2 (float16), cell
+
+A row holds the slab ``Atoms`` (no water, time-averaged positions, in the grid's frame),
+key-value pairs ``surface``, ``defects``, ``temperature``, ``production_ps``, ``seed``,
+``status``, ``rho_bulk`` (Å^-3), ``z_top``, ``z_bottom``, ``net_charge``, ``ns_per_day``,
+``grid_file`` (relative to the database's folder) and ``grid_sha256``; everything else that
+reproduces the run (LAMMPS input, version, defect sites) is in the row's ``data``.
+
+The grids are the water-O density in units of rho/rho_bulk on the full periodic cell from its
+corner, cube sampling convention: ``values[i, j, k]`` at ``(i/nx) a + (j/ny) b + (k/nz) c``.
+Two accumulators, one per half of the production run, so that every consumer can estimate
+the sampling noise.
+
+Crash safety: the grid is written first (atomically, to a new name, never rewritten), then
+the row in one transaction. A crash in between leaves at most an orphan grid file, never a
+row without its grid (:func:`orphan_grids` lists them). Only one process should write.
+
+A ``postgresql://`` URL works as well; the grids folder must then be given explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from pathlib import Path, PurePath
+from typing import Any, Iterator
+
+import numpy as np
+
+from .util import InputError, atomic_output
+
+__all__ = [
+    "connect",
+    "write_simulation",
+    "load_density",
+    "density_grid",
+    "iter_rows",
+    "get_row",
+    "grids_folder",
+    "orphan_grids",
+    "is_url",
+    "GRID_KEYS",
+]
+
+GRID_KEYS = ("water_density_half1", "water_density_half2", "cell")
+GRID_DTYPE = np.float16
+
+# keys ase.db reserves for itself (they cannot be key-value pairs)
+_RESERVED = {
+    "id", "unique_id", "ctime", "mtime", "user", "calculator", "energy", "free_energy",
+    "forces", "stress", "dipole", "charges", "magmom", "magmoms", "natoms", "formula",
+    "age", "pbc", "numbers", "positions", "cell", "fmax", "smax", "volume", "mass", "charge",
+}
+# atoms.info keys renamed when they become key-value pairs (the MD seed owns ``seed``)
+_INFO_RENAME = {"seed": "structure_seed", "size": "structure_size"}
+
+
+def is_url(db) -> bool:
+    return isinstance(db, str) and (db.startswith("postgresql://") or db.startswith("postgres://"))
+
+
+def _name(db) -> str:
+    if isinstance(db, PurePath):
+        return str(db)
+    if isinstance(db, str):
+        return db
+    # an open ase.db connection
+    name = getattr(db, "filename", None)
+    if name is None:
+        raise TypeError(f"expected a database path, URL or ase.db connection, got {type(db).__name__}")
+    return str(name)
+
+
+def connect(db):
+    """An ``ase.db`` connection to ``db``: a file path (SQLite), a ``postgresql://`` URL,
+    or an already open connection (returned unchanged)."""
+    import ase.db
+    from ase.db.core import Database
+
+    if isinstance(db, Database):
+        return db
+    name = _name(db)
+    if is_url(name):
+        try:
+            return ase.db.connect(name, type="postgresql")
+        except ImportError as err:  # psycopg2 missing
+            raise InputError(f"{name}: PostgreSQL needs psycopg2 (pip install 'hydrolayer[postgres]'): {err}") from None
+    path = Path(name)
+    if path.parent and not path.parent.exists():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    return ase.db.connect(str(path), type="db")
+
+
+def grids_folder(db, grids_dir=None) -> Path:
+    """The folder holding the grid files of ``db``: ``grids_dir`` if given, else ``grids/``
+    beside the SQLite file. A PostgreSQL database needs ``grids_dir``."""
+    if grids_dir is not None:
+        return Path(grids_dir)
+    name = _name(db)
+    if is_url(name):
+        raise InputError(f"{_redact(name)}: a PostgreSQL database needs the grids folder given explicitly (--grids DIR)")
+    return Path(name).resolve().parent / "grids"
+
+
+def _redact(url: str) -> str:
+    # never print a password from a URL
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _kvp_value(v):
+    """A key-value-pair value ase.db accepts, or None if ``v`` is not a scalar."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, str):
+        try:  # ase.db refuses strings that read as numbers ("104", "010")
+            float(v)
+        except ValueError:
+            return v
+        return None
+    return None
+
+
+def provenance(atoms) -> tuple[dict, dict]:
+    """Split ``atoms.info`` into key-value pairs (scalars) and data (everything else).
+
+    ``defects`` becomes a short string key (``"none"`` if there are none); ``seed`` and
+    ``size`` of the structure are renamed ``structure_seed``/``structure_size`` so that the
+    MD seed owns ``seed``. The whole info is also kept in ``data["structure_info"]``.
+    """
+    import json
+
+    kvp: dict[str, Any] = {}
+    info = dict(atoms.info)
+    for key, value in info.items():
+        key = _INFO_RENAME.get(key, key)
+        if key in _RESERVED or not key.isidentifier():
+            continue
+        if key == "defects":
+            kvp["defects"] = _defects_string(value)
+            continue
+        v = _kvp_value(value)
+        if v is not None:
+            kvp[key] = v
+    if "surface" not in kvp and "polymorph" in info and "facet" in info:
+        kvp["surface"] = f"{info['polymorph']}-{info['facet']}"
+    kvp.setdefault("defects", "none")
+    data = {"structure_info": json.loads(json.dumps(info, default=_json_default))}
+    return kvp, data
+
+
+def _defects_string(value) -> str:
+    import json
+
+    if value is None or (hasattr(value, "__len__") and len(value) == 0):
+        return "none"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, default=_json_default, separators=(",", ":"), sort_keys=True)
+
+
+def _json_default(o):
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    return str(o)
+
+
+def write_simulation(db, atoms, half1, half2, cell, key_value_pairs, data=None, grids_dir=None) -> int:
+    """Store one finished simulation; return the new row id.
+
+    ``atoms``: the slab without water (time-averaged positions, in the grid's frame); its
+    ``info`` is added as provenance (see :func:`provenance`; explicit ``key_value_pairs``
+    win). ``half1``/``half2``: rho/rho_bulk arrays (nx, ny, nz) on ``cell`` (3x3, Å), stored
+    as float16. The grid file is written first and atomically under a fresh name; the row
+    follows with ``status="done"`` unless ``key_value_pairs`` says otherwise.
+    """
+    from ase.db.row import AtomsRow
+    from ase.db.core import now
+
+    half1 = np.asarray(half1)
+    half2 = np.asarray(half2)
+    cell = np.asarray(cell, dtype=float)
+    if half1.ndim != 3 or half1.shape != half2.shape:
+        raise ValueError(f"half1 and half2 must be 3D arrays of the same shape, got {half1.shape} and {half2.shape}")
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must be 3x3, got {cell.shape}")
+    if not (np.isfinite(half1).all() and np.isfinite(half2).all()):
+        raise ValueError("half-run densities contain NaN or inf; refusing to store them")
+    if max(float(half1.max(initial=0)), float(half2.max(initial=0))) > float(np.finfo(GRID_DTYPE).max):
+        raise ValueError("half-run densities overflow float16; are they normalised by rho_bulk?")
+
+    con = connect(db)
+    folder = grids_folder(db, grids_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    uid = uuid.uuid4().hex
+    target = folder / f"{uid}.npz"
+    if target.exists():  # never rewrite a grid
+        raise FileExistsError(f"{target}: grid file already exists")
+    with atomic_output(target) as tmp:
+        np.savez_compressed(
+            tmp,
+            water_density_half1=half1.astype(GRID_DTYPE),
+            water_density_half2=half2.astype(GRID_DTYPE),
+            cell=cell,
+        )
+        os.chmod(tmp, 0o644)
+    sha = _sha256(target)
+
+    kvp, prov_data = provenance(atoms)
+    for k, v in dict(key_value_pairs).items():
+        v2 = _kvp_value(v)
+        if v2 is None:
+            if v is None:
+                continue
+            raise ValueError(f"key-value pair {k}={v!r} is not a string or number")
+        kvp[k] = v2
+    kvp.setdefault("status", "done")
+    kvp["grid_file"] = f"grids/{uid}.npz"
+    kvp["grid_sha256"] = sha
+    all_data = dict(prov_data)
+    all_data.update(data or {})
+    all_data["grid_shape"] = list(half1.shape)
+
+    slab = atoms.copy()
+    slab.info = {}
+    row = AtomsRow(slab)
+    row.unique_id = uid
+    row.ctime = now()
+    row.user = os.getenv("USER")
+    try:
+        return con.write(row, key_value_pairs=kvp, data=all_data)
+    except BaseException:
+        # the row did not make it: the grid would be an orphan, remove it
+        target.unlink(missing_ok=True)
+        raise
+
+
+def get_row(db, row_or_id):
+    """The row ``row_or_id`` (an id, a unique_id string, or a row, returned as is)."""
+    if hasattr(row_or_id, "key_value_pairs"):
+        return row_or_id
+    con = connect(db)
+    try:
+        if isinstance(row_or_id, str) and not row_or_id.isdigit():
+            return con.get(unique_id=row_or_id)
+        return con.get(id=int(row_or_id))
+    except KeyError:
+        raise InputError(f"{_redact(_name(db))}: no row {row_or_id}") from None
+
+
+def grid_path(db, row, grids_dir=None) -> Path:
+    rel = row.get("grid_file")
+    if not rel:
+        raise InputError(f"{_redact(_name(db))}: row {row.id} has no grid_file")
+    if grids_dir is not None:
+        return Path(grids_dir) / Path(rel).name
+    name = _name(db)
+    if is_url(name):
+        raise InputError(f"{_redact(name)}: a PostgreSQL database needs the grids folder given explicitly")
+    return Path(name).resolve().parent / rel
+
+
+def load_density(db, row_or_id, grids_dir=None) -> dict:
+    """The two half-run water densities of a row: ``dict(half1, half2, cell)``.
+
+    ``half1``/``half2``: float32 arrays (nx, ny, nz), rho/rho_bulk on the full periodic cell
+    from its corner (``values[i, j, k]`` at ``(i/nx) a + (j/ny) b + (k/nz) c``); ``cell``: 3x3
+    (Å). The file's SHA-256 is checked against the row's ``grid_sha256``.
+    """
+    row = get_row(db, row_or_id)
+    path = grid_path(db, row, grids_dir)
+    if not path.exists():
+        raise InputError(f"{path}: grid file of row {row.id} is missing")
+    sha = _sha256(path)
+    if sha != row.get("grid_sha256"):
+        raise InputError(f"{path}: SHA-256 {sha[:12]}... does not match row {row.id} ({str(row.get('grid_sha256'))[:12]}...)")
+    with np.load(path) as f:
+        missing = [k for k in GRID_KEYS if k not in f.files]
+        if missing:
+            raise InputError(f"{path}: missing arrays {missing}")
+        return {
+            "half1": f["water_density_half1"].astype(np.float32),
+            "half2": f["water_density_half2"].astype(np.float32),
+            "cell": np.asarray(f["cell"], dtype=float),
+        }
+
+
+def density_grid(db, row_or_id, grids_dir=None):
+    """The mean of the two halves as a :class:`hydrolayer.grids.Grid` (rho/rho_bulk), with
+    the slab atoms attached so that cube viewers show the structure."""
+    from .grids import Grid, GridSpec
+
+    row = get_row(db, row_or_id)
+    d = load_density(db, row, grids_dir)
+    mean = 0.5 * (d["half1"] + d["half2"])
+    meta = {k: row.get(k) for k in ("surface", "defects", "rho_bulk", "production_ps", "seed", "z_top", "z_bottom")}
+    meta["row_id"] = row.id
+    meta["unique_id"] = row.unique_id
+    return Grid(
+        spec=GridSpec(d["cell"], mean.shape),
+        values=mean,
+        channels=("water",),
+        units="rho/rho_bulk",
+        meta={k: v for k, v in meta.items() if v is not None},
+        atoms=row.toatoms(),
+    )
+
+
+def iter_rows(db, query=None, **selection) -> Iterator:
+    """Rows with ``status="done"`` (unless ``status`` is given) matching ``selection``
+    (key=value filters) and the optional ase.db ``query`` string."""
+    con = connect(db)
+    selection.setdefault("status", "done")
+    yield from con.select(query, **selection)
+
+
+def orphan_grids(db, grids_dir=None) -> list[Path]:
+    """Grid files no row refers to (left by a crash between grid and row writes)."""
+    folder = grids_folder(db, grids_dir)
+    if not folder.exists():
+        return []
+    con = connect(db)
+    used = {Path(r.get("grid_file", "")).name for r in con.select()}
+    return sorted(p for p in folder.glob("*.npz") if p.name not in used)
