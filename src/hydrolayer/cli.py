@@ -192,9 +192,62 @@ def _run_afm(args):
     print("wrote " + "\n      ".join(str(w) for w in written))
 
 
+# --------------------------------------------------------------------------- predict
+def _cmd_predict(sub):
+    p = _parser(
+        sub,
+        "predict",
+        "predict the 3D water density over a whole surface with a trained U-Net (seconds, not days of MD)",
+        "hydrolayer predict examples/calcite-co3-vacancy.extxyz --out pred\n"
+        "hydrolayer predict slab.extxyz --model runs/l1/best.pt --out pred   # your own checkpoint\n"
+        "hydrolayer afm pred/water.cube --out pred/afm                       # then the AFM maps",
+        description="Writes water.cube (with the atoms; VESTA/OVITO/ASE), water.npz, profile.png, slices.png "
+        "and xz.png into --out. Density in rho/rho_bulk over the whole lateral cell, z from 5 Å below to 15 Å "
+        "above the surface Ca plane. `hydrolayer models` lists the shipped models.",
+    )
+    p.add_argument("structure", type=Path, help="any structure file ASE reads (a slab, surface normal +z, a and b orthogonal)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--model", default=None, metavar="NAME|PATH", help="shipped model name or checkpoint path (default: the best shipped U-Net)")
+    p.add_argument("--method", choices=["tiles", "cell"], default="tiles", help="blend 10 x 10 Å windows (default, as trained) or run once over the periodically padded cell")
+    p.add_argument("--face", choices=["top", "bottom"], default="top", help="which face (default top)")
+    p.add_argument("--format", default=None, help="input format for ASE when the extension does not tell")
+    p.set_defaults(func=_run_predict)
+
+
+def _run_predict(args):
+    from .predict import predict_file
+
+    grid, written = predict_file(
+        args.structure, args.out, model=args.model, method=args.method, face=args.face, format=args.format,
+        warn=lambda m: print(f"hydrolayer: warning: {m}", file=sys.stderr),
+    )
+    m = grid.meta
+    print(f"predicted with {m['model']} ({m['method']}) in {m['predict_seconds']:.2f} s (model load {m['load_seconds']:.2f} s)")
+    print("wrote " + "\n      ".join(str(w) for w in written))
+
+
+# --------------------------------------------------------------------------- models
+def _cmd_models(sub):
+    p = _parser(
+        sub,
+        "models",
+        "list the trained models shipped with hydrolayer, with their model cards",
+        "hydrolayer models\nhydrolayer models --card unet-l1",
+    )
+    p.add_argument("--card", default=None, metavar="NAME", help="print the full model card of NAME")
+    p.set_defaults(func=_run_models)
+
+
+def _run_models(args):
+    from .predict import models_text
+
+    print(models_text(card=args.card))
+
+
 # --------------------------------------------------------------------------- main
 COMMANDS = [_cmd_surface, _cmd_describe]
 COMMANDS.append(_cmd_afm)
+COMMANDS += [_cmd_predict, _cmd_models]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,607 @@
+"""Prediction over whole surfaces: checkpoint + ``Atoms`` -> water density :class:`Grid`.
+
+How a whole periodic surface is covered (``method="tiles"``, the default)
+---------------------------------------------------------------------------
+The descriptor of the whole lateral cell is computed once (``descriptors.describe_cell``:
+C, O, Ca densities, z from z_s - 5 to z_s + 15 Å, the window spacing). Windows of the
+training size (32 x 32 points = 10 x 10 Å) are cut from it *periodically* (indices wrap, so
+any cell size works, smaller than a window too) at a stride of half a window, the model is
+run on each, and the windows are blended with the weight
+
+    w(i, j) = sin^2(pi (i + 1/2) / 32) * sin^2(pi (j + 1/2) / 32)
+
+which falls to ~0 at the window edges and sums to exactly 1 over windows at half-window
+stride (sin^2 + cos^2 = 1); the sum is divided out anyway for cells that are not a multiple
+of the stride. Why tiles and not the network once over a periodically padded cell: the
+network was trained on isolated 10 x 10 Å windows whose borders are zero-padded, and its
+receptive field (~28 Å) is larger than a window, so every training voxel saw those borders.
+Tiling shows the network exactly what it was trained on, and the blend gives most weight to
+window centres, where the border is farthest; a window's edge region, where it is least
+accurate, is down-weighted to zero, so there are no seams. ``method="cell"`` (the network
+once over the cell padded periodically by half a window) is offered for speed and for
+comparison: seamless by construction, but out of the training distribution.
+
+Symmetry: the descriptor is periodic and the windows sit at fixed grid indices of the cell,
+so a surface shifted by a lattice vector, or with atoms re-wrapped, gives the same density
+(to float round-off), and a shift by a multiple of the stride rolls the density exactly.
+
+Domain checks (before any prediction)
+-------------------------------------
+* elements the model has no channel for (it knows C, O, Ca; water H and O are ignored by
+  the descriptor) -> :class:`InputError`, one line;
+* a known element set on a surface the model was not trained on (``atoms.info["surface"]``
+  against the checkpoint's ``training.surfaces``), or whose top layer is far from every
+  trained surface (Ca and carbonate areal densities, > 25 % off) -> ``UserWarning`` saying
+  why; a checkpoint that does not record its training surfaces cannot be checked (noted in
+  the grid metadata, no warning);
+* a lateral cell whose a and b are not orthogonal -> :class:`InputError`: the windows are
+  rectangular 10 x 10 Å boxes of grid points, and a skewed grid would shear them. Build an
+  orthogonal supercell first (``ase.build.make_supercell``).
+
+Shipped models: ``src/hydrolayer/pretrained/<name>.pt`` with its model card ``<name>.md``;
+``pretrained/DEFAULT`` (one line, a name) picks the default, else the first U-Net by name.
+torch is imported only when a model is loaded or run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .grids import Grid, GridSpec
+from .util import InputError, atomic_output
+
+__all__ = [
+    "PRETRAINED_DIR",
+    "Predictor",
+    "ShippedModel",
+    "list_models",
+    "load_predictor",
+    "predict_density",
+    "tile_predict",
+    "cell_predict",
+    "blend_weight",
+    "write_outputs",
+    "check_domain",
+]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+MODEL_ELEMENTS = ("C", "O", "Ca")  # descriptor channels of every hydrolayer model so far
+IGNORED_ELEMENTS = ("H",)  # water in the file: the descriptor ignores it
+FAR_TOLERANCE = 0.25  # relative difference of top-layer areal densities that triggers a warning
+
+
+# =========================================================================== registry
+@dataclasses.dataclass(frozen=True)
+class ShippedModel:
+    """A checkpoint shipped in ``pretrained/``: ``name``, ``path`` (.pt), ``card`` (.md or None)."""
+
+    name: str
+    path: Path
+    card: Path | None
+
+    def card_text(self) -> str:
+        return self.card.read_text() if self.card is not None and self.card.exists() else "(no model card)"
+
+    def summary(self) -> str:
+        """The first heading or line of the card."""
+        for line in self.card_text().splitlines():
+            line = line.strip().lstrip("#").strip()
+            if line:
+                return line
+        return ""
+
+
+def list_models(directory: Path | str | None = None) -> list[ShippedModel]:
+    """Checkpoints in the registry folder (default: the package's ``pretrained/``), by name."""
+    d = Path(directory) if directory is not None else PRETRAINED_DIR
+    if not d.is_dir():
+        return []
+    out = []
+    for pt in sorted(d.glob("*.pt")):
+        card = pt.with_suffix(".md")
+        out.append(ShippedModel(pt.stem, pt, card if card.exists() else None))
+    return out
+
+
+def default_model_name(directory: Path | str | None = None) -> str | None:
+    """``pretrained/DEFAULT`` if present, else the first shipped model whose name starts with
+    ``unet`` (the U-Net family), else the first one; ``None`` when nothing is shipped."""
+    d = Path(directory) if directory is not None else PRETRAINED_DIR
+    models = list_models(d)
+    if not models:
+        return None
+    names = [m.name for m in models]
+    marker = d / "DEFAULT"
+    if marker.exists():
+        name = marker.read_text().strip()
+        if name in names:
+            return name
+    unets = [n for n in names if n.startswith("unet")]
+    return (unets or names)[0]
+
+
+def _resolve(model: str | Path | None, directory=None) -> Path:
+    d = Path(directory) if directory is not None else PRETRAINED_DIR
+    if model is None:
+        name = default_model_name(d)
+        if name is None:
+            raise InputError(
+                f"{d}: no trained model is shipped yet; pass --model PATH to a checkpoint (.pt) written by training"
+            )
+        return d / f"{name}.pt"
+    p = Path(model)
+    if p.suffix == ".pt" or p.exists() or "/" in str(model):
+        if not p.exists():
+            raise InputError(f"{p}: checkpoint not found")
+        return p
+    names = [m.name for m in list_models(d)]
+    if str(model) in names:
+        return d / f"{model}.pt"
+    shipped = ", ".join(names) if names else "none shipped yet"
+    raise InputError(f"{model}: no such model (shipped: {shipped}); or give a path to a .pt checkpoint")
+
+
+# =========================================================================== predictor
+@dataclasses.dataclass
+class Predictor:
+    """A loaded model plus what it needs to know: descriptor sigma, window shape, training set.
+
+    ``net`` is any callable ``(N, 3, X, Y, Z) tensor -> (N, 1, X, Y, Z) tensor`` in rho/rho_bulk
+    (a :class:`hydrolayer.models.UNet3D` in eval mode); ``meta`` the checkpoint metadata.
+    """
+
+    net: Callable
+    meta: dict
+    name: str = "model"
+    source: str = ""
+    load_seconds: float = 0.0
+
+    @property
+    def sigma(self) -> float:
+        s = (self.meta.get("descriptor") or {}).get("sigma")
+        if s is None:
+            from .descriptors import DEFAULT_SIGMA
+
+            return float(DEFAULT_SIGMA)
+        return float(s)
+
+    @property
+    def window_shape(self) -> tuple[int, int, int]:
+        w = self.meta.get("window")
+        if w:
+            return tuple(int(v) for v in w["shape"])
+        from .descriptors import WINDOW_SHAPE
+
+        return tuple(WINDOW_SHAPE)
+
+    @property
+    def elements(self) -> tuple[str, ...]:
+        ch = (self.meta.get("descriptor") or {}).get("channels")
+        return tuple(ch) if ch else MODEL_ELEMENTS
+
+    @property
+    def training_surfaces(self) -> list[str] | None:
+        t = self.meta.get("training") or {}
+        s = t.get("surfaces") if isinstance(t, dict) else None
+        return list(s) if s else None
+
+    def predict(self, atoms, **kwargs) -> Grid:
+        return predict_density(atoms, model=self, **kwargs)
+
+
+def load_predictor(model: str | Path | None = None, directory=None, threads: int | None = None) -> Predictor:
+    """Load a shipped model by name, a checkpoint by path, or the default shipped model."""
+    path = _resolve(model, directory)
+    t0 = time.perf_counter()
+    import torch
+
+    from .models import load_model
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # version note: reported in meta instead
+        net, meta = load_model(path)
+    net.eval()
+    return Predictor(net, meta, name=path.stem, source=str(path), load_seconds=time.perf_counter() - t0)
+
+
+# =========================================================================== tiling
+def blend_weight(n: int) -> np.ndarray:
+    """sin^2(pi (i + 1/2) / n), i = 0..n-1: ~0 at the edges, 1 in the middle; at stride n/2
+    two neighbours sum to exactly 1."""
+    return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
+
+
+def _offsets(n: int, window: int, stride: int) -> np.ndarray:
+    """Window starts along an axis of ``n`` periodic points: about every ``stride`` points,
+    spread evenly so that the same cell always gets the same starts."""
+    k = max(1, -(-n // stride))  # ceil
+    if n <= window and k < 2:
+        k = 2 if n > 1 else 1
+    return np.array(sorted({int(round(m * n / k)) % n for m in range(k)}))
+
+
+def _run_batches(net: Callable, windows: np.ndarray, batch: int) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(windows), batch):
+            x = torch.from_numpy(np.ascontiguousarray(windows[s : s + batch], dtype=np.float32))
+            y = net(x)
+            outs.append(y[:, 0].detach().cpu().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0,) + windows.shape[2:], np.float32)
+
+
+def tile_predict(desc: np.ndarray, net: Callable, window: int = 32, stride: int | None = None, batch: int = 8) -> np.ndarray:
+    """Blend window predictions over a periodic descriptor ``desc`` (C, NX, NY, NZ).
+
+    Windows of ``window`` x ``window`` lateral points at about ``stride`` (default
+    ``window // 2``) are cut with periodic wrap, run through ``net`` in batches and blended
+    with :func:`blend_weight`. Returns (NX, NY, NZ) float32.
+    """
+    desc = np.asarray(desc, dtype=np.float32)
+    _, nx, ny, nz = desc.shape
+    stride = stride or window // 2
+    ox, oy = _offsets(nx, window, stride), _offsets(ny, window, stride)
+    w1 = blend_weight(window).astype(np.float32)
+    w2 = w1[:, None] * w1[None, :]
+    acc = np.zeros((nx, ny, nz), np.float32)
+    wsum = np.zeros((nx, ny), np.float32)
+    starts = [(i0, j0) for i0 in ox for j0 in oy]
+    dup = window > nx or window > ny  # a window wraps onto itself: accumulate with add.at
+    for s in range(0, len(starts), batch):
+        part = starts[s : s + batch]
+        idx = [((i0 + np.arange(window)) % nx, (j0 + np.arange(window)) % ny) for i0, j0 in part]
+        win = np.stack([desc[:, ii][:, :, jj] for ii, jj in idx])
+        pred = _run_batches(net, win, batch)
+        for (ii, jj), p in zip(idx, pred):
+            sel = np.ix_(ii, jj)
+            if dup:
+                np.add.at(acc, sel, w2[..., None] * p)
+                np.add.at(wsum, sel, w2)
+            else:
+                acc[sel] += w2[..., None] * p
+                wsum[sel] += w2
+    return acc / wsum[..., None]
+
+
+def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int = 8) -> np.ndarray:
+    """The network once over the whole cell, padded periodically by ``pad`` points laterally
+    (and up to a multiple of ``multiple``), cropped back. Returns (NX, NY, NZ) float32."""
+    desc = np.asarray(desc, dtype=np.float32)
+    _, nx, ny, nz = desc.shape
+    if nz % multiple:
+        raise ValueError(f"the descriptor has {nz} points along z; need a multiple of {multiple}")
+    px = pad + (-(nx + 2 * pad)) % multiple
+    py = pad + (-(ny + 2 * pad)) % multiple
+    big = np.pad(desc, ((0, 0), (pad, px), (pad, py), (0, 0)), mode="wrap")
+    out = _run_batches(net, big[None], 1)[0]
+    return np.ascontiguousarray(out[pad : pad + nx, pad : pad + ny])
+
+
+# =========================================================================== domain checks
+def _top_layer_fingerprint(atoms, face: str = "top") -> dict:
+    """Areal densities (per 100 Å^2) of the outermost layer: Ca within 1 Å of the top Ca,
+    C within 2 Å below to 2 Å above the Ca plane; and the Ca plane z."""
+    pos = atoms.get_positions()
+    sym = np.array(atoms.get_chemical_symbols())
+    z = pos[:, 2] if face == "top" else -pos[:, 2]
+    area = float(np.linalg.norm(np.cross(atoms.cell[0], atoms.cell[1])))
+    ca = sym == "Ca"
+    if not ca.any():
+        return {}
+    ztop = z[ca].max()
+    top_ca = ca & (z >= ztop - 1.0)
+    zs = z[top_ca].mean()
+    c = (sym == "C") & (np.abs(z - zs) <= 2.0)
+    return {"Ca": 100.0 * top_ca.sum() / area, "C": 100.0 * c.sum() / area}
+
+
+def check_domain(atoms, predictor: Predictor, source: str = "<structure>", face: str = "top") -> list[str]:
+    """Refuse what the model cannot describe; return (and warn about) what it may get wrong."""
+    syms = set(atoms.get_chemical_symbols())
+    known = set(predictor.elements) | set(IGNORED_ELEMENTS)
+    bad = sorted(syms - known)
+    if bad:
+        raise InputError(
+            f"{source}: the model {predictor.name} knows only {', '.join(predictor.elements)} "
+            f"(water H ignored); this structure has {', '.join(bad)}"
+        )
+    if "Ca" not in syms:
+        raise InputError(f"{source}: no Ca atoms: cannot place the surface plane the model is referenced to")
+    notes: list[str] = []
+    trained = predictor.training_surfaces
+    if trained is None:
+        return ["the checkpoint does not record its training surfaces: facet not checked"]
+    name = atoms.info.get("surface") if hasattr(atoms, "info") else None
+    if name and name not in trained:
+        notes.append(
+            f"{source}: surface {name!r} (from the file's info) is not one the model was trained on "
+            f"({', '.join(trained)}); the prediction is an extrapolation"
+        )
+    fp = _top_layer_fingerprint(atoms, face)
+    refs = {}
+    for t in trained:
+        try:
+            from .structures import build_surface
+
+            refs[t] = _top_layer_fingerprint(build_surface(t, size=(2, 2), layers=2))
+        except Exception:  # a training-set name the builder does not know: cannot compare
+            continue
+    if refs and fp:
+        def dist(r):
+            return max(abs(fp[k] - r[k]) / r[k] for k in ("Ca", "C") if r.get(k))
+
+        best = min(refs, key=lambda t: dist(refs[t]))
+        d = dist(refs[best])
+        if d > FAR_TOLERANCE:
+            notes.append(
+                f"{source}: the top layer is far from every training surface: Ca {fp['Ca']:.2f} and "
+                f"CO3 {fp['C']:.2f} per 100 Å^2 vs {refs[best]['Ca']:.2f} and {refs[best]['C']:.2f} for "
+                f"{best} ({100 * d:.0f}% off); an unknown facet, termination or a heavily defective "
+                "surface: treat the prediction as an extrapolation"
+            )
+    for n in notes:
+        warnings.warn(n, stacklevel=3)
+    return notes
+
+
+def _check_cell(atoms, source: str) -> None:
+    cell = atoms.cell[:]
+    if abs(cell[0, 2]) > 1e-6 or abs(cell[1, 2]) > 1e-6:
+        raise InputError(f"{source}: cell vectors a and b must lie in the xy plane (surface normal along +z)")
+    cosg = float(np.dot(cell[0], cell[1]) / (np.linalg.norm(cell[0]) * np.linalg.norm(cell[1])))
+    if abs(cosg) > 1e-6:
+        gamma = float(np.degrees(np.arccos(cosg)))
+        raise InputError(
+            f"{source}: non-orthogonal lateral cell (gamma = {gamma:.2f} deg): prediction needs a and b at 90 deg "
+            "because the model's 10 x 10 Å windows are rectangular; make an orthogonal supercell first "
+            "(ase.build.make_supercell)"
+        )
+
+
+# =========================================================================== predict
+def predict_density(
+    atoms,
+    model: "str | Path | Predictor | None" = None,
+    method: str = "tiles",
+    stride: int | None = None,
+    batch: int = 8,
+    face: str = "top",
+    source: str | None = None,
+) -> Grid:
+    """Water density over the whole lateral cell of ``atoms`` (rho/rho_bulk, one channel "water").
+
+    ``model``: a shipped model's name, a checkpoint path, a :class:`Predictor`, or ``None``
+    for the default shipped model. ``method``: ``"tiles"`` (default; see the module notes)
+    or ``"cell"``. The grid spans the lateral cell and z from z_s - 5 to z_s + 15 Å (the
+    descriptor grid of ``descriptors.describe_cell``); ``grid.atoms`` are the input atoms
+    and ``grid.meta`` holds the model, method, surface plane and domain notes.
+    """
+    from . import descriptors
+
+    src = source or str(getattr(atoms, "info", {}).get("source", "<structure>"))
+    if method not in ("tiles", "cell"):
+        raise ValueError(f"method must be 'tiles' or 'cell', got {method!r}")
+    if face not in ("top", "bottom"):
+        raise ValueError(f"face must be 'top' or 'bottom', got {face!r}")
+    pred = model if isinstance(model, Predictor) else load_predictor(model)
+    _check_cell(atoms, src)
+    notes = check_domain(atoms, pred, src, face)
+    desc = descriptors.describe_cell(atoms, sigma=pred.sigma, face=face)
+    window = pred.window_shape
+    spec = desc.spec
+    if spec.shape[2] != window[2]:
+        raise InputError(f"{src}: descriptor has {spec.shape[2]} z points, the model's window {window[2]}")
+    spacing = spec.spacing[:2]
+    want = float(descriptors.SPACING)
+    if np.any(np.abs(spacing / want - 1) > 0.02):
+        warnings.warn(
+            f"{src}: the cell's grid spacing {np.round(spacing, 4).tolist()} Å differs from the model's "
+            f"{want} Å by more than 2%", stacklevel=2
+        )
+    t0 = time.perf_counter()
+    if method == "tiles":
+        rho = tile_predict(desc.values, pred.net, window=window[0], stride=stride, batch=batch)
+    else:
+        rho = cell_predict(desc.values, pred.net, pad=window[0] // 2)
+    seconds = time.perf_counter() - t0
+    z_s = float(descriptors.surface_plane(atoms, face))
+    meta = {
+        "model": pred.name,
+        "checkpoint": pred.source,
+        "architecture": pred.meta.get("model"),
+        "method": method,
+        "stride": (stride or window[0] // 2) if method == "tiles" else None,
+        "face": face,
+        "surface_z": z_s,
+        "descriptor_sigma": pred.sigma,
+        "domain_notes": notes,
+        "predict_seconds": seconds,
+        "source": src,
+    }
+    return Grid(spec, rho[None], ("water",), units="rho/rho_bulk", sigma=pred.meta.get("sigma_target"), meta=meta, atoms=atoms)
+
+
+# =========================================================================== outputs
+def _save(fig, path: Path) -> Path:
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=130)
+    return path
+
+
+def _z_rel(grid: Grid, z_s: float) -> np.ndarray:
+    return grid.spec.origin[2] + np.arange(grid.spec.shape[2]) * grid.spec.cell[2, 2] / grid.spec.shape[2] - z_s
+
+
+def peak_heights(grid: Grid, z_s: float, n: int = 3) -> list[float]:
+    """Heights above z_s (Å) of up to ``n`` peaks of the laterally averaged density."""
+    from scipy.signal import find_peaks
+
+    prof = grid.values[0].mean(axis=(0, 1))
+    h = _z_rel(grid, z_s)
+    peaks, _ = find_peaks(prof, prominence=0.05)
+    return [float(h[p]) for p in peaks if h[p] > 0.5][:n]
+
+
+def _site_for_xz(atoms, z_s: float) -> tuple[float, str]:
+    """A y for the xz slice: through the first recorded defect, else the first top Ca."""
+    info = getattr(atoms, "info", {}) or {}
+    try:
+        sites = json.loads(info.get("defect_sites", "[]"))
+    except (TypeError, ValueError):
+        sites = []
+    for s in sites:
+        p = s.get("position") or s.get("positions") or s.get("xyz")
+        if p is not None:
+            p = np.asarray(p, float).reshape(-1, 3)[0]
+            return float(p[1]), f"through the {s.get('species', 'defect')} vacancy"
+    sym = np.array(atoms.get_chemical_symbols())
+    z = atoms.positions[:, 2]
+    top = np.nonzero((sym == "Ca") & (z >= z_s - 1.0))[0]
+    if len(top):
+        return float(atoms.positions[top[0], 1]), "through a surface Ca"
+    return 0.0, ""
+
+
+def write_outputs(grid: Grid, out_dir: str | Path) -> list[Path]:
+    """``water.cube`` (with the atoms), ``water.npz``, ``profile.png``, ``slices.png``, ``xz.png``."""
+    from matplotlib.figure import Figure
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    written = [grid.write_cube(out / "water.cube"), grid.write_npz(out / "water.npz")]
+    z_s = float(grid.meta.get("surface_z", grid.spec.origin[2] + 5.0))
+    h = _z_rel(grid, z_s)
+    rho = grid.values[0]
+    title_model = f"model {grid.meta.get('model', '?')}"
+
+    # --- profile
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(h, rho.mean(axis=(0, 1)), color="C0")
+    ax.axhline(1.0, color="0.6", lw=0.8, ls="--", label="bulk")
+    ax.axvline(0.0, color="0.3", lw=0.8, label="surface Ca plane")
+    peaks = peak_heights(grid, z_s)
+    for p in peaks:
+        ax.axvline(p, color="C3", lw=0.6, ls=":")
+    ax.set_xlabel("height above the surface Ca plane (Å)")
+    ax.set_ylabel("laterally averaged water density (rho / rho_bulk)")
+    ax.set_title(f"Predicted hydration layers ({title_model}); peaks at " + ", ".join(f"{p:.2f}" for p in peaks) + " Å", fontsize=9)
+    ax.legend(fontsize=8)
+    written.append(_save(fig, out / "profile.png"))
+
+    # --- xy slices at the peak heights
+    heights = peaks or [2.5]
+    nx, ny = grid.spec.shape[:2]
+    fi = (np.arange(nx + 1) - 0.5) / nx
+    fj = (np.arange(ny + 1) - 0.5) / ny
+    F = np.stack(np.meshgrid(fi, fj, indexing="ij"), axis=-1)
+    XY = grid.spec.origin[:2] + F @ grid.spec.cell[:2, :2]
+    vmax = float(np.percentile(rho[..., h > 0], 99.9)) if np.any(h > 0) else float(rho.max())
+    fig = Figure(figsize=(4.6 * len(heights), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(heights), squeeze=False)[0]
+    atoms = grid.atoms
+    sym = np.array(atoms.get_chemical_symbols()) if atoms is not None else np.array([])
+    for ax, hh in zip(axes, heights):
+        k = int(np.argmin(np.abs(h - hh)))
+        mesh = ax.pcolormesh(XY[..., 0], XY[..., 1], rho[:, :, k], cmap="viridis", vmin=0, vmax=vmax, shading="flat")
+        if atoms is not None and len(sym):
+            top = (sym == "Ca") & (atoms.positions[:, 2] >= z_s - 1.0)
+            ax.plot(atoms.positions[top, 0], atoms.positions[top, 1], "o", mfc="none", mec="w", ms=5, label="surface Ca")
+        ax.set_aspect("equal")
+        ax.set_xlabel("x (Å)")
+        ax.set_ylabel("y (Å)")
+        ax.set_title(f"h = {h[k]:.2f} Å above the Ca plane", fontsize=9)
+    fig.colorbar(mesh, ax=list(axes), label="water density (rho / rho_bulk)")
+    fig.suptitle(f"Predicted water density, xy slices ({title_model})", fontsize=10)
+    written.append(_save(fig, out / "slices.png"))
+
+    # --- xz slice
+    y0, why = _site_for_xz(atoms, z_s) if atoms is not None else (0.0, "")
+    frac_b = ((y0 - grid.spec.origin[1]) / grid.spec.cell[1, 1]) % 1.0
+    j = int(round(frac_b * ny)) % ny
+    x = grid.spec.origin[0] + np.arange(nx + 1) / nx * grid.spec.cell[0, 0] - 0.5 * grid.spec.cell[0, 0] / nx
+    dz = grid.spec.cell[2, 2] / grid.spec.shape[2]
+    zedges = np.concatenate([h - dz / 2, [h[-1] + dz / 2]])
+    fig = Figure(figsize=(7.0, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    mesh = ax.pcolormesh(x, zedges, rho[:, j, :].T, cmap="viridis", vmin=0, vmax=vmax, shading="flat")
+    if atoms is not None and len(sym):
+        yj = grid.spec.origin[1] + j / ny * grid.spec.cell[1, 1]
+        dy = (atoms.positions[:, 1] - yj + 0.5 * grid.spec.cell[1, 1]) % grid.spec.cell[1, 1] - 0.5 * grid.spec.cell[1, 1]
+        near = np.abs(dy) < 1.0
+        for el, style in (("Ca", dict(mfc="none", mec="w", ms=7)), ("C", dict(mfc="0.2", mec="w", ms=4)), ("O", dict(mfc="r", mec="w", ms=4))):
+            m = near & (sym == el) & (atoms.positions[:, 2] - z_s > h[0])
+            if m.any():
+                xs = grid.spec.origin[0] + ((atoms.positions[m, 0] - grid.spec.origin[0]) % grid.spec.cell[0, 0])
+                ax.plot(xs, atoms.positions[m, 2] - z_s, "o", label=el, **style)
+        ax.legend(fontsize=8, loc="upper right")
+    ax.set_xlabel("x (Å)")
+    ax.set_ylabel("height above the surface Ca plane (Å)")
+    ax.set_title(f"Predicted water density, xz slice at y = {grid.spec.origin[1] + j / ny * grid.spec.cell[1, 1]:.2f} Å {why}", fontsize=9)
+    fig.colorbar(mesh, ax=ax, label="water density (rho / rho_bulk)")
+    written.append(_save(fig, out / "xz.png"))
+    return written
+
+
+def predict_file(
+    structure: str | Path,
+    out_dir: str | Path,
+    model: "str | Path | Predictor | None" = None,
+    method: str = "tiles",
+    face: str = "top",
+    format: str | None = None,
+    warn: Callable[[str], Any] | None = None,
+) -> tuple[Grid, list[Path]]:
+    """``hydrolayer predict``: read a structure file, predict, write :func:`write_outputs`.
+
+    Domain warnings are passed to ``warn`` (one line each) instead of the warnings module
+    when given. Returns the grid (``grid.meta`` has timings) and the written paths.
+    """
+    from .structures import read_structure
+
+    atoms = read_structure(structure, format=format)
+    atoms.info["source"] = str(structure)
+    pred = model if isinstance(model, Predictor) else load_predictor(model)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        grid = predict_density(atoms, model=pred, method=method, face=face, source=str(structure))
+    for w in caught:
+        if warn is not None and issubclass(w.category, UserWarning):
+            warn(str(w.message))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    grid.meta["load_seconds"] = pred.load_seconds
+    return grid, write_outputs(grid, out_dir)
+
+
+def models_text(card: str | None = None, directory=None) -> str:
+    """What ``hydrolayer models`` prints: one entry per shipped model, or one full card."""
+    d = Path(directory) if directory is not None else PRETRAINED_DIR
+    models = {m.name: m for m in list_models(d)}
+    if card is not None:
+        if card not in models:
+            raise InputError(f"{card}: no such shipped model (shipped: {', '.join(models) or 'none yet'})")
+        return models[card].card_text().rstrip()
+    if not models:
+        return f"no trained models shipped yet ({d} has no .pt files)"
+    default = default_model_name(d)
+    lines = []
+    for name, m in models.items():
+        lines.append(f"{name}{' (default)' if name == default else ''}: {m.summary()}")
+        lines.append(f"    checkpoint {m.path}")
+        lines.append(f"    card       {m.card if m.card else '(missing)'}")
+    lines.append("(hydrolayer models --card NAME prints a card)")
+    return "\n".join(lines)
