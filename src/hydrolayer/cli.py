@@ -244,10 +244,63 @@ def _run_models(args):
     print(models_text(card=args.card))
 
 
+# --------------------------------------------------------------------------- train
+def _cmd_train(sub):
+    p = _parser(
+        sub,
+        "train",
+        "train a U-Net or attention U-Net on the simulation database (L1 and L2 compared, a checkpoint every epoch)",
+        "hydrolayer train --db data/simulations.db --model unet --out runs/unet --epochs 60\n"
+        "hydrolayer train --db data/simulations.db --out runs/unet --resume          # after a kill: continues exactly\n"
+        "hydrolayer train --db data/simulations.db --model attention-unet --out runs/att --config train.yaml\n"
+        "torchrun --standalone --nproc_per_node 2 -m hydrolayer.cli train --db data/simulations.db --out runs/ddp",
+    )
+    p.add_argument("--db", required=True, help="the simulation database (SQLite file or postgresql:// URL)")
+    p.add_argument("--model", choices=["unet", "attention-unet"], default=None, help="network (default unet)")
+    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl, split.json, model.pt)")
+    p.add_argument("--epochs", type=int, default=None, help="number of epochs (default 60; with --resume: extend the run)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--config", type=Path, default=None, help="YAML file of TrainConfig settings (see hydrolayer.train.TrainConfig)")
+    p.add_argument("--loss", choices=["l1", "l2", "compare"], default=None, help="loss (default compare: train both, keep the better)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args):
+    from .train import train_command
+
+    train_command(args.db, args.out, model=args.model, epochs=args.epochs, resume=args.resume, config=args.config,
+                  loss=args.loss, seed=args.seed, progress=not args.no_progress)
+
+
+# --------------------------------------------------------------------------- evaluate
+def _cmd_evaluate(sub):
+    p = _parser(
+        sub,
+        "evaluate",
+        "Table-1 metrics (MAE with the MD noise floor and a height-only baseline), peaks and figures for trained runs",
+        "hydrolayer evaluate runs/unet --db data/simulations.db --out report/\n"
+        "hydrolayer evaluate runs/unet runs/att --db data/simulations.db --out report/   # one column per model",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run directories of hydrolayer train (or checkpoint .pt files)")
+    p.add_argument("--db", required=True, help="the simulation database")
+    p.add_argument("--out", required=True, type=Path, help="report folder: report.md, metrics.csv, metrics.json, figures")
+    p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.set_defaults(func=_run_evaluate)
+
+
+def _run_evaluate(args):
+    from .evaluate import evaluate_command
+
+    evaluate_command(args.runs, args.db, args.out, figures=not args.no_figures)
+
+
 # --------------------------------------------------------------------------- main
 COMMANDS = [_cmd_surface, _cmd_describe]
 COMMANDS.append(_cmd_afm)
 COMMANDS += [_cmd_predict, _cmd_models]
+COMMANDS += [_cmd_train, _cmd_evaluate]
 
 
 def build_parser() -> argparse.ArgumentParser:
