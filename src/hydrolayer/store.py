@@ -59,6 +59,8 @@ _RESERVED = {
 }
 # atoms.info keys renamed when they become key-value pairs (the MD seed owns ``seed``)
 _INFO_RENAME = {"seed": "structure_seed", "size": "structure_size"}
+# atoms.info keys that go to the row's data (parsed if JSON), not to key-value pairs
+_INFO_DATA = ("defect_sites", "lattice", "source", "frame_shift")
 
 
 def is_url(db) -> bool:
@@ -152,7 +154,19 @@ def provenance(atoms) -> tuple[dict, dict]:
 
     kvp: dict[str, Any] = {}
     info = dict(atoms.info)
+    data: dict[str, Any] = {}
+    for key in _INFO_DATA:
+        if key in info:
+            value = info[key]
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except ValueError:
+                    pass
+            data[key] = json.loads(json.dumps(value, default=_json_default))
     for key, value in info.items():
+        if key in _INFO_DATA:
+            continue
         key = _INFO_RENAME.get(key, key)
         if key in _RESERVED or not key.isidentifier():
             continue
@@ -165,7 +179,7 @@ def provenance(atoms) -> tuple[dict, dict]:
     if "surface" not in kvp and "polymorph" in info and "facet" in info:
         kvp["surface"] = f"{info['polymorph']}-{info['facet']}"
     kvp.setdefault("defects", "none")
-    data = {"structure_info": json.loads(json.dumps(info, default=_json_default))}
+    data["structure_info"] = json.loads(json.dumps(info, default=_json_default))
     return kvp, data
 
 
@@ -345,3 +359,36 @@ def orphan_grids(db, grids_dir=None) -> list[Path]:
     con = connect(db)
     used = {Path(r.get("grid_file", "")).name for r in con.select()}
     return sorted(p for p in folder.glob("*.npz") if p.name not in used)
+
+
+LIST_COLUMNS = ("id", "surface", "defects", "production_ps", "temperature", "seed", "rho_bulk", "ns_per_day", "net_charge", "status")
+
+
+def format_table(db, columns=LIST_COLUMNS, **selection) -> str:
+    """A plain-text table of every row (any status) for ``hydrolayer db list``."""
+    con = connect(db)
+    rows = []
+    for r in con.select(**selection):
+        cells = []
+        for c in columns:
+            v = r.id if c == "id" else r.get(c, "")
+            if isinstance(v, float):
+                v = f"{v:.5f}" if c == "rho_bulk" else f"{v:g}"
+            cells.append(str(v))
+        cells[columns.index("defects")] = cells[columns.index("defects")][:40] if "defects" in columns else ""
+        rows.append(cells)
+    if not rows:
+        return f"{_redact(_name(db))}: no rows"
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
+    line = lambda cells: "  ".join(s.ljust(w) for s, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def export_cube(db, row_id, output, grids_dir=None) -> list[Path]:
+    """Write the mean of the two halves of row ``row_id`` (rho/rho_bulk) to ``output``
+    (.cube or .npz, through :meth:`hydrolayer.grids.Grid.write`)."""
+    output = Path(output)
+    if output.suffix not in (".cube", ".npz"):
+        raise InputError(f"{output}: unknown output format {output.suffix!r} (use .cube or .npz)")
+    grid = density_grid(db, row_id, grids_dir)
+    return grid.write(output)

@@ -1,0 +1,375 @@
+"""Campaigns: many simulations from one YAML spec, run as Dask jobs, stored by one writer.
+
+Spec (YAML)::
+
+    name: dataset-v0
+    defaults:                 # apply to every run (all optional)
+      size: [5, 3]
+      layers: 4
+      equil_ps: 50
+      temperature: 300
+    runs:                     # each entry is a matrix: list values expand as a product
+      - surface: calcite-104
+        production_ps: 500
+      - surface: calcite-104
+        defects: [{vacancy: CO3}, {vacancy: Ca}]
+        production_ps: 1000
+      - surface: calcite-104
+        defects: [{pair_vacancies: 1, both_faces: true}, {pair_vacancies: 2, both_faces: true}]
+        structure_seed: [1, 2, 3]
+        production_ps: 200
+
+Keys of a run: ``surface``, ``size`` ([A, B]), ``layers``, ``defects`` (``pristine`` or a
+dict of ``pair_vacancies``/``vacancy``/``both_faces``), ``structure_seed`` (defect placement),
+``seed`` (MD velocities), ``production_ps``, ``equil_ps``, ``temperature``, ``spacing``,
+``gap``, ``lattice`` (default: the force field's relaxed lattice from ``relax-bulk``).
+
+Each expanded job has a ``job_key`` (a hash of its canonical settings), stored with its row.
+Running a spec again skips jobs with a finished row and re-queues the rest. Every job runs
+in ``<db folder>/work/<job_key>/`` with checkpoints, so an interrupted job resumes where it
+stopped; a job that failed is moved aside (``work/<job_key>.failed-N``) and started afresh.
+Only the process that runs :func:`run_campaign` writes to the database: the Dask workers
+return results, they never touch the index. A SIGKILL at any moment loses no finished result
+(the worker's ``result.npz`` stays in its work folder and is stored on the next run) and
+leaves no corrupt row (grid file first, then one row transaction).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import fcntl
+import hashlib
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+from .util import InputError, atomic_output
+
+__all__ = ["Job", "load_spec", "expand", "run_campaign", "campaign_status", "run_job"]
+
+RUN_KEYS = {
+    "surface", "size", "layers", "defects", "structure_seed", "seed", "production_ps", "equil_ps",
+    "temperature", "spacing", "gap", "lattice", "checkpoint_ps", "kspace_accuracy",
+}
+DEFAULTS = {
+    "size": [5, 3], "layers": 4, "defects": "pristine", "structure_seed": 0, "seed": 1,
+    "production_ps": 100.0, "equil_ps": 50.0, "temperature": 300.0, "spacing": 0.3, "gap": 25.0,
+}
+DEFECT_KEYS = {"pair_vacancies", "vacancy", "both_faces"}
+
+
+@dataclasses.dataclass
+class Job:
+    key: str
+    settings: dict  # canonical, JSON-serialisable
+
+    @property
+    def label(self) -> str:
+        s = self.settings
+        d = s["defects"]
+        dtxt = "pristine" if d == "pristine" else ",".join(f"{k}={v}" for k, v in sorted(d.items()))
+        return f"{s['surface']} {s['size'][0]}x{s['size'][1]}x{s['layers']} {dtxt} sseed={s['structure_seed']} seed={s['seed']} {s['production_ps']:g} ps"
+
+
+# --------------------------------------------------------------------------- spec
+def load_spec(path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), list) or not spec["runs"]:
+        raise InputError(f"{path}: a campaign spec needs a non-empty 'runs' list")
+    spec["_path"] = str(path)
+    return spec
+
+
+def _as_list(key, value):
+    if key == "size":
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, int) for v in value):
+            return [list(value)]
+        return [list(v) for v in value] if isinstance(value, (list, tuple)) else [value]
+    if key == "lattice":
+        return [value] if not isinstance(value, list) else value
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _canonical_defects(d, where):
+    if d in (None, "pristine", "none", {}):
+        return "pristine"
+    if not isinstance(d, dict) or not set(d) <= DEFECT_KEYS:
+        raise InputError(f"{where}: defects must be 'pristine' or a dict of {sorted(DEFECT_KEYS)}, got {d!r}")
+    out = {}
+    if d.get("pair_vacancies"):
+        out["pair_vacancies"] = int(d["pair_vacancies"])
+    if d.get("vacancy"):
+        if d["vacancy"] not in ("Ca", "CO3"):
+            raise InputError(f"{where}: vacancy must be Ca or CO3, got {d['vacancy']!r}")
+        out["vacancy"] = d["vacancy"]
+    if d.get("both_faces"):
+        out["both_faces"] = True
+    return out or "pristine"
+
+
+def expand(spec: dict) -> list[Job]:
+    """All jobs of a spec (a product over the list values of every run entry)."""
+    from .structures import SURFACES
+
+    where = spec.get("_path", "spec")
+    defaults = dict(DEFAULTS)
+    defaults.update(spec.get("defaults") or {})
+    jobs, seen = [], set()
+    for n, run in enumerate(spec["runs"]):
+        if not isinstance(run, dict):
+            raise InputError(f"{where}: runs[{n}] must be a mapping")
+        unknown = set(run) - RUN_KEYS
+        unknown |= set(spec.get("defaults") or {}) - RUN_KEYS
+        if unknown:
+            raise InputError(f"{where}: runs[{n}]: unknown keys {sorted(unknown)} (known: {sorted(RUN_KEYS)})")
+        merged = dict(defaults)
+        merged.update(run)
+        if "surface" not in merged:
+            raise InputError(f"{where}: runs[{n}] has no surface")
+        keys = sorted(merged)
+        for combo in itertools.product(*[_as_list(k, merged[k]) for k in keys]):
+            s = dict(zip(keys, combo))
+            if s["surface"] not in SURFACES:
+                raise InputError(f"{where}: runs[{n}]: unknown surface {s['surface']!r}")
+            s["defects"] = _canonical_defects(s["defects"], f"{where}: runs[{n}]")
+            s["size"] = [int(v) for v in s["size"]]
+            for k in ("production_ps", "equil_ps", "temperature", "spacing", "gap"):
+                s[k] = float(s[k])
+            for k in ("layers", "structure_seed", "seed"):
+                s[k] = int(s[k])
+            if s["production_ps"] <= 0:
+                raise InputError(f"{where}: runs[{n}]: production_ps must be positive")
+            key = hashlib.sha256(json.dumps(s, sort_keys=True).encode()).hexdigest()[:16]
+            if key not in seen:
+                seen.add(key)
+                jobs.append(Job(key, s))
+    return jobs
+
+
+# --------------------------------------------------------------------------- one job
+def build_job_structure(settings: dict):
+    from .simulate import default_lattice
+    from .structures import SURFACES, build_surface
+
+    lattice = settings.get("lattice")
+    if lattice is None:
+        lattice = default_lattice(SURFACES[settings["surface"]].polymorph)
+    d = settings["defects"]
+    d = {} if d == "pristine" else d
+    atoms = build_surface(
+        settings["surface"], size=tuple(settings["size"]), layers=settings["layers"], lattice=lattice,
+        pair_vacancies=d.get("pair_vacancies", 0), vacancy=d.get("vacancy"), both_faces=d.get("both_faces", False),
+        seed=settings["structure_seed"],
+    )
+    return atoms, lattice
+
+
+def job_params(settings: dict, mode=None, ranks=None):
+    from .forcefield import DEFAULT_PARALLEL
+    from .simulate import SimulationParams
+
+    p = SimulationParams(
+        production_ps=settings["production_ps"], equil_ps=settings["equil_ps"], temperature=settings["temperature"],
+        seed=settings["seed"], spacing=settings["spacing"], gap=settings["gap"],
+        mode=mode or DEFAULT_PARALLEL["mode"], ranks=ranks or DEFAULT_PARALLEL["ranks"],
+    )
+    if "checkpoint_ps" in settings:
+        p.checkpoint_ps = float(settings["checkpoint_ps"])
+    if "kspace_accuracy" in settings:
+        p.kspace_accuracy = float(settings["kspace_accuracy"])
+    return p
+
+
+def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None):
+    """Run (or resume) one job in ``workroot/job_key``; executed on a Dask worker.
+
+    Returns ``("done", payload)`` with everything the writer needs, or ``("failed", reason)``.
+    Holds an exclusive lock on the job folder while it runs, so a job left running by a killed
+    campaign is never run twice at once (the next campaign waits for it, then stores it).
+    """
+    from .simulate import SimulationFailed, run_simulation
+
+    workdir = Path(workroot) / job_key
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock = open(workdir / "lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        with open(workdir / "settings.json", "w") as f:
+            json.dump(settings, f, indent=1)
+        atoms, lattice = build_job_structure(settings)
+        params = job_params(settings, mode, ranks)
+        log = open(workdir / "progress.log", "a")
+
+        def progress(line):
+            log.write(time.strftime("%H:%M:%S ") + line + "\n")
+            log.flush()
+
+        try:
+            res = run_simulation(atoms, workdir, params, progress=progress, source=f"job {job_key}")
+        except SimulationFailed as err:
+            progress(f"FAILED {err}")
+            return ("failed", str(err))
+        finally:
+            log.close()
+        kvp = dict(res.info)
+        kvp["job_key"] = job_key
+        data = dict(res.data)
+        data["campaign_settings"] = settings
+        data["lattice"] = lattice
+        return ("done", dict(atoms=res.atoms, half1=res.half1, half2=res.half2, cell=res.cell, kvp=kvp, data=data))
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+
+
+# --------------------------------------------------------------------------- campaign
+def _done_keys(db) -> dict:
+    from . import store
+
+    try:
+        con = store.connect(db)
+        return {r.get("job_key"): r.id for r in con.select("job_key", status="done")}
+    except InputError:
+        raise
+    except Exception:  # an empty/new database
+        return {}
+
+
+def workroot_for(db, workdir=None) -> Path:
+    if workdir is not None:
+        return Path(workdir)
+    from .store import is_url
+
+    if is_url(str(db)):
+        raise InputError(f"{db}: a PostgreSQL campaign needs --workdir")
+    return Path(db).resolve().parent / "work"
+
+
+def _retire_failed(workdir: Path):
+    """Move a failed job's folder aside so that the job starts afresh."""
+    if (workdir / "failed.json").exists() and not (workdir / "result.npz").exists():
+        n = 1
+        while workdir.with_name(f"{workdir.name}.failed-{n}").exists():
+            n += 1
+        os.replace(workdir, workdir.with_name(f"{workdir.name}.failed-{n}"))
+
+
+def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, mode=None, grids_dir=None,
+                 workdir=None, log=print) -> dict:
+    """Run every unfinished job of the spec on Dask; store each result as it arrives.
+
+    ``scheduler``: address of an existing Dask scheduler (default: a LocalCluster with
+    ``cores // ranks`` single-threaded workers). Returns counts of done/failed/skipped jobs.
+    """
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    from . import store
+    from .forcefield import DEFAULT_PARALLEL
+
+    spec = load_spec(spec_path)
+    jobs = expand(spec)
+    mode = mode or DEFAULT_PARALLEL["mode"]
+    ranks = ranks or DEFAULT_PARALLEL["ranks"]
+    root = workroot_for(db, workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    store.connect(db)  # fail early on a bad path
+    done = _done_keys(db)
+    todo = [j for j in jobs if j.key not in done]
+    log(f"campaign {spec.get('name', Path(spec_path).stem)}: {len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run")
+    counts = {"done": 0, "failed": 0, "skipped": len(jobs) - len(todo)}
+    if not todo:
+        return counts
+    for j in todo:
+        _retire_failed(root / j.key)
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        ncores = os.cpu_count() or 1
+        nworkers = workers or max(1, ncores // (ranks if mode == "mpi" else 1))
+        cluster = LocalCluster(n_workers=nworkers, threads_per_worker=1, processes=True, dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = {}
+        for j in todo:
+            fut = client.submit(run_job, j.key, j.settings, str(root), mode, ranks, key=f"md-{j.key}", pure=False)
+            futures[fut] = j
+        for fut in as_completed(futures):
+            j = futures[fut]
+            try:
+                status, payload = fut.result()
+            except Exception as err:  # worker crash, pickling, ...
+                status, payload = "failed", f"{type(err).__name__}: {err}"
+            if status == "done":
+                if j.key in _done_keys(db):  # stored meanwhile by another run
+                    continue
+                row = store.write_simulation(db, payload["atoms"], payload["half1"], payload["half2"], payload["cell"],
+                                             payload["kvp"], payload["data"], grids_dir=grids_dir)
+                counts["done"] += 1
+                log(f"done   {j.key} {j.label} -> row {row} ({payload['kvp']['ns_per_day']:.1f} ns/day)")
+            else:
+                counts["failed"] += 1
+                log(f"FAILED {j.key} {j.label}: {payload}")
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return counts
+
+
+def campaign_status(spec_path, db, workdir=None) -> list[dict]:
+    """One dict per job: key, label, state (done/running/queued/failed/interrupted), row id,
+    ps of production done."""
+    spec = load_spec(spec_path)
+    jobs = expand(spec)
+    done = _done_keys(db)
+    root = workroot_for(db, workdir)
+    out = []
+    for j in jobs:
+        d = root / j.key
+        st = {"key": j.key, "label": j.label, "row": done.get(j.key), "ps_done": None, "state": "queued"}
+        if j.key in done:
+            st["state"] = "done"
+        elif d.exists():
+            state = {}
+            if (d / "state.json").exists():
+                try:
+                    state = json.loads((d / "state.json").read_text())
+                except json.JSONDecodeError:
+                    pass
+            if "prod_steps" in state:
+                st["ps_done"] = state["prod_steps"] / 1000.0
+            if (d / "failed.json").exists():
+                st["state"] = "failed"
+                st["reason"] = json.loads((d / "failed.json").read_text()).get("message")
+            elif _locked(d / "lock"):
+                st["state"] = "running"
+            elif (d / "result.npz").exists():
+                st["state"] = "finished, not stored"
+            else:
+                st["state"] = f"interrupted ({state.get('stage', 'start')})"
+        out.append(st)
+    return out
+
+
+def _locked(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
