@@ -175,10 +175,11 @@ def test_bank_windows_match_the_density_in_both_faces(toy_db, tmp_path):
         mx, my = 7, 13
         x, t = bank.window(i, mx, my)
         assert x.shape == (3, 32, 32, 64) and t.shape == (2, 32, 32, 64)
-        # the cached descriptor is the descriptor of that window
+        # the cached descriptor is the descriptor of that window (up to the descriptor's own
+        # 4-sigma Gaussian cutoff, which depends on where a window sits: <= 3e-4 of a peak)
         surf = atoms if e.interface.face == "top" else descriptors.mirror(atoms)
         ref = descriptors.describe_windows(surf, np.array([bank.offset(i, mx, my)]), sigma=e.meta["sigma"], face="top")[0]
-        np.testing.assert_allclose(x, ref, rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(x, ref, rtol=0, atol=2e-4 * ref.max())
         # the target is the smoothed density at the window points (mirrored back for the bottom)
         pts = bank.window_points(i, mx, my)[::5, ::7, ::9]
         if e.interface.face == "bottom":
