@@ -207,18 +207,23 @@ def _vaterite_p3221(p6522: Atoms, amplitude: float = 0.08, seed: int = 3221) -> 
 
 
 def _push_cations(atoms: Atoms, dmin: float, steps: int = 200) -> None:
-    """Move cations away from O closer than ``dmin`` Å (carbonates stay rigid), in place.
+    """Push cations and carbonate ions (rigidly) apart where Ca-O < ``dmin`` Å, in place.
     Each move depends only on the local environment, so every symmetry is kept."""
     from ase.neighborlist import neighbor_list
 
     sym = np.array(atoms.get_chemical_symbols())
+    groups = [[c, *os_] for c, os_ in find_carbonates(atoms)]
     for _ in range(steps):
         i, j, d, D = neighbor_list("ijdD", atoms, dmin)
         m = np.isin(sym[i], ("Ca", "Mg")) & (sym[j] == "O")
         if not m.any():
             return
+        step = 0.25 * (dmin - d[m])[:, None] * D[m] / d[m][:, None]
         shift = np.zeros_like(atoms.positions)
-        np.add.at(shift, i[m], -0.5 * (dmin - d[m])[:, None] * D[m] / d[m][:, None])
+        np.add.at(shift, i[m], -step)
+        np.add.at(shift, j[m], step)
+        for g in groups:
+            shift[g] = shift[g].sum(axis=0) / 4
         atoms.positions += shift
 
 
