@@ -385,7 +385,9 @@ def predict_density(
     for the default shipped model. ``method``: ``"tiles"`` (default; see the module notes)
     or ``"cell"``. The grid spans the lateral cell and z from z_s - 5 to z_s + 15 Å (the
     descriptor grid of ``descriptors.describe_cell``); ``grid.atoms`` are the input atoms
-    and ``grid.meta`` holds the model, method, surface plane and domain notes.
+    and ``grid.meta`` holds the model, method, surface plane and domain notes. For
+    ``face="bottom"`` the slab is mirrored (z -> -z) first: the grid and its atoms are in
+    that mirrored frame, the bottom face pointing up.
     """
     from . import descriptors
 
@@ -415,7 +417,7 @@ def predict_density(
     else:
         rho = cell_predict(desc.values, pred.net, pad=window[0] // 2)
     seconds = time.perf_counter() - t0
-    z_s = float(descriptors.surface_plane(atoms, face))
+    z_s = float(desc.meta["z_s"])  # in the frame of the face (mirrored for the bottom face)
     meta = {
         "model": pred.name,
         "checkpoint": pred.source,
@@ -429,7 +431,7 @@ def predict_density(
         "predict_seconds": seconds,
         "source": src,
     }
-    return Grid(spec, rho[None], ("water",), units="rho/rho_bulk", sigma=pred.meta.get("sigma_target"), meta=meta, atoms=atoms)
+    return Grid(spec, rho[None], ("water",), units="rho/rho_bulk", sigma=pred.meta.get("sigma_target"), meta=meta, atoms=desc.atoms)
 
 
 # =========================================================================== outputs
