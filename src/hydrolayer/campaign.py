@@ -52,7 +52,7 @@ __all__ = ["Job", "load_spec", "expand", "run_campaign", "campaign_status", "run
 
 RUN_KEYS = {
     "surface", "size", "layers", "defects", "structure_seed", "seed", "production_ps", "equil_ps",
-    "temperature", "spacing", "gap", "lattice", "checkpoint_ps", "kspace_accuracy",
+    "temperature", "spacing", "gap", "lattice", "checkpoint_ps", "kspace_accuracy", "gap_tolerance",
 }
 DEFAULTS = {
     "size": [5, 3], "layers": 4, "defects": "pristine", "structure_seed": 0, "seed": 1,
@@ -175,7 +175,7 @@ def build_job_structure(settings: dict):
     return atoms, lattice
 
 
-def job_params(settings: dict, mode=None, ranks=None):
+def job_params(settings: dict, mode=None, ranks=None, threads=None):
     from .forcefield import DEFAULT_PARALLEL
     from .simulate import SimulationParams
 
@@ -183,15 +183,18 @@ def job_params(settings: dict, mode=None, ranks=None):
         production_ps=settings["production_ps"], equil_ps=settings["equil_ps"], temperature=settings["temperature"],
         seed=settings["seed"], spacing=settings["spacing"], gap=settings["gap"],
         mode=mode or DEFAULT_PARALLEL["mode"], ranks=ranks or DEFAULT_PARALLEL["ranks"],
+        threads=threads or DEFAULT_PARALLEL["threads"],
     )
     if "checkpoint_ps" in settings:
         p.checkpoint_ps = float(settings["checkpoint_ps"])
+    if "gap_tolerance" in settings:
+        p.gap_tolerance = float(settings["gap_tolerance"])
     if "kspace_accuracy" in settings:
         p.kspace_accuracy = float(settings["kspace_accuracy"])
     return p
 
 
-def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None):
+def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, threads=None):
     """Run (or resume) one job in ``workroot/job_key``; executed on a Dask worker.
 
     Returns ``("done", payload)`` with everything the writer needs, or ``("failed", reason)``.
@@ -208,7 +211,7 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None):
         with open(workdir / "settings.json", "w") as f:
             json.dump(settings, f, indent=1)
         atoms, lattice = build_job_structure(settings)
-        params = job_params(settings, mode, ranks)
+        params = job_params(settings, mode, ranks, threads)
         log = open(workdir / "progress.log", "a")
 
         def progress(line):
@@ -265,12 +268,13 @@ def _retire_failed(workdir: Path):
         os.replace(workdir, workdir.with_name(f"{workdir.name}.failed-{n}"))
 
 
-def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, mode=None, grids_dir=None,
+def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, threads=None, grids_dir=None,
                  workdir=None, log=print) -> dict:
     """Run every unfinished job of the spec on Dask; store each result as it arrives.
 
     ``scheduler``: address of an existing Dask scheduler (default: a LocalCluster with
-    ``cores // ranks`` single-threaded workers). Returns counts of done/failed/skipped jobs.
+    ``cores // ranks`` single-threaded workers). ``ranks``: MPI ranks per job; ``threads``:
+    OpenMP threads per job instead of ranks. Returns counts of done/failed/skipped jobs.
     """
     from dask.distributed import Client, LocalCluster, as_completed
 
@@ -279,8 +283,12 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, mode=N
 
     spec = load_spec(spec_path)
     jobs = expand(spec)
-    mode = mode or DEFAULT_PARALLEL["mode"]
-    ranks = ranks or DEFAULT_PARALLEL["ranks"]
+    if threads:
+        mode, ranks, per_job = "omp", 1, threads
+    else:
+        mode, ranks = DEFAULT_PARALLEL["mode"], ranks or DEFAULT_PARALLEL["ranks"]
+        per_job = ranks if mode == "mpi" else DEFAULT_PARALLEL["threads"]
+        threads = None if mode == "mpi" else DEFAULT_PARALLEL["threads"]
     root = workroot_for(db, workdir)
     root.mkdir(parents=True, exist_ok=True)
     store.connect(db)  # fail early on a bad path
@@ -297,13 +305,13 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, mode=N
         client = Client(scheduler)
     else:
         ncores = os.cpu_count() or 1
-        nworkers = workers or max(1, ncores // (ranks if mode == "mpi" else 1))
+        nworkers = workers or max(1, ncores // per_job)
         cluster = LocalCluster(n_workers=nworkers, threads_per_worker=1, processes=True, dashboard_address=None)
         client = Client(cluster)
     try:
         futures = {}
         for j in todo:
-            fut = client.submit(run_job, j.key, j.settings, str(root), mode, ranks, key=f"md-{j.key}", pure=False)
+            fut = client.submit(run_job, j.key, j.settings, str(root), mode, ranks, threads, key=f"md-{j.key}", pure=False)
             futures[fut] = j
         for fut in as_completed(futures):
             j = futures[fut]
@@ -373,3 +381,17 @@ def _locked(path: Path) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
+
+
+def format_status(spec_path, db, workdir=None) -> str:
+    """``campaign status`` as a table."""
+    rows = campaign_status(spec_path, db, workdir)
+    lines = [f"{'key':16}  {'state':22}  {'row':>4}  {'ps':>7}  job"]
+    for r in rows:
+        ps = "" if r["ps_done"] is None else f"{r['ps_done']:.1f}"
+        lines.append(f"{r['key']:16}  {r['state'][:22]:22}  {r['row'] or '':>4}  {ps:>7}  {r['label']}")
+        if r.get("reason"):
+            lines.append(f"{'':16}  reason: {r['reason']}")
+    n = {s: sum(r["state"] == s for r in rows) for s in ("done", "running", "failed")}
+    lines.append(f"{len(rows)} jobs: {n['done']} done, {n['running']} running, {n['failed']} failed")
+    return "\n".join(lines)

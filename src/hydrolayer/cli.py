@@ -296,11 +296,144 @@ def _run_evaluate(args):
     evaluate_command(args.runs, args.db, args.out, figures=not args.no_figures)
 
 
+# --------------------------------------------------------------------------- MD: simulate, relax-bulk, db, campaign
+def _md_parallel_args(p):
+    p.add_argument("--ranks", type=int, default=None, help="MPI ranks per simulation (default: forcefield.DEFAULT_PARALLEL, 2)")
+    p.add_argument("--threads", type=int, default=None, help="use OpenMP threads instead of MPI ranks (slower for this force field)")
+
+
+def _cmd_simulate(sub):
+    p = _parser(
+        sub,
+        "simulate",
+        "one LAMMPS run of a slab in water -> water density grid, stored as a database row",
+        "hydrolayer surface build calcite-104 --size 5x3 --layers 4 -o calcite.extxyz\n"
+        "hydrolayer simulate calcite.extxyz --db sims.db --ps 100 --equil-ps 50 --seed 1 --workdir run1\n"
+        "# interrupted? the same command resumes from the last checkpoint in --workdir",
+    )
+    p.add_argument("structure", type=Path, help="slab structure file (surface normal +z; water already in it is kept)")
+    p.add_argument("--db", required=True, help="database: a .db file (grids/ beside it) or a postgresql:// URL (needs --grids)")
+    p.add_argument("--ps", type=float, default=100.0, help="production length, ps (default 100)")
+    p.add_argument("--equil-ps", type=float, default=50.0, help="equilibration: z-NPT + NVT, ps (default 50)")
+    p.add_argument("--seed", type=int, default=1, help="velocity seed (default 1)")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--spacing", type=float, default=0.3, help="grid spacing, Å (default 0.3)")
+    p.add_argument("--workdir", type=Path, default=None, help="job folder with checkpoints (default: a new temporary folder)")
+    p.add_argument("--grids", type=Path, default=None, help="grids folder (default: grids/ beside the database)")
+    _md_parallel_args(p)
+    p.set_defaults(func=_run_simulate)
+
+
+def _run_simulate(args):
+    from .simulate import simulate_file
+
+    row = simulate_file(args.structure, args.db, production_ps=args.ps, equil_ps=args.equil_ps, seed=args.seed,
+                        temperature=args.temperature, spacing=args.spacing, workdir=args.workdir,
+                        grids_dir=args.grids, ranks=args.ranks, threads=args.threads)
+    print(f"stored row {row} in {args.db}")
+
+
+def _cmd_relax_bulk(sub):
+    p = _parser(
+        sub,
+        "relax-bulk",
+        "the force field's own 300 K / 1 bar lattice of a polymorph (NPT), stored in the package",
+        "hydrolayer relax-bulk calcite            # writes src/hydrolayer/data/lattices.json\n"
+        "hydrolayer relax-bulk aragonite --ps 20 --equil-ps 10",
+    )
+    p.add_argument("polymorph", help="calcite, aragonite, vaterite")
+    p.add_argument("--ps", type=float, default=10.0, help="NPT averaging, ps (default 10)")
+    p.add_argument("--equil-ps", type=float, default=10.0, help="NPT equilibration before averaging, ps (default 10)")
+    p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    p.add_argument("--workdir", type=Path, default=None, help="LAMMPS folder (default: temporary)")
+    p.add_argument("--dry-run", action="store_true", help="print the lattice, do not store it")
+    _md_parallel_args(p)
+    p.set_defaults(func=_run_relax_bulk)
+
+
+def _run_relax_bulk(args):
+    from .simulate import relax_bulk_cli
+
+    entry = relax_bulk_cli(args.polymorph, production_ps=args.ps, equil_ps=args.equil_ps, temperature=args.temperature,
+                           workdir=args.workdir, write=not args.dry_run, ranks=args.ranks, threads=args.threads)
+    print(f"{args.polymorph}: {entry['lattice']} (experiment {entry['experiment']})" + ("" if args.dry_run else " -> lattices.json"))
+
+
+def _cmd_db(sub):
+    p = sub.add_parser("db", help="the simulation database: list rows, export densities",
+                       description="The simulation database (ase.db index + grids/).", formatter_class=_formatter,
+                       epilog="example:\n  hydrolayer db list data/simulations.db\n  hydrolayer db export data/simulations.db 1 -o water.cube")
+    dsub = p.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    l = _parser(dsub, "list", "a table of every row", "hydrolayer db list data/simulations.db")
+    l.add_argument("db", help="database file or postgresql:// URL")
+    l.set_defaults(func=_run_db_list)
+    e = _parser(dsub, "export", "the mean of the two half-run densities of a row (rho/rho_bulk) as .cube or .npz",
+                "hydrolayer db export data/simulations.db 1 -o water.cube")
+    e.add_argument("db", help="database file or postgresql:// URL")
+    e.add_argument("id", help="row id")
+    e.add_argument("-o", "--output", required=True, type=Path, help=".cube or .npz")
+    e.add_argument("--grids", type=Path, default=None, help="grids folder (default: grids/ beside the database)")
+    e.set_defaults(func=_run_db_export)
+
+
+def _run_db_list(args):
+    from .store import format_table
+
+    print(format_table(args.db))
+
+
+def _run_db_export(args):
+    from .store import export_cube
+
+    written = export_cube(args.db, args.id, args.output, grids_dir=args.grids)
+    print("wrote " + ", ".join(str(w) for w in written))
+
+
+def _cmd_campaign(sub):
+    p = sub.add_parser("campaign", help="many simulations from a YAML spec on Dask, resumable",
+                       description="Campaigns: surfaces x defects x seeds x run length, run as Dask jobs.",
+                       formatter_class=_formatter,
+                       epilog="example:\n  hydrolayer campaign run examples/campaign-tiny.yaml --db /tmp/tiny/sim.db\n"
+                              "  hydrolayer campaign status examples/campaign-tiny.yaml --db /tmp/tiny/sim.db")
+    csub = p.add_subparsers(dest="campaign_command", metavar="ACTION", required=True)
+    r = _parser(csub, "run", "run every unfinished job of a spec (again: skips finished, resumes interrupted)",
+                "hydrolayer campaign run examples/dataset-v0.yaml --db data/simulations.db\n"
+                "hydrolayer campaign run spec.yaml --db sims.db --scheduler tcp://10.0.0.5:8786")
+    r.add_argument("spec", type=Path, help="campaign YAML")
+    r.add_argument("--db", required=True, help="database file or postgresql:// URL (then also --grids and --workdir)")
+    r.add_argument("--scheduler", default=None, metavar="ADDRESS", help="an existing Dask scheduler (default: a LocalCluster fitted to the cores)")
+    r.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: cores // ranks)")
+    r.add_argument("--grids", type=Path, default=None, help="grids folder (default: grids/ beside the database)")
+    r.add_argument("--workdir", type=Path, default=None, help="job folders (default: work/ beside the database)")
+    _md_parallel_args(r)
+    r.set_defaults(func=_run_campaign_run)
+    s = _parser(csub, "status", "state of every job of a spec", "hydrolayer campaign status examples/dataset-v0.yaml --db data/simulations.db")
+    s.add_argument("spec", type=Path, help="campaign YAML")
+    s.add_argument("--db", required=True, help="database file or postgresql:// URL")
+    s.add_argument("--workdir", type=Path, default=None, help="job folders (default: work/ beside the database)")
+    s.set_defaults(func=_run_campaign_status)
+
+
+def _run_campaign_run(args):
+    from .campaign import run_campaign
+
+    counts = run_campaign(args.spec, args.db, scheduler=args.scheduler, workers=args.workers, ranks=args.ranks,
+                          threads=args.threads, grids_dir=args.grids, workdir=args.workdir)
+    print(f"campaign: {counts['done']} stored, {counts['failed']} failed, {counts['skipped']} already done")
+
+
+def _run_campaign_status(args):
+    from .campaign import format_status
+
+    print(format_status(args.spec, args.db, workdir=args.workdir))
+
+
 # --------------------------------------------------------------------------- main
 COMMANDS = [_cmd_surface, _cmd_describe]
 COMMANDS.append(_cmd_afm)
 COMMANDS += [_cmd_predict, _cmd_models]
 COMMANDS += [_cmd_train, _cmd_evaluate]
+COMMANDS += [_cmd_simulate, _cmd_relax_bulk, _cmd_db, _cmd_campaign]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -804,6 +804,7 @@ def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, 
         data[polymorph] = entry
         with atomic_output(LATTICES_FILE) as tmp:
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+            os.chmod(tmp, 0o644)
     return entry
 
 
@@ -824,6 +825,45 @@ def split_half_noise(half1, half2, cell, sigmas=(0.0, 0.3, 0.5), mask=None) -> d
         d = np.abs(a - b)
         out[float(s)] = float(d[mask].mean() if mask is not None else d.mean())
     return out
+
+
+# =========================================================================== CLI entry points
+def _parallel(ranks=None, threads=None) -> dict:
+    from .forcefield import DEFAULT_PARALLEL
+
+    if threads:
+        return {"mode": "omp", "ranks": 1, "threads": int(threads)}
+    return {"mode": DEFAULT_PARALLEL["mode"], "ranks": int(ranks or DEFAULT_PARALLEL["ranks"]), "threads": DEFAULT_PARALLEL["threads"]}
+
+
+def simulate_file(structure, db, production_ps=100.0, equil_ps=50.0, seed=1, temperature=300.0, spacing=0.3,
+                  workdir=None, grids_dir=None, ranks=None, threads=None, progress=print) -> int:
+    """``hydrolayer simulate``: read a slab file, run, store; returns the row id."""
+    from .structures import read_structure
+
+    for name, v in (("--ps", production_ps), ("--equil-ps", equil_ps), ("--temperature", temperature), ("--spacing", spacing)):
+        if not v > 0:
+            raise InputError(f"{structure}: {name} must be positive, got {v}")
+    atoms = read_structure(structure)
+    params = SimulationParams(production_ps=production_ps, equil_ps=equil_ps, seed=seed, temperature=temperature,
+                              spacing=spacing, **_parallel(ranks, threads))
+    if workdir is not None and (Path(workdir) / "job.json").exists():
+        old = json.loads((Path(workdir) / "job.json").read_text())["params"]
+        if {k: old.get(k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")} != \
+                {k: getattr(params, k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")}:
+            raise InputError(f"{workdir}: holds a run with other settings; resume it with the same options or use a new --workdir")
+        params = SimulationParams(**{**old, **_parallel(ranks, threads)})
+    return simulate(atoms, db, params, workdir=workdir, grids_dir=grids_dir, progress=progress, source=str(structure))
+
+
+def relax_bulk_cli(polymorph, production_ps=10.0, equil_ps=10.0, temperature=300.0, workdir=None, write=True,
+                   ranks=None, threads=None, progress=print) -> dict:
+    """``hydrolayer relax-bulk``."""
+    import tempfile
+
+    params = SimulationParams(production_ps=production_ps, equil_ps=equil_ps, temperature=temperature, **_parallel(ranks, threads))
+    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"hydrolayer-bulk-{polymorph}-"))
+    return relax_bulk(polymorph, workdir, params, progress=progress, write=write)
 
 
 if __name__ == "__main__":
