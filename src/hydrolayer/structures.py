@@ -279,7 +279,7 @@ def find_waters(atoms: Atoms, cutoff: float = 1.25) -> list[tuple[int, int, int]
     for o in np.flatnonzero(sym == "O"):
         hs = j[(i == o) & (sym[j] == "H")]
         if len(hs) == 2:
-            out.append((int(o), int(hs[0]), int(hs[1])))
+            out.append((int(o), int(min(hs)), int(max(hs))))
     return out
 
 
@@ -740,16 +740,19 @@ def enumerate_pair_vacancies(atoms: Atoms, k: int, face: str = "top", max_count:
     layer = top_layer_units(atoms, face)
     cat_pos = atoms.positions[layer["cation"], :2]
     co3_pos = atoms.positions[[c for c, _ in layer["CO3"]], :2]
+    # a carbonate is only equivalent to another if its orientation is the same too
+    co3_dir = np.array([atoms.get_distances(c, os_, mic=True, vector=True)[:, :2].round(2).tolist() for c, os_ in layer["CO3"]])
+    co3_dir = np.array([sorted(map(tuple, d)) for d in co3_dir]).reshape(len(co3_pos), -1) if len(co3_pos) else co3_dir
     ncat, nco3 = len(cat_pos), len(co3_pos)
     if k < 1 or k > min(ncat, nco3):
         raise ValueError(f"k must be in 1..{min(ncat, nco3)}, got {k}")
     cell2 = atoms.cell[:2, :2]
-    # lateral translations that map the layer onto itself: cation-cation differences
+    # lateral translations that map the layer onto itself (cations and oriented carbonates)
     trans = [cat_pos[j] - cat_pos[0] for j in range(ncat)]
     perms_cat, perms_co3 = [], []
     for t in trans:
         pc = _match(cat_pos + t, cat_pos, cell2)
-        po = _match(co3_pos + t, co3_pos, cell2)
+        po = _match(co3_pos + t, co3_pos, cell2, co3_dir)
         if pc is not None and po is not None:
             perms_cat.append(pc)
             perms_co3.append(po)
@@ -780,13 +783,16 @@ def enumerate_pair_vacancies(atoms: Atoms, k: int, face: str = "top", max_count:
     return sorted(seen)
 
 
-def _match(moved: np.ndarray, target: np.ndarray, cell2: np.ndarray, tol: float = 0.2):
-    """Permutation p with moved[i] == target[p[i]] modulo the lateral cell, or None."""
+def _match(moved: np.ndarray, target: np.ndarray, cell2: np.ndarray, labels=None, tol: float = 0.2):
+    """Permutation p with moved[i] == target[p[i]] modulo the lateral cell (and equal
+    ``labels`` rows, if given), or None."""
     inv = np.linalg.inv(cell2)
     d = moved[:, None, :] - target[None, :, :]
     f = d @ inv
     f -= np.round(f)
     dist = np.linalg.norm(f @ cell2, axis=-1)
+    if labels is not None:
+        dist = dist + np.abs(labels[:, None, :] - labels[None, :, :]).max(axis=-1) * 1e3
     p = np.argmin(dist, axis=1)
     if np.all(dist[np.arange(len(p)), p] < tol) and len(set(p.tolist())) == len(p):
         return p
@@ -809,6 +815,8 @@ def read_structure(path, format: str | None = None, require_slab: bool = True) -
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file")
     try:
         atoms = ase.io.read(path, format=format)
     except UnknownFileTypeError as err:

@@ -1,0 +1,240 @@
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+from hydrolayer import structures as S
+from hydrolayer.util import InputError
+
+SMALL = {  # (size, layers) small enough for a quick test, big enough for two ions per face layer
+    "calcite-104": ((2, 1), 3),
+    "aragonite-010": ((2, 2), 3),
+    "aragonite-001": ((2, 1), 3),
+    "vaterite-010": ((1, 1), 2),
+    "magnesite-104": ((2, 1), 3),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(S.SURFACES))
+def slab(request):
+    size, layers = SMALL[request.param]
+    return S.build_surface(request.param, size=size, layers=layers)
+
+
+def _pairs(atoms, a, b, cutoff=3.0):
+    sym = np.array(atoms.get_chemical_symbols())
+    i, j, d = neighbor_list("ijd", atoms, cutoff)
+    return d[np.isin(sym[i], a) & np.isin(sym[j], b)]
+
+
+def test_every_surface_stoichiometric_neutral(slab):
+    sym = slab.get_chemical_symbols()
+    ncat = sum(s in ("Ca", "Mg") for s in sym)
+    assert ncat == sym.count("C") and sym.count("O") == 3 * sym.count("C") > 0
+    assert slab.info["net_charge"] == 0
+    assert len(S.find_carbonates(slab)) == sym.count("C")  # no carbonate cut by the cell
+
+
+def test_every_surface_bond_lengths(slab):
+    co = _pairs(slab, ["C"], ["O"], 1.6)
+    assert len(co) == 3 * slab.get_chemical_symbols().count("C")
+    assert co.min() >= 1.26 and co.max() <= 1.32
+    assert _pairs(slab, ["Ca", "Mg"], ["O"]).min() >= (2.2 if "Ca" in slab.symbols else 2.0)
+
+
+def test_every_surface_geometry(slab):
+    cell = slab.cell[:]
+    assert np.allclose(cell[:2, 2], 0) and np.allclose(cell[2, :2], 0)  # normal along +z
+    assert abs(cell[0] @ cell[1]) < 1e-6  # the named surfaces all have rectangular meshes
+    z = slab.positions[:, 2]
+    assert z.min() > 0 and z.max() < cell[2, 2]  # contiguous, gap above the top face
+    assert slab.info["z_top"] > slab.info["z_bottom"]
+
+
+def test_both_faces_same_termination(slab):
+    """The two faces are related by a normal-reversing symmetry: per element, the set of
+    heights about the slab centre is symmetric, and so is each face's outer layer."""
+    centre = 0.5 * (slab.info["z_top"] + slab.info["z_bottom"])
+    for el in set(slab.get_chemical_symbols()):
+        h = np.sort(slab.positions[np.array(slab.get_chemical_symbols()) == el, 2] - centre)
+        assert np.allclose(h, -h[::-1], atol=1e-4), el
+
+
+def test_vaterite_space_group():
+    import spglib
+
+    v = S.bulk("vaterite")
+    cell = (v.cell[:], v.get_scaled_positions(), v.numbers)
+    assert spglib.get_spacegroup(cell, symprec=1e-3) == "P3_221 (154)"
+    assert spglib.get_spacegroup(cell, symprec=0.05) == "P3_221 (154)"
+    assert v.get_chemical_formula() == "C18Ca18O54"
+
+
+def test_vaterite_surface_is_carbonate_terminated():
+    s = S.build_surface("vaterite-010", size=(1, 1), layers=2)
+    sym = np.array(s.get_chemical_symbols())
+    z = s.positions[:, 2]
+    assert sym[np.argmax(np.where(sym == "O", -np.inf, z))] == "C"  # highest ion centre is a carbonate
+    assert sym[np.argmin(np.where(sym == "O", np.inf, z))] == "C"
+
+
+@pytest.mark.parametrize("name", ["calcite", "aragonite", "magnesite", "vaterite"])
+def test_bulk_distances(name):
+    b = S.bulk(name)
+    co = _pairs(b, ["C"], ["O"], 1.6)
+    assert co.min() >= 1.26 and co.max() <= 1.32
+    assert _pairs(b, ["Ca", "Mg"], ["O"]).min() >= (2.2 if name != "magnesite" else 2.0)
+
+
+def test_calcite_layer_spacing():
+    s = S.build_surface("calcite-104", size=(1, 1), layers=5)
+    zca = np.unique(np.round(s.positions[np.array(s.get_chemical_symbols()) == "Ca", 2], 2))
+    assert len(zca) == 5
+    assert np.allclose(np.diff(zca), 3.03, atol=0.02)
+
+
+def test_lattice_argument_strains_the_slab():
+    s0 = S.build_surface("calcite-104", size=(1, 1), layers=2)
+    s1 = S.build_surface("calcite-104", size=(1, 1), layers=2, lattice={"a": 4.937, "c": 17.21})
+    assert s1.cell[0, 0] < s0.cell[0, 0]
+    assert s1.info["lattice"] != s0.info["lattice"]
+    with pytest.raises(ValueError, match="lattice parameter .b. is not one of"):
+        S.build_surface("calcite-104", lattice={"b": 5.0})
+
+
+def test_supercell_and_layers_scale():
+    a = S.build_surface("calcite-104", size=(1, 1), layers=2)
+    b = S.build_surface("calcite-104", size=(3, 2), layers=4)
+    assert len(b) == len(a) * 6 * 2
+    assert np.allclose(b.cell[0], 3 * a.cell[0]) and np.allclose(b.cell[1], 2 * a.cell[1])
+
+
+def test_pair_vacancies_counts_neutral_reproducible():
+    kw = dict(size=(4, 2), layers=3, pair_vacancies=2, seed=7)
+    s = S.build_surface("calcite-104", **kw)
+    p = S.build_surface("calcite-104", size=(4, 2), layers=3)
+    assert len(p) - len(s) == 2 * (1 + 4)
+    assert s.info["net_charge"] == 0
+    sym = s.get_chemical_symbols()
+    assert sym.count("Ca") == sym.count("C")
+    assert np.array_equal(s.positions, S.build_surface("calcite-104", **kw).positions)
+    other = S.build_surface("calcite-104", **{**kw, "seed": 8})
+    assert not (len(other) == len(s) and np.allclose(other.positions, s.positions))
+    sites = S.defect_sites(s)
+    assert len(sites) == 4 and {x["species"] for x in sites} == {"Ca", "CO3"}
+    assert all(abs(x["position"][2] - s.info["z_top"]) < 1.0 for x in sites)  # outermost layer
+
+
+def test_pair_vacancies_both_faces():
+    s = S.build_surface("calcite-104", size=(4, 2), layers=3, pair_vacancies=1, both_faces=True, seed=1)
+    faces = [x["face"] for x in S.defect_sites(s)]
+    assert faces.count("top") == 2 and faces.count("bottom") == 2
+    assert s.info["net_charge"] == 0
+
+
+@pytest.mark.parametrize("species,charge", [("Ca", -2), ("CO3", +2)])
+def test_single_vacancy_is_charged(species, charge):
+    s = S.build_surface("calcite-104", size=(3, 2), vacancy=species, seed=3)
+    assert s.info["net_charge"] == charge
+    (site,) = S.defect_sites(s)
+    assert site["species"] == species
+    p = S.build_surface("calcite-104", size=(3, 2))
+    assert len(p) - len(s) == (1 if species == "Ca" else 4)
+
+
+def test_too_many_pair_vacancies():
+    with pytest.raises(InputError, match="cannot remove 9 pairs"):
+        S.build_surface("calcite-104", size=(2, 2), layers=2, pair_vacancies=9)
+
+
+def test_enumerate_pair_vacancies_up_to_translation():
+    s = S.build_surface("calcite-104", size=(2, 2), layers=2)
+    reps = S.enumerate_pair_vacancies(s, 1)
+    # 8 Ca x 8 CO3 sites in the top layer; the 4 lattice translations of the 2x2 cell map
+    # the layer onto itself (the two ions of a surface cell are related by a glide, not a
+    # translation): 64 / 4 = 16 classes
+    assert len(reps) == 16
+    # every configuration is a translate of exactly one representative: the classes
+    # partition the 16 configurations, and distinct representatives give distinct slabs
+    lattice_shifts = [i * s.cell[0] / 2 + j * s.cell[1] / 2 for i in (0, 1) for j in (0, 1)]
+    seen = []
+    for ci, oi in reps:
+        d = S.add_pair_vacancies(s, 1, sites=(ci, oi))
+        seen.append(np.array([x["position"] for x in S.defect_sites(d)]))
+    for a in range(len(seen)):
+        for b in range(a):  # no representative is a lattice translate of another
+            for t in lattice_shifts:
+                diff = seen[a] + t - seen[b]
+                diff[:, :2] = np.mod(diff[:, :2] + 0.1, [s.cell[0, 0], s.cell[1, 1]]) - 0.1
+                assert np.abs(diff).max() > 0.05
+    big = S.build_surface("calcite-104", size=(5, 3), layers=2)
+    sampled = S.enumerate_pair_vacancies(big, 3, max_count=20, seed=1)
+    assert len(sampled) == 20 and len(set(sampled)) == 20
+
+
+def test_water_is_recognised():
+    s = S.build_surface("calcite-104", size=(2, 1), layers=2)
+    w = Atoms("OH2", positions=[[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]])
+    w.positions += [2.0, 2.0, s.info["z_top"] + 3.0]
+    wet = s + w
+    assert S.find_waters(wet) == [(len(s), len(s) + 1, len(s) + 2)]
+    assert S.water_mask(wet).sum() == 3
+
+
+def test_read_structure_roundtrip(tmp_path):
+    s = S.build_surface("calcite-104", size=(2, 1), layers=2, pair_vacancies=1, seed=2)
+    for ext in ("extxyz", "cif", "vasp", "xyz"):
+        path = tmp_path / f"slab.{ext}"
+        if ext == "xyz":
+            S.write_structure(s, path, format="extxyz")
+        else:
+            S.write_structure(s, path)
+        back = S.read_structure(path)
+        assert len(back) == len(s)
+    back = S.read_structure(tmp_path / "slab.extxyz")
+    assert back.info["defects"] == s.info["defects"] and S.defect_sites(back) == S.defect_sites(s)
+
+
+BAD = {
+    "unknown format": ("slab.qqq", "hello\n", "unknown structure format"),
+    "garbled": ("slab.extxyz", "12\nthis is not\n Ca 0 0\n", "cannot read structure"),
+    "empty file": ("slab.cif", "", "empty file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_read_structure_bad_files(tmp_path, case):
+    name, text, msg = BAD[case]
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(InputError, match=msg) as err:
+        S.read_structure(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def _write(tmp_path, atoms, name="s.extxyz"):
+    path = tmp_path / name
+    atoms.write(path)
+    return path
+
+
+def test_read_structure_bad_content(tmp_path):
+    s = S.build_surface("calcite-104", size=(2, 1), layers=2)
+    nocell = s.copy()
+    nocell.pbc = False
+    nocell.cell = None
+    with pytest.raises(InputError, match="no periodic lateral cell"):
+        S.read_structure(_write(tmp_path, nocell, "a.xyz"))
+    bad = s.copy()
+    bad[0].symbol = "Fe"
+    bad[1].symbol = "U"
+    with pytest.raises(InputError, match="unsupported elements Fe, U"):
+        S.read_structure(_write(tmp_path, bad, "b.extxyz"))
+    over = s + Atoms("O", positions=[s.positions[0] + [0.3, 0, 0]])
+    with pytest.raises(InputError, match="overlapping atoms"):
+        S.read_structure(_write(tmp_path, over, "c.extxyz"))
+    bulkish = s.copy()
+    bulkish.cell[2, 2] = s.positions[:, 2].max() - s.positions[:, 2].min() + 2.5
+    bulkish.positions[:, 2] -= s.positions[:, 2].min() - 1.0
+    with pytest.raises(InputError, match="not a slab"):
+        S.read_structure(_write(tmp_path, bulkish, "d.extxyz"))
