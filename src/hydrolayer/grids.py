@@ -212,7 +212,6 @@ class Grid:
         atoms = d["atoms"]
         spec = GridSpec(np.asarray(d["spacing"]) * np.asarray(data.shape)[:, None], data.shape, d["origin"])
         name, units, sigma = "value", "", None
-        comment = d.get("labels") or ""
         first = _first_line(path)
         if first.startswith("hydrolayer "):
             parts = first.split()
@@ -222,7 +221,6 @@ class Grid:
             for p in parts:
                 if p.startswith("sigma=") and p[6:] not in ("None", ""):
                     sigma = float(p[6:])
-        del comment
         return cls(spec, data[None], (name,), units=units, sigma=sigma, atoms=atoms if len(atoms) else None)
 
     # ---------------------------------------------------------------- generic
