@@ -23,6 +23,13 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr and exit code 2, like every other input error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _formatter(prog):
     return argparse.RawDescriptionHelpFormatter(prog, max_help_position=32)
 
@@ -437,7 +444,7 @@ COMMANDS += [_cmd_simulate, _cmd_relax_bulk, _cmd_db, _cmd_campaign]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hydrolayer",
         description="Hydration layers over mineral surfaces: surfaces, MD ground truth, 3D U-Nets, AFM maps.",
         epilog=EPILOG,
