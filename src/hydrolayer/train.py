@@ -72,6 +72,7 @@ class TrainConfig:
     cache_dir: str | None = None  # None: RUN/cache
     grids_dir: str | None = None  # the database's grid folder if not beside it
     max_val_windows: int | None = None  # cap validation windows (speed), None: all
+    threads: int | None = None  # torch CPU threads per process; None: torch's default
 
     def __post_init__(self):
         from .models import MODELS
@@ -294,6 +295,8 @@ def fit(db, out, config: TrainConfig | None = None, resume: bool = False, epochs
     if cfg.batch_size % dist.world:
         raise InputError(f"{out}: batch_size {cfg.batch_size} is not divisible by the {dist.world} processes")
 
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
     dist.init()
     try:
         return _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_model, checkpoint_payload, save_checkpoint)

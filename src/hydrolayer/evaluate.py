@@ -1,0 +1,501 @@
+"""Evaluation: the paper's Table 1 with the MD noise floor and a height-only baseline, peaks, figures.
+
+``evaluate(runs, db, out)`` (``hydrolayer evaluate RUN [RUN ...] --db DB --out REPORT``)
+writes ``report.md``, ``metrics.csv``, ``metrics.json`` and PNG figures into ``out``.
+
+Rows (the paper's Table 1): the run's own test split (simulations never seen in training or
+validation), then each named test surface found in the database: calcite (10-14) with a
+CO3 2- vacancy and with a Ca2+ vacancy (MAE only within 3 Å of the defect sites, in windows
+centred on them), pristine aragonite (010), aragonite (001), vaterite (010) (all windows of
+a fixed grid tiling the cell). Both faces of every slab are used (the bottom mirrored).
+
+Columns: the MD noise floor, the height-only baseline and one column per model (for a run
+trained with ``loss: compare``, the L1 and the L2 network each). Each MAE is given in
+rho/rho_bulk and in water-O number density (Å^-3, the paper's unit: MAE x rho_bulk).
+
+Reference and noise floor: the reference is the mean of the two half-run densities, both
+smoothed with the model's ``sigma_target`` (the same as its training targets). The noise
+floor is ``0.5 <|half1 - half2|>`` over the same voxels: for independent noise in the two
+halves it equals the expected MAE of the *exact* density against the full-run reference, so
+no model can be expected to beat it on average.
+
+Height-only baseline: the mean training target at each height above the surface plane
+(``baseline.json`` of the run), the same at every lateral position.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .util import InputError, atomic_output
+
+__all__ = ["evaluate", "evaluate_command", "find_peaks_1d", "DEFECT_RADIUS"]
+
+DEFECT_RADIUS = 3.0  # Å, as the paper
+MODEL_LABELS = {"unet": "U-Net", "attention-unet": "Att U-Net"}
+
+
+# ------------------------------------------------------------------ peaks
+def find_peaks_1d(z: np.ndarray, profile: np.ndarray, zmin: float = 0.5, prominence: float = 0.05, n: int = 3) -> list[dict]:
+    """The first ``n`` maxima of a 1D profile above ``zmin`` (Å over the surface plane), with
+    parabolic sub-grid refinement: ``[{"z": Å, "height": rho/rho_bulk}, ...]`` by height z."""
+    from scipy.signal import find_peaks
+
+    profile = np.asarray(profile, dtype=float)
+    idx, _ = find_peaks(profile, prominence=prominence)
+    out = []
+    dz = float(z[1] - z[0])
+    for i in idx:
+        if z[i] < zmin or i == 0 or i == len(profile) - 1:
+            continue
+        y0, y1, y2 = profile[i - 1 : i + 2]
+        if min(y0, y1, y2) > 0:  # parabola through log(y): exact for a Gaussian peak
+            l0, l1, l2 = np.log([y0, y1, y2])
+            den = l0 - 2 * l1 + l2
+            s = 0.5 * (l0 - l2) / den if den < 0 else 0.0
+            h = float(np.exp(l1 - 0.25 * (l0 - l2) * s))
+        else:
+            den = y0 - 2 * y1 + y2
+            s = 0.5 * (y0 - y2) / den if den < 0 else 0.0
+            h = float(y1 - 0.25 * (y0 - y2) * s)
+        out.append({"z": float(z[i] + s * dz), "height": h})
+    return out[:n]
+
+
+def _match_peaks(sim: list[dict], pred: list[dict], tol: float = 0.6) -> list[dict]:
+    rows = []
+    for p in sim:
+        near = [q for q in pred if abs(q["z"] - p["z"]) <= tol]
+        q = min(near, key=lambda q: abs(q["z"] - p["z"])) if near else None
+        rows.append({"z_sim": p["z"], "height_sim": p["height"], "z_pred": None if q is None else q["z"],
+                     "height_pred": None if q is None else q["height"]})
+    return rows
+
+
+# ------------------------------------------------------------------ models of the runs
+def _columns(runs: Sequence[Path]) -> list[dict]:
+    """One column per network: label, checkpoint path, run folder (for split/baseline)."""
+    cols = []
+    for run in runs:
+        run = Path(run)
+        if run.is_file():
+            cols.append({"path": run, "run": run.parent, "loss": None, "kept": True})
+            continue
+        if not run.is_dir():
+            raise InputError(f"{run}: no such run directory or checkpoint")
+        summary = run / "summary.json"
+        if summary.exists():
+            s = json.loads(summary.read_text())
+            for loss in s["losses"]:
+                cols.append({"path": run / loss / "best.pt", "run": run, "loss": loss, "kept": loss == s["kept"]})
+        elif (run / "model.pt").exists():
+            cols.append({"path": run / "model.pt", "run": run, "loss": None, "kept": True})
+        else:
+            raise InputError(f"{run}: no summary.json or model.pt (is the training finished? 'hydrolayer train --resume')")
+    return cols
+
+
+def _load_columns(cols: list[dict]) -> None:
+    from .models import load_model
+
+    names = {}
+    for c in cols:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            c["net"], c["meta"] = load_model(c["path"])
+        loss = c["loss"] or c["meta"].get("loss")
+        label = MODEL_LABELS.get(c["meta"]["model"], c["meta"]["model"]) + (f" ({loss.upper()})" if loss else "")
+        names.setdefault(label, []).append(c)
+    for label, cs in names.items():
+        for c in cs:
+            c["label"] = label if len(cs) == 1 else f"{label} [{c['run'].name}]"
+        if len(cs) > 1 and len({c["label"] for c in cs}) < len(cs):
+            for i, c in enumerate(cs):
+                c["label"] = f"{label} #{i + 1}"
+
+
+# ------------------------------------------------------------------ one group of windows
+def _group_windows(bank, defect: bool) -> tuple[list, list]:
+    """(plan, masks): the windows of a row group and the voxels that count in each."""
+    plan, masks = [], []
+    if defect:
+        for i, e in enumerate(bank.entries):
+            sites = np.asarray(e.meta["defect_sites"]).reshape(-1, 3)
+            if not len(sites):
+                continue
+            for p in bank.centred_plan(i, sites):
+                m = bank.defect_mask(*p, radius=DEFECT_RADIUS)
+                if m.any():
+                    plan.append(p)
+                    masks.append(m)
+    else:
+        plan = bank.grid_plan()
+        masks = [None] * len(plan)
+    return plan, masks
+
+
+def _predict(net, x: np.ndarray, attention: bool, batch: int = 4):
+    import torch
+
+    preds, atts = [], []
+    with torch.no_grad():
+        for k in range(0, len(x), batch):
+            xb = torch.from_numpy(np.ascontiguousarray(x[k : k + batch]))
+            if attention:
+                y, a = net(xb, return_attention=True)
+                atts.append([t.numpy()[:, 0] for t in a])
+            else:
+                y = net(xb)
+            preds.append(y.numpy()[:, 0])
+    pred = np.concatenate(preds)
+    att = [np.concatenate([a[s] for a in atts]) for s in range(3)] if attention else None
+    return pred, att
+
+
+def _masked_mean(arr_list, masks) -> float:
+    s, n = 0.0, 0
+    for a, m in zip(arr_list, masks):
+        if m is None:
+            s += float(a.sum())
+            n += a.size
+        else:
+            s += float(a[m].sum())
+            n += int(m.sum())
+    return s / max(n, 1)
+
+
+def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures) -> dict:
+    plan, masks = _group_windows(bank, defect)
+    if not plan:
+        return {"name": name, "windows": 0, "note": "no windows (no defect sites recorded)" if defect else "no windows"}
+    x, halves = bank.batch(plan)
+    ref = 0.5 * (halves[:, 0] + halves[:, 1])
+    rho_b = np.array([bank.entries[p[0]].interface.rho_bulk for p in plan])
+    z = bank.heights()
+
+    def mae(pred):
+        errs = [np.abs(pred[w] - ref[w]) for w in range(len(plan))]
+        r = _masked_mean(errs, masks)
+        a3 = _masked_mean([e * rho_b[w] for w, e in enumerate(errs)], masks)
+        return {"mae": r, "mae_A3": a3}
+
+    noise = [0.5 * np.abs(halves[w, 0] - halves[w, 1]) for w in range(len(plan))]
+    res: dict[str, Any] = {
+        "name": name,
+        "windows": len(plan),
+        "voxels": int(sum(m.sum() if m is not None else ref[0].size for m in masks)),
+        "simulations": sorted({bank.entries[p[0]].interface.unique_id for p in plan}),
+        "region": f"within {DEFECT_RADIUS:g} A of the defect sites" if defect else "whole windows (fixed grid over the cell, both faces)",
+        "noise_floor": {"mae": _masked_mean(noise, masks), "mae_A3": _masked_mean([n * rho_b[w] for w, n in enumerate(noise)], masks)},
+        "models": {},
+    }
+    sim_prof = ref.mean(axis=(0, 1, 2))
+    sim_peaks = find_peaks_1d(z, sim_prof)
+    res["profile"] = {"height": z.tolist(), "simulated": sim_prof.tolist()}
+    res["peaks_simulated"] = sim_peaks
+    if baseline is not None:
+        bp = np.interp(z, baseline["height"], baseline["profile"])
+        res["baseline"] = mae(np.broadcast_to(bp, ref.shape))
+        res["profile"]["baseline"] = bp.tolist()
+    preds = {}
+    for c in cols:
+        attention = c["meta"]["model"] == "attention-unet"
+        pred, att = _predict(c["net"], x, attention)
+        preds[c["label"]] = (pred, att)
+        m = mae(pred)
+        prof = pred.mean(axis=(0, 1, 2))
+        m["peaks"] = _match_peaks(sim_peaks, find_peaks_1d(z, prof))
+        if baseline is not None:
+            m["beats_baseline"] = bool(m["mae"] < res["baseline"]["mae"])
+        res["models"][c["label"]] = m
+        res["profile"][c["label"]] = prof.tolist()
+    if figures:
+        res["figures"] = _figures(name, figdir, z, ref, x, preds, res, plan, masks)
+    return res
+
+
+# ------------------------------------------------------------------ figures
+def _slug(name: str) -> str:
+    import re
+
+    return re.sub(r"-+", "-", "".join(ch if ch.isalnum() else "-" for ch in name.lower())).strip("-")
+
+
+def _figures(name, figdir: Path, z, ref, x, preds, res, plan, masks) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    slug = _slug(name)
+    files = []
+
+    def save(fig, fname):
+        path = figdir / fname
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        files.append(fname)
+
+    # 1D mean density along z
+    fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
+    ax.plot(z, res["profile"]["simulated"], "k-", lw=2, label="MD (reference)")
+    for label in preds:
+        ax.plot(z, res["profile"][label], lw=1.4, label=label)
+    if "baseline" in res["profile"]:
+        ax.plot(z, res["profile"]["baseline"], ":", color="grey", label="height-only baseline")
+    ax.set_xlabel("height above the surface Ca plane z - z_s (Å)")
+    ax.set_ylabel("mean water density ρ/ρ_bulk")
+    ax.set_title(f"{name}: 1D mean density")
+    ax.legend(fontsize=8)
+    save(fig, f"profile_{slug}.png")
+
+    w = int(np.argmax([m.sum() if m is not None else 0 for m in masks])) if masks[0] is not None else 0
+    first = next(iter(preds))
+    pred0 = preds[first][0]
+    ext_x = (0, 10.0, z[0], z[-1] + (z[1] - z[0]))
+    vmax = float(max(ref[w].mean(1).max(), pred0[w].mean(1).max()))
+    fig, axs = plt.subplots(1, 2, figsize=(8, 4.2), sharey=True, layout="constrained")
+    for ax, arr, t in ((axs[0], ref[w], "MD"), (axs[1], pred0[w], first)):
+        im = ax.imshow(arr.mean(1).T, origin="lower", extent=ext_x, aspect="auto", vmin=0, vmax=vmax, cmap="viridis")
+        ax.set_title(t)
+        ax.set_xlabel("x (Å, window)")
+    axs[0].set_ylabel("z - z_s (Å)")
+    fig.colorbar(im, ax=axs, label="ρ/ρ_bulk (mean over y)")
+    fig.suptitle(f"{name}: xz mean density")
+    save(fig, f"xz_{slug}.png")
+
+    peaks = res["peaks_simulated"] or [{"z": 2.0}]
+    fig, axs = plt.subplots(2, len(peaks), figsize=(3.6 * len(peaks) + 0.8, 6.6), squeeze=False, layout="constrained")
+    for j, p in enumerate(peaks):
+        k = int(np.argmin(np.abs(z - p["z"])))
+        vmax = float(max(ref[w][:, :, k].max(), pred0[w][:, :, k].max()))
+        for i, (arr, t) in enumerate(((ref[w], "MD"), (pred0[w], first))):
+            im = axs[i, j].imshow(arr[:, :, k].T, origin="lower", extent=(0, 10, 0, 10), vmin=0, vmax=vmax, cmap="viridis")
+            axs[i, j].set_title(f"{t}, z - z_s = {z[k]:.2f} Å", fontsize=9)
+            axs[i, j].set_xlabel("x (Å)")
+            axs[i, j].set_ylabel("y (Å)")
+        fig.colorbar(im, ax=axs[:, j], label="ρ/ρ_bulk", shrink=0.8)
+    fig.suptitle(f"{name}: xy slices at the simulated peaks")
+    save(fig, f"slices_{slug}.png")
+
+    for label, (pred, att) in preds.items():
+        if att is None:
+            continue
+        fig, axs = plt.subplots(1, 2, figsize=(10, 4.0), layout="constrained")
+        for s, a in enumerate(att):
+            nz = a.shape[-1]
+            zs = z[0] + (np.arange(nz) + 0.5) * (z[-1] - z[0] + (z[1] - z[0])) / nz
+            axs[0].plot(zs, a.mean(axis=(0, 1, 2)), label=f"scale {s} ({a.shape[1]}x{a.shape[2]}x{nz})")
+        axs[0].set_xlabel("z - z_s (Å)")
+        axs[0].set_ylabel("mean attention coefficient")
+        axs[0].set_title("attention along z per pooling scale")
+        axs[0].legend(fontsize=8)
+        a0 = att[0]
+        for c, el in enumerate(("C", "O", "Ca")):
+            d = x[:, c]
+            wsum = d.sum(axis=(0, 1, 2))
+            prof = np.where(wsum > 1e-6 * wsum.max(), (a0 * d).sum(axis=(0, 1, 2)) / np.maximum(wsum, 1e-30), np.nan)
+            axs[1].plot(z, prof, label=el)
+        axs[1].set_xlabel("z - z_s (Å)")
+        axs[1].set_ylabel("atom-density-weighted attention (scale 0)")
+        axs[1].set_title("attention weighted by C, O, Ca density")
+        axs[1].legend(fontsize=8)
+        fig.suptitle(f"{name}: {label}")
+        save(fig, f"attention_{slug}_{_slug(label)}.png")
+    return files
+
+
+# ------------------------------------------------------------------ report
+def _fmt(m: dict | None) -> str:
+    if not m:
+        return "-"
+    return f"{m['mae']:.4f} ({m['mae_A3']:.3e})"
+
+
+def _report(result: dict) -> str:
+    labels = result["models"]
+    lines = [
+        "# hydrolayer evaluation",
+        "",
+        f"Database: `{result['db']}`. Runs: {', '.join(f'`{r}`' for r in result['runs'])}.",
+        "",
+        "## Table 1: mean absolute error",
+        "",
+        "Each cell: MAE in rho/rho_bulk (and in water-O number density, Å^-3, as the paper). "
+        f"Reference: mean of the two MD half-runs, smoothed with sigma_target = {result['sigma_target']} Å like the training targets. "
+        "MD noise floor: 0.5 <|half1 - half2|> over the same voxels, the MAE the exact density would have against this reference. "
+        "Height-only baseline: the mean training profile along z, the same at every lateral position.",
+        "",
+        "| | windows | MD noise floor | height-only baseline | " + " | ".join(labels) + " |",
+        "|---|---|---|---|" + "---|" * len(labels),
+    ]
+    for g in result["groups"]:
+        if not g.get("windows"):
+            lines.append(f"| {g['title']} | 0 | {g.get('note', '')} | | " + " | ".join("" for _ in labels) + " |")
+            continue
+        cells = []
+        best = min(labels, key=lambda l: g["models"][l]["mae"]) if labels else None
+        for l in labels:
+            s = _fmt(g["models"][l])
+            cells.append(f"**{s}**" if l == best and len(labels) > 1 else s)
+        lines.append(f"| {g['title']} | {g['windows']} | {_fmt(g['noise_floor'])} | {_fmt(g.get('baseline'))} | " + " | ".join(cells) + " |")
+    lines += ["", "Regions: " + "; ".join(f"{g['title']}: {g.get('region', '-')}" for g in result["groups"]) + ".", ""]
+    verdicts = []
+    for g in result["groups"]:
+        for l in labels:
+            m = g.get("models", {}).get(l)
+            if m and "beats_baseline" in m and not m["beats_baseline"]:
+                verdicts.append(f"- **{l} does not beat the height-only baseline on {g['title']}** "
+                                f"({m['mae']:.4f} vs {g['baseline']['mae']:.4f} rho/rho_bulk).")
+            if m and m["mae"] < g["noise_floor"]["mae"]:
+                verdicts.append(f"- {l} on {g['title']} is below the MD noise floor ({m['mae']:.4f} < {g['noise_floor']['mae']:.4f}): "
+                                "the reference is too noisy to rank models there.")
+    lines += ["## Verdicts", ""] + (verdicts or ["- Every model beats the height-only baseline on every row."]) + [""]
+    lines += ["## Peaks of the 1D mean profile (height above z_s in Å, density in rho/rho_bulk)", ""]
+    for g in result["groups"]:
+        if not g.get("windows"):
+            continue
+        lines += [f"### {g['title']}", "", "| peak | MD z | MD height | " + " | ".join(f"{l} z | {l} height" for l in labels) + " |",
+                  "|---|---|---|" + "---|---|" * len(labels)]
+        for i, p in enumerate(g["peaks_simulated"]):
+            row = f"| {i + 1} | {p['z']:.2f} | {p['height']:.2f} |"
+            for l in labels:
+                q = g["models"][l]["peaks"][i]
+                row += " - | - |" if q["z_pred"] is None else f" {q['z_pred']:.2f} | {q['height_pred']:.2f} |"
+            lines.append(row)
+        if not g["peaks_simulated"]:
+            lines.append("| - | no peak found | | " + " | ".join("| " for _ in labels) + "|")
+        lines.append("")
+        for f in g.get("figures", []):
+            lines.append(f"![{f}](figures/{f})")
+        lines.append("")
+    lines += ["## Training (validation MAE per loss, from the runs' summaries)", ""]
+    for r, s in result["training"].items():
+        if s:
+            lines.append(f"- `{r}`: " + ", ".join(f"{k}: best val MAE {v['best_val_mae']:.4f} at epoch {v['best_epoch']}" for k, v in s["losses"].items())
+                         + f"; kept {s['kept']}.")
+    lines.append("")
+    lines.append(f"Regenerate: `{result['command']}`")
+    return "\n".join(lines) + "\n"
+
+
+def _csv(result: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["row", "column", "mae_rho_over_rho_bulk", "mae_A^-3", "windows", "region"])
+    for g in result["groups"]:
+        if not g.get("windows"):
+            continue
+        entries = [("MD noise floor", g["noise_floor"])]
+        if "baseline" in g:
+            entries.append(("height-only baseline", g["baseline"]))
+        entries += list(g["models"].items())
+        for col, m in entries:
+            w.writerow([g["title"], col, f"{m['mae']:.6g}", f"{m['mae_A3']:.6g}", g["windows"], g["region"]])
+    return buf.getvalue()
+
+
+# ------------------------------------------------------------------ entry points
+def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
+    """Evaluate the networks of ``runs`` on ``db``; write the report into ``out``."""
+    from . import data, store
+
+    runs = [Path(r) for r in runs]
+    out = Path(out)
+    cols = _columns(runs)
+    _load_columns(cols)
+    run0 = cols[0]["run"]
+    split_path = run0 / "split.json"
+    split = data.load_split(split_path) if split_path.exists() else None
+    base_path = run0 / "baseline.json"
+    baseline = json.loads(base_path.read_text()) if base_path.exists() else None
+    meta0 = cols[0]["meta"]
+    cfg = meta0.get("train_config", {}) or {}
+    sigma = (meta0.get("descriptor") or {}).get("sigma")
+    sigma_target = meta0.get("sigma_target", data.DEFAULT_SIGMA_TARGET)
+    for c in cols[1:]:
+        if (c["meta"].get("descriptor") or {}).get("sigma") != sigma or c["meta"].get("sigma_target") != sigma_target:
+            raise InputError(f"{c['path']}: descriptor sigma / sigma_target differ from {cols[0]['path']}; evaluate them separately")
+    train_surfaces = tuple(cfg.get("train_surfaces", data.TRAIN_SURFACES))
+    out.mkdir(parents=True, exist_ok=True)
+    figdir = out / "figures"
+    figdir.mkdir(exist_ok=True)
+    cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else run0 / "cache"
+    if not cache.parent.exists():
+        cache = out / "cache"
+
+    groups = []
+    if split and split["test"]:
+        n = len(split["test"])
+        groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", split["test"], False))
+    named: dict[str, list[str]] = {}
+    for row in store.iter_rows(db):
+        name = data.classify_row(row, train_surfaces)
+        if name:
+            named.setdefault(name, []).append(row.unique_id)
+    order = list(data.NAMED_TESTS) + sorted(set(named) - set(data.NAMED_TESTS))
+    for name in order:
+        if name in named:
+            groups.append((name, data.NAMED_TESTS.get(name, name), sorted(named[name]), "vacancy" in name))
+    if not groups:
+        raise InputError(f"{db}: nothing to evaluate (no test split and no named test surfaces)")
+
+    results = []
+    for name, title, uids, defect in groups:
+        log(f"evaluating {title}: {len(uids)} simulation{'s' if len(uids) > 1 else ''}")
+        bank = data.build_bank(db, uids, cache, sigma=sigma, sigma_target=sigma_target, train_surfaces=train_surfaces)
+        g = _evaluate_group(name, bank, defect, cols, baseline, figdir, figures)
+        g["title"] = title
+        results.append(g)
+
+    training = {}
+    for r in runs:
+        s = Path(r) / "summary.json"
+        training[str(r)] = json.loads(s.read_text()) if s.exists() else None
+    result = {
+        "db": str(db),
+        "runs": [str(r) for r in runs],
+        "models": [c["label"] for c in cols],
+        "checkpoints": {c["label"]: str(c["path"]) for c in cols},
+        "kept": {c["label"]: c["kept"] for c in cols},
+        "sigma": sigma,
+        "sigma_target": sigma_target,
+        "defect_radius": DEFECT_RADIUS,
+        "groups": results,
+        "training": training,
+        "command": f"hydrolayer evaluate {' '.join(str(r) for r in runs)} --db {db} --out {out}",
+    }
+    with atomic_output(out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    with atomic_output(out / "metrics.csv") as tmp:
+        tmp.write_text(_csv(result))
+    with atomic_output(out / "report.md") as tmp:
+        tmp.write_text(_report(result))
+    log(f"wrote {out / 'report.md'}, metrics.csv, metrics.json" + (f" and {sum(len(g.get('figures', [])) for g in results)} figures" if figures else ""))
+    return result
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, float) and math.isnan(o):
+        return None
+    raise TypeError(type(o).__name__)
+
+
+def evaluate_command(runs, db, out, figures: bool = True) -> dict:
+    """What ``hydrolayer evaluate`` does (the CLI only parses arguments)."""
+    import sys
+
+    return evaluate(runs, db, out, figures=figures, log=lambda m: print(m, file=sys.stderr))

@@ -1,0 +1,111 @@
+"""Evaluation on the synthetic toy database of ``test_data.make_synthetic_db``.
+
+What this checks: the report files (report.md with the Table-1 layout, metrics.csv,
+metrics.json, figures incl. attention), the rows (test split, the named CO3-vacancy and
+aragonite toys), the noise floor and the baseline computed as documented (recomputed here
+independently from the window bank), MAE within 3 Å of the defect site only, the Å^-3
+conversion, and peak finding on an analytic profile. What it does not check: whether the
+numbers are good (the networks are tiny and trained for one epoch on toy data).
+"""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("hydrolayer.descriptors")
+
+from test_data import RHO_BULK, make_synthetic_db  # noqa: E402
+
+from hydrolayer import data  # noqa: E402
+from hydrolayer.evaluate import find_peaks_1d  # noqa: E402
+from hydrolayer.train import TrainConfig, fit  # noqa: E402
+from hydrolayer.util import InputError  # noqa: E402
+
+
+def test_find_peaks_1d_sub_grid():
+    z = -5 + np.arange(64) * 0.3125
+    prof = 1 + 2.4 * np.exp(-((z - 2.07) ** 2) / (2 * 0.3**2)) + 0.8 * np.exp(-((z - 3.38) ** 2) / (2 * 0.3**2))
+    prof[z < 1] = 0
+    peaks = find_peaks_1d(z, prof)
+    assert [round(p["z"], 1) for p in peaks] == [2.1, 3.4]
+    assert abs(peaks[0]["z"] - 2.07) < 0.03 and abs(peaks[0]["height"] - 3.4) < 0.05
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    db = make_synthetic_db(root, n_train=4)
+    common = dict(channels=(2, 4, 4, 4), epochs=1, batch_size=2, windows_per_interface=1, max_val_windows=2,
+                  cache_dir=str(root / "cache"), seed=0, threads=1)
+    fit(db, root / "unet", TrainConfig(loss="l1", **common), progress=False)
+    fit(db, root / "att", TrainConfig(model="attention-unet", loss="l2", **common), progress=False)
+    return db, root
+
+
+def test_evaluate_cli_writes_the_report(runs, tmp_path):
+    from hydrolayer.cli import main
+
+    db, root = runs
+    out = tmp_path / "report"
+    assert main(["evaluate", str(root / "unet"), str(root / "att"), "--db", str(db), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert "| | windows | MD noise floor | height-only baseline | U-Net (L1) | Att U-Net (L2) |" in md
+    for title in ("test set (1 simulation)", "calcite (10-14) with a CO3 2- vacancy", "aragonite (010)"):
+        assert f"| {title} |" in md
+    res = json.loads((out / "metrics.json").read_text())
+    assert [g["name"] for g in res["groups"]] == ["test set", "calcite-104 CO3 vacancy", "aragonite-010"]
+    csv_lines = (out / "metrics.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("row,column,mae_rho_over_rho_bulk,mae_A^-3")
+    assert len(csv_lines) == 1 + 3 * 4
+    figs = {p.name for p in (out / "figures").iterdir()}
+    assert {"profile_aragonite-010.png", "xz_aragonite-010.png", "slices_aragonite-010.png",
+            "attention_aragonite-010_att-u-net-l2.png"} <= figs
+    assert not any(f.startswith("attention_") and "u-net-l1" in f and "att" not in f for f in figs)
+
+    for g in res["groups"]:
+        for col in [g["noise_floor"], g["baseline"], *g["models"].values()]:
+            assert col["mae_A3"] == pytest.approx(col["mae"] * RHO_BULK, rel=1e-6)
+            assert col["mae"] > 0
+
+
+def test_noise_floor_baseline_and_defect_region_as_documented(runs, tmp_path):
+    from hydrolayer.evaluate import evaluate
+
+    db, root = runs
+    res = evaluate([root / "unet"], db, tmp_path / "r", figures=False, log=lambda m: None)
+    groups = {g["name"]: g for g in res["groups"]}
+    base = json.loads((root / "unet" / "baseline.json").read_text())
+    # pristine aragonite toy: every window of the fixed grid, both faces
+    uid = groups["aragonite-010"]["simulations"][0]
+    bank = data.build_bank(db, [uid], tmp_path / "c")
+    plan = bank.grid_plan()
+    _, h = bank.batch(plan)
+    ref = 0.5 * (h[:, 0] + h[:, 1])
+    g = groups["aragonite-010"]
+    assert g["windows"] == len(plan) == 4
+    assert g["noise_floor"]["mae"] == pytest.approx(0.5 * np.abs(h[:, 0] - h[:, 1]).mean(), rel=1e-5)
+    assert g["baseline"]["mae"] == pytest.approx(np.abs(ref - np.asarray(base["profile"])).mean(), rel=1e-5)
+    # CO3-vacancy toy: only voxels within 3 Å of the recorded site, in one window centred on it
+    d = groups["calcite-104 CO3 vacancy"]
+    uid = d["simulations"][0]
+    bank = data.build_bank(db, [uid], tmp_path / "c")
+    top = [i for i, e in enumerate(bank.entries) if e.interface.face == "top"][0]
+    p = bank.centred_plan(top, np.asarray(bank.entries[top].meta["defect_sites"]))[0]
+    mask = bank.defect_mask(*p)
+    _, h = bank.batch([p])
+    assert d["windows"] == 1 and d["voxels"] == int(mask.sum())
+    assert d["noise_floor"]["mae"] == pytest.approx(0.5 * np.abs(h[0, 0] - h[0, 1])[mask].mean(), rel=1e-5)
+    assert "within 3 A" in d["region"]
+
+
+def test_evaluate_errors(tmp_path, runs):
+    from hydrolayer.evaluate import evaluate
+
+    db, _ = runs
+    with pytest.raises(InputError, match="no such run"):
+        evaluate([tmp_path / "missing"], db, tmp_path / "r")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="summary.json"):
+        evaluate([tmp_path / "empty"], db, tmp_path / "r")

@@ -1,0 +1,138 @@
+"""Training on the synthetic toy database of ``test_data.make_synthetic_db``.
+
+What this checks: the run directory (config, split, baseline, checkpoints, metrics.jsonl,
+model.pt, summary), the L1/L2 comparison, exact resume after a "kill" between epochs
+(bit-identical weights and metrics), config files, refusal to overwrite a run, and two
+processes through ``torchrun`` (DDP, gloo) giving the same weights as one process with the
+same global batch. What it does not check: that the network learns real hydration layers
+(tiny widths, a couple of windows, one or two epochs).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("hydrolayer.descriptors")
+
+from test_data import make_synthetic_db  # noqa: E402
+
+from hydrolayer.models import load_model  # noqa: E402
+from hydrolayer.train import TrainConfig, fit, load_config, train_command  # noqa: E402
+from hydrolayer.util import InputError  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    return make_synthetic_db(root, n_train=4), root / "cache"
+
+
+def tiny(cache, **kw):
+    base = dict(channels=(2, 4, 4, 4), epochs=2, batch_size=2, windows_per_interface=1, max_val_windows=2,
+                dropout=0.1, cache_dir=str(cache), seed=1, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_fit_writes_the_run_and_compares_losses(toy, tmp_path):
+    db, cache = toy
+    out = tmp_path / "run"
+    summary = fit(db, out, tiny(cache), progress=False)
+    for name in ("config.json", "split.json", "baseline.json", "model.pt", "summary.json",
+                 "l1/checkpoint.pt", "l1/best.pt", "l1/metrics.jsonl", "l2/best.pt", "l2/metrics.jsonl"):
+        assert (out / name).exists(), name
+    assert set(summary["losses"]) == {"l1", "l2"} and summary["kept"] in ("l1", "l2")
+    recs = [json.loads(line) for line in (out / "l1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == [1, 2]
+    assert all(r["windows_per_s"] > 0 and r["val_mae"] > 0 and r["val_mae_A3"] > 0 for r in recs)
+    model, meta = load_model(out / "model.pt")
+    assert meta["model"] == "unet" and meta["loss"] == summary["kept"]
+    assert meta["descriptor"]["sigma"] == 0.5 and meta["sigma_target"] == 0.4
+    assert meta["window"]["shape"] == [32, 32, 64] and meta["training"]["surfaces"] == ["calcite-104"]
+    split = json.loads((out / "split.json").read_text())
+    assert "calcite-104 CO3 vacancy" in split["named"] and len(split["train"]) == 2
+    base = json.loads((out / "baseline.json").read_text())
+    assert len(base["profile"]) == 64 and max(base["profile"]) > 1
+    with pytest.raises(InputError, match="already there"):
+        fit(db, out, tiny(cache), progress=False)
+
+
+def test_resume_after_a_kill_is_exact(toy, tmp_path):
+    db, cache = toy
+    cfg = dict(loss="l1", epochs=3)
+    fit(db, tmp_path / "straight", tiny(cache, **cfg), progress=False)
+    killed = fit(db, tmp_path / "resumed", tiny(cache, **cfg), progress=False, stop_after=1)
+    assert killed.get("stopped")
+    fit(db, tmp_path / "resumed", resume=True, progress=False)
+    a, b = _weights(tmp_path / "straight" / "l1" / "checkpoint.pt"), _weights(tmp_path / "resumed" / "l1" / "checkpoint.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in ("windows_per_s", "load_s", "step_s", "val_s")}
+                       for x in p.read_text().splitlines()]
+    assert strip(tmp_path / "straight" / "l1" / "metrics.jsonl") == strip(tmp_path / "resumed" / "l1" / "metrics.jsonl")
+    # extending a finished run continues from its last epoch
+    fit(db, tmp_path / "resumed", resume=True, epochs=4, progress=False)
+    assert len((tmp_path / "resumed" / "l1" / "metrics.jsonl").read_text().splitlines()) == 4
+
+
+def test_config_file_and_errors(toy, tmp_path):
+    db, cache = toy
+    f = tmp_path / "train.yaml"
+    f.write_text("model: attention-unet\nchannels: [2, 4, 4, 4]\nloss: l2\nepochs: 1\n")
+    cfg = load_config(f, seed=5)
+    assert cfg.model == "attention-unet" and cfg.channels == (2, 4, 4, 4) and cfg.seed == 5
+    (tmp_path / "bad.yaml").write_text("epochs: 1\nlearning_rate: 0.1\n")
+    with pytest.raises(InputError, match="bad.yaml.*learning_rate"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "neg.yaml").write_text("epochs: -1\n")
+    with pytest.raises(InputError, match="neg.yaml.*epochs"):
+        load_config(tmp_path / "neg.yaml")
+    with pytest.raises(InputError, match="nothing to resume"):
+        train_command(db, tmp_path / "none", resume=True)
+    with pytest.raises(InputError, match="only --epochs"):
+        train_command(db, tmp_path / "none", resume=True, model="unet")
+
+
+def test_cli_train_attention_unet(toy, tmp_path):
+    from hydrolayer.cli import main
+
+    db, cache = toy
+    f = tmp_path / "c.yaml"
+    f.write_text(f"channels: [2, 4, 4, 4]\nthreads: 1\nloss: l1\nwindows_per_interface: 1\nbatch_size: 2\nmax_val_windows: 2\ncache_dir: {cache}\n")
+    assert main(["train", "--db", str(db), "--model", "attention-unet", "--out", str(tmp_path / "att"), "--epochs", "1",
+                 "--config", str(f), "--no-progress"]) == 0
+    model, meta = load_model(tmp_path / "att" / "model.pt")
+    assert meta["model"] == "attention-unet"
+    assert main(["train", "--db", str(db), "--out", str(tmp_path / "att"), "--resume", "--model", "unet"]) == 2
+
+
+def test_torchrun_two_processes_match_one(toy, tmp_path):
+    """DDP with gloo, 2 processes x 1 window == 1 process x 2 windows (norm none, no dropout)."""
+    db, cache = toy
+    f = tmp_path / "c.yaml"
+    f.write_text(f"channels: [2, 4, 4, 4]\nnorm: none\ndropout: 0.0\nloss: l1\nepochs: 1\nwindows_per_interface: 1\n"
+                 f"batch_size: 2\nmax_val_windows: 2\ncache_dir: {cache}\nseed: 2\nthreads: 1\n")
+    fit(db, tmp_path / "one", load_config(f), progress=False)
+    src = str(Path(__import__("hydrolayer").__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hydrolayer.cli",
+           "train", "--db", str(db), "--out", str(tmp_path / "two"), "--config", str(f), "--no-progress"]
+    r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    recs = [json.loads(x) for x in (tmp_path / "two" / "l1" / "metrics.jsonl").read_text().splitlines()]
+    assert len(recs) == 1 and recs[0]["processes"] == 2
+    a, b = _weights(tmp_path / "one" / "l1" / "checkpoint.pt"), _weights(tmp_path / "two" / "l1" / "checkpoint.pt")
+    for k in a:
+        np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
+    one = json.loads((tmp_path / "one" / "l1" / "metrics.jsonl").read_text())
+    assert recs[0]["val_mae"] == pytest.approx(one["val_mae"], rel=1e-4)
