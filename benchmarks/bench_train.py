@@ -1,0 +1,163 @@
+"""Training speed: windows/s and whether loading starves the network.
+
+    python benchmarks/bench_train.py                          # synthetic calcite rows, default widths
+    python benchmarks/bench_train.py --db data/simulations.db # real rows
+    python benchmarks/bench_train.py --channels 8,16,32,64 --batch 4 --steps 12 --threads 2
+
+Measures, on this machine's cores:
+  * the window bank: time to precompute (descriptor + smoothed target halves) per slab face;
+  * training steps (Adam, L1) of the network with real loading (``WindowBank.batch`` of
+    random lattice offsets from the memory-mapped cache + tensor conversion) and with the
+    same batches pre-loaded as tensors, interleaved step by step so that the machine's
+    other load hits both alike; the ratio of the medians is the starvation test (<= 1.2);
+  * validation/inference windows/s (no gradient).
+
+Without ``--db`` the rows are synthetic: real calcite (10-14) slabs (5 x 3 cells, 4 layers,
+0-2 pair vacancies, from ``structures.build_surface``) with a layered analytic water
+density. Speed does not depend on the values, only on the sizes, which match the planned
+data set (about 25 x 24 Å lateral cells, 0.25 Å MD grid). The load average is printed:
+other jobs on the machine (MD runs, tests) slow every number down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def synthetic_db(folder: Path, n: int = 3) -> Path:
+    """``n`` calcite (10-14) slab rows with a layered analytic density (speed only)."""
+    from hydrolayer import store
+    from hydrolayer.structures import build_surface, surface_planes
+
+    db = folder / "bench.db"
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        atoms = build_surface("calcite-104", size=(5, 3), layers=4, pair_vacancies=k % 3, seed=k, vacuum=25.0)
+        top, bottom = surface_planes(atoms)
+        cell = np.asarray(atoms.cell)
+        shape = tuple(int(round(L / 0.25)) for L in np.linalg.norm(cell, axis=1))
+        z = (np.arange(shape[2]) / shape[2]) * cell[2, 2]
+        d = np.minimum((z - top) % cell[2, 2], (bottom - z) % cell[2, 2])
+        prof = (d > 1.5) * (1 + 2.4 * np.exp(-((d - 2.1) ** 2) / 0.08) + 0.8 * np.exp(-((d - 3.4) ** 2) / 0.18))
+        rho = np.broadcast_to(prof, shape).astype(np.float32)
+        h1 = np.clip(rho + 0.5 * rng.standard_normal(shape, dtype=np.float32) * (rho > 0), 0, None)
+        h2 = np.clip(rho + 0.5 * rng.standard_normal(shape, dtype=np.float32) * (rho > 0), 0, None)
+        kvp = dict(surface="calcite-104", rho_bulk=0.0334, z_top=top, z_bottom=bottom, net_charge=0,
+                   production_ps=0.0, seed=k, defects=f"{k % 3} pair vacancies (synthetic density)")
+        store.write_simulation(db, atoms, h1, h2, cell, kvp, {})
+    return db
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", default=None, help="simulation database (default: synthetic calcite rows in a temp folder)")
+    ap.add_argument("--model", default="unet", choices=["unet", "attention-unet"])
+    ap.add_argument("--channels", default="16,32,64,128")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=10, help="measured steps of each kind (after 2 warm-up steps)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from hydrolayer import data, store
+    from hydrolayer.models import build_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp(prefix="bench_train_"))
+    load0 = os.getloadavg()
+    t = time.perf_counter()
+    db = Path(args.db) if args.db else synthetic_db(tmp)
+    t_db = time.perf_counter() - t
+    uids = [r.unique_id for r in store.iter_rows(db)][:3]
+    t = time.perf_counter()
+    bank = data.build_bank(db, uids, tmp / "cache")
+    t_bank = time.perf_counter() - t
+    n_faces = len(bank)
+
+    channels = tuple(int(c) for c in args.channels.split(","))
+    torch.manual_seed(0)
+    model = build_model(args.model, channels=channels)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    lossf = torch.nn.L1Loss()
+    rng = np.random.default_rng(0)
+    n = args.steps + 2
+    plan = bank.random_plan(rng, max(1, (n * args.batch) // n_faces + 1))[: n * args.batch]
+    batches = [plan[i * args.batch : (i + 1) * args.batch] for i in range(n)]
+    pre = []
+    for b in batches:
+        x, h = bank.batch(b)
+        pre.append((torch.from_numpy(x.copy()), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))))
+
+    def step(xt, yt):
+        opt.zero_grad(set_to_none=True)
+        loss = lossf(model(xt), yt)
+        loss.backward()
+        opt.step()
+
+    loaded, preloaded, load_only = [], [], []
+    model.train()
+    for i, b in enumerate(batches):
+        # with loading: slice the memory-mapped bank, convert, step
+        t0 = time.perf_counter()
+        x, h = bank.batch(b)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))
+        t1 = time.perf_counter()
+        step(xt, yt)
+        t2 = time.perf_counter()
+        # pre-loaded tensors
+        step(*pre[i])
+        t3 = time.perf_counter()
+        if i >= 2:
+            loaded.append(t2 - t0)
+            load_only.append(t1 - t0)
+            preloaded.append(t3 - t2)
+    model.eval()
+    with torch.no_grad():
+        xt = pre[0][0]
+        model(xt)
+        t = time.perf_counter()
+        for _ in range(3):
+            model(xt)
+        t_inf = (time.perf_counter() - t) / 3
+    med_l, med_p = statistics.median(loaded), statistics.median(preloaded)
+    res = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+                   f"{torch.get_num_threads()} torch threads",
+        "loadavg_before": [round(v, 2) for v in load0],
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
+        "db": str(db) if args.db else "synthetic calcite-104 5x3 rows",
+        "model": args.model,
+        "channels": list(channels),
+        "batch": args.batch,
+        "steps": args.steps,
+        "synthetic_db_s": round(t_db, 2) if not args.db else None,
+        "bank_s_per_face": round(t_bank / n_faces, 2),
+        "bank_lateral_points": list(bank.entries[0].desc.shape[1:3]),
+        "step_loaded_median_s": round(med_l, 4),
+        "step_preloaded_median_s": round(med_p, 4),
+        "loading_median_s": round(statistics.median(load_only), 5),
+        "ratio_loaded_over_preloaded": round(med_l / med_p, 3),
+        "train_windows_per_s": round(args.batch / med_l, 2),
+        "inference_windows_per_s": round(args.batch / t_inf, 2),
+    }
+    print(json.dumps(res, indent=1))
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
