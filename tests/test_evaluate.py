@@ -109,3 +109,15 @@ def test_evaluate_errors(tmp_path, runs):
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="summary.json"):
         evaluate([tmp_path / "empty"], db, tmp_path / "r")
+
+
+def test_a_lone_checkpoint_carries_its_split_and_baseline(runs, tmp_path):
+    from hydrolayer.evaluate import evaluate
+
+    db, root = runs
+    a = evaluate([root / "unet"], db, tmp_path / "a", figures=False, log=lambda m: None)
+    b = evaluate([root / "unet" / "l1" / "best.pt"], db, tmp_path / "b", figures=False, log=lambda m: None)
+    assert [g["name"] for g in a["groups"]] == [g["name"] for g in b["groups"]]
+    for ga, gb in zip(a["groups"], b["groups"]):
+        assert ga["baseline"] == gb["baseline"] and ga["noise_floor"] == gb["noise_floor"]
+        assert list(ga["models"].values())[0]["mae"] == pytest.approx(list(gb["models"].values())[0]["mae"], rel=1e-6)

@@ -414,10 +414,11 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
     cols = _columns(runs)
     _load_columns(cols)
     run0 = cols[0]["run"]
+    training0 = cols[0]["meta"].get("training") or {}
     split_path = run0 / "split.json"
-    split = data.load_split(split_path) if split_path.exists() else None
+    split = data.load_split(split_path) if split_path.exists() else training0.get("split")
     base_path = run0 / "baseline.json"
-    baseline = json.loads(base_path.read_text()) if base_path.exists() else None
+    baseline = json.loads(base_path.read_text()) if base_path.exists() else training0.get("baseline")
     meta0 = cols[0]["meta"]
     cfg = meta0.get("train_config", {}) or {}
     sigma = (meta0.get("descriptor") or {}).get("sigma")
@@ -429,14 +430,15 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     figdir = out / "figures"
     figdir.mkdir(exist_ok=True)
-    cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") else run0 / "cache"
-    if not cache.parent.exists():
-        cache = out / "cache"
+    # reuse a shared window cache of the training if there is one; never write into the run
+    cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") and Path(cfg["cache_dir"]).is_dir() else out / "cache"
 
     groups = []
     if split and split["test"]:
         n = len(split["test"])
         groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", split["test"], False))
+        if len({str(c["run"]) for c in cols}) > 1:
+            log(f"test set: the split of {run0} (the first run)")
     named: dict[str, list[str]] = {}
     for row in store.iter_rows(db):
         name = data.classify_row(row, train_surfaces)

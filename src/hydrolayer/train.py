@@ -204,7 +204,9 @@ def window_spec_dict() -> dict:
     return GridSpec.orthogonal(size, shape, origin=(0.0, 0.0, -Z_BELOW)).to_dict()
 
 
-def checkpoint_extra(cfg: TrainConfig, loss: str, db=None, split: dict | None = None) -> dict:
+def checkpoint_extra(cfg: TrainConfig, loss: str, db=None, split: dict | None = None, baseline: dict | None = None) -> dict:
+    """Checkpoint metadata beside the weights. ``training`` carries the split (unique ids)
+    and the height-only baseline so that a checkpoint alone can be evaluated."""
     from .data import DEFAULT_SIGMA_TARGET
 
     return {
@@ -220,6 +222,8 @@ def checkpoint_extra(cfg: TrainConfig, loss: str, db=None, split: dict | None = 
             "db": None if db is None else str(db),
             "simulations": None if split is None else len(split["train"]),
             "held_out": None if split is None else sorted(split["named"]),
+            "split": None if split is None else {k: split[k] for k in ("seed", "train", "val", "test", "named") if k in split},
+            "baseline": baseline,
         },
     }
 
@@ -334,20 +338,23 @@ def _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_mo
         train_bank = data.build_bank(db, split["train"], cache, **bank_kw)
         val_bank = data.build_bank(db, split["val"], cache, **bank_kw)
     _log(f"window bank ready in {time.perf_counter() - t0:.1f} s: {len(train_bank)} training and {len(val_bank)} validation interfaces", rank)
-    if rank == 0 and not (out / "baseline.json").exists():
-        _write_json(out / "baseline.json", {
+    baseline_path = out / "baseline.json"
+    if rank == 0 and not baseline_path.exists():
+        _write_json(baseline_path, {
             "what": "height-only baseline: mean training target (rho/rho_bulk) per height above the surface plane",
             "height": train_bank.heights().tolist(),
             "profile": train_bank.mean_profile().tolist(),
             "sigma_target": cfg.sigma_target,
         })
+    dist.barrier()
+    baseline = json.loads(baseline_path.read_text())
     val_plan = val_bank.grid_plan()
     if cfg.max_val_windows:
         val_plan = val_plan[: cfg.max_val_windows]
 
     results = {}
     for loss_name in cfg.losses:
-        results[loss_name] = _fit_one(out / loss_name, db, split, cfg, loss_name, train_bank, val_bank, val_plan, resume,
+        results[loss_name] = _fit_one(out / loss_name, db, split, baseline, cfg, loss_name, train_bank, val_bank, val_plan, resume,
                                       progress, stop_after, dist, torch, build_model, checkpoint_payload, save_checkpoint)
         if results[loss_name].get("stopped"):
             return {"stopped": True, "losses": results}
@@ -369,7 +376,7 @@ def _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_mo
     return summary
 
 
-def _fit_one(folder: Path, db, split, cfg, loss_name, train_bank, val_bank, val_plan, resume, progress, stop_after, dist,
+def _fit_one(folder: Path, db, split, baseline, cfg, loss_name, train_bank, val_bank, val_plan, resume, progress, stop_after, dist,
              torch, build_model, checkpoint_payload, save_checkpoint) -> dict:
     from torch.nn.parallel import DistributedDataParallel
 
@@ -467,7 +474,7 @@ def _fit_one(folder: Path, db, split, cfg, loss_name, train_bank, val_bank, val_
         }
         state["history"] = state["history"] + [rec]
         if rank == 0:
-            extra = checkpoint_extra(cfg, loss_name, db, split)
+            extra = checkpoint_extra(cfg, loss_name, db, split, baseline)
             extra["epoch"] = epoch + 1
             extra["val_mae"] = val_mae
             if improved:
