@@ -196,3 +196,26 @@ def test_outputs_and_cli(tmp_path, slab, predictor, capsys):
     args = parser.parse_args(["models"])
     args.func(args)
     assert capsys.readouterr().out.strip()
+
+
+def test_blend_weight_with_smaller_overlap():
+    w = predict.blend_weight(32, 8)
+    np.testing.assert_allclose(w[8:24], 1.0)
+    np.testing.assert_allclose(w[:8] + w[24:], 1.0, atol=1e-12)  # neighbours at stride 24
+    rng = np.random.default_rng(3)
+    desc = rng.random((3, 72, 50, 8)).astype(np.float32)
+    out = predict.tile_predict(desc, _pointwise, window=32, stride=24)
+    np.testing.assert_allclose(out, _pointwise(torch.from_numpy(desc[None]))[0, 0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_optimised_network_gives_the_same_numbers(tmp_path, tiny_net):
+    path = _save(tmp_path, tiny_net)
+    fast = predict.load_predictor(path)
+    plain = predict.load_predictor(path, optimise=False)
+    rng = np.random.default_rng(4)
+    desc = (rng.random((3, 40, 36, 64)) * 0.05).astype(np.float32)
+    a = predict.tile_predict(desc, fast.net)
+    b = predict.tile_predict(desc, plain.net)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    one = desc[None, :, :32, :32]
+    np.testing.assert_allclose(predict._run_batches(fast.net, one, 8), predict._run_batches(plain.net, one, 8), atol=1e-5)

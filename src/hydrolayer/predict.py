@@ -196,8 +196,29 @@ class Predictor:
         return predict_density(atoms, model=self, **kwargs)
 
 
-def load_predictor(model: str | Path | None = None, directory=None, threads: int | None = None) -> Predictor:
-    """Load a shipped model by name, a checkpoint by path, or the default shipped model."""
+def _optimise(net):
+    """Inference-only speed-ups that keep the numbers (to float round-off): each Conv3d
+    followed by a BatchNorm3d in a Sequential is folded into one Conv3d (eval statistics),
+    and the weights go channels-last (oneDNN's fast 3D layout on CPU)."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for mod in list(net.modules()):
+        if isinstance(mod, nn.Sequential):
+            items = list(mod._modules.items())
+            for (n1, a), (n2, b) in zip(items, items[1:]):
+                if isinstance(a, nn.Conv3d) and isinstance(b, nn.BatchNorm3d) and not b.training:
+                    mod._modules[n1] = fuse_conv_bn_eval(a, b)
+                    mod._modules[n2] = nn.Identity()
+    return net.to(memory_format=torch.channels_last_3d)
+
+
+def load_predictor(model: str | Path | None = None, directory=None, threads: int | None = None, optimise: bool = True) -> Predictor:
+    """Load a shipped model by name, a checkpoint by path, or the default shipped model.
+
+    ``optimise``: fold batch norms into the convolutions and use the channels-last layout
+    (same predictions to ~1e-6, faster on CPU)."""
     path = _resolve(model, directory)
     t0 = time.perf_counter()
     import torch
@@ -210,14 +231,24 @@ def load_predictor(model: str | Path | None = None, directory=None, threads: int
         warnings.simplefilter("ignore", UserWarning)  # version note: reported in meta instead
         net, meta = load_model(path)
     net.eval()
+    if optimise:
+        net = _optimise(net)
     return Predictor(net, meta, name=path.stem, source=str(path), load_seconds=time.perf_counter() - t0)
 
 
 # =========================================================================== tiling
-def blend_weight(n: int) -> np.ndarray:
-    """sin^2(pi (i + 1/2) / n), i = 0..n-1: ~0 at the edges, 1 in the middle; at stride n/2
-    two neighbours sum to exactly 1."""
-    return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2
+def blend_weight(n: int, overlap: int | None = None) -> np.ndarray:
+    """Blend weight along one window axis of ``n`` points for windows that overlap by
+    ``overlap`` points (default n // 2): sin^2 ramps over the ``overlap`` points at each
+    edge (~0 at the edge) and 1 in between. Where two windows at that stride overlap, their
+    ramps are sin^2 and cos^2 of the same angle: they sum to exactly 1. With the default
+    this is sin^2(pi (i + 1/2) / n)."""
+    overlap = n // 2 if overlap is None else int(overlap)
+    if not 0 < overlap <= n // 2:
+        raise ValueError(f"overlap must be in 1..{n // 2}, got {overlap}")
+    i = np.arange(n) + 0.5
+    up = np.sin(0.5 * np.pi * np.clip(i / overlap, 0, 1)) ** 2
+    return up * up[::-1]
 
 
 def _offsets(n: int, window: int, stride: int) -> np.ndarray:
@@ -230,13 +261,22 @@ def _offsets(n: int, window: int, stride: int) -> np.ndarray:
 
 
 def _run_batches(net: Callable, windows: np.ndarray, batch: int) -> np.ndarray:
+    """Run ``net`` over (N, C, X, Y, Z) windows in batches; channels-last memory layout.
+
+    A lone window is run as a batch of two (itself twice): PyTorch's CPU convolution picks
+    its slow reference kernel for batch 1 at window size (the oneDNN kernel needs N > 1 or a
+    larger plane), and two windows through oneDNN cost ~3x less than one through the other.
+    """
     import torch
 
     outs = []
     with torch.inference_mode():
         for s in range(0, len(windows), batch):
-            x = torch.from_numpy(np.ascontiguousarray(windows[s : s + batch], dtype=np.float32))
-            y = net(x)
+            part = np.ascontiguousarray(windows[s : s + batch], dtype=np.float32)
+            lone = len(part) == 1 and part.shape[2] * part.shape[3] * part.shape[1] <= 20480
+            x = torch.from_numpy(np.concatenate([part, part]) if lone else part)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            y = net(x)[:1] if lone else net(x)
             outs.append(y[:, 0].detach().cpu().numpy())
     return np.concatenate(outs) if outs else np.zeros((0,) + windows.shape[2:], np.float32)
 
@@ -251,8 +291,10 @@ def tile_predict(desc: np.ndarray, net: Callable, window: int = 32, stride: int 
     desc = np.asarray(desc, dtype=np.float32)
     _, nx, ny, nz = desc.shape
     stride = stride or window // 2
+    if not window // 2 <= stride < window:
+        raise ValueError(f"stride must be in {window // 2}..{window - 1} points, got {stride}")
     ox, oy = _offsets(nx, window, stride), _offsets(ny, window, stride)
-    w1 = blend_weight(window).astype(np.float32)
+    w1 = blend_weight(window, window - stride).astype(np.float32)
     w2 = w1[:, None] * w1[None, :]
     acc = np.zeros((nx, ny, nz), np.float32)
     wsum = np.zeros((nx, ny), np.float32)
