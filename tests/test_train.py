@@ -44,6 +44,25 @@ def _weights(path):
     return torch.load(path, weights_only=True)["state_dict"]
 
 
+def test_d4_augmentation_is_the_descriptor_of_the_reflected_surface():
+    """Reflecting a window (op 1: x -> -x) gives the descriptor of the reflected slab."""
+    from test_data import toy_slab
+
+    from hydrolayer.descriptors import SPACING, describe_windows
+    from hydrolayer.train import d4
+
+    atoms, _ = toy_slab(remove=(1,))
+    refl = atoms.copy()
+    refl.positions[:, 0] *= -1
+    x0, y0 = 1.3, 2.2
+    a = describe_windows(atoms, [(x0, y0)])
+    b = describe_windows(refl, [(-(x0 + 31 * SPACING), y0)])
+    np.testing.assert_allclose(d4(a, [1]), b, atol=2e-4 * a.max())
+    swapped = d4(a, [4])
+    assert swapped.shape == a.shape and np.array_equal(d4(swapped, [4]), a)
+    assert np.array_equal(d4(d4(a, [3]), [3]), a)
+
+
 def test_fit_writes_the_run_and_compares_losses(toy, tmp_path):
     db, cache = toy
     out = tmp_path / "run"

@@ -64,6 +64,7 @@ class TrainConfig:
     lr_patience: int = 3  # epochs without improvement before the LR drops
     patience: int = 10  # early stopping: epochs without a better validation MAE
     windows_per_interface: int = 16  # random windows per slab face per epoch
+    symmetry: bool = True  # random lateral reflections / 90 degree turns of each window (D4, see below)
     sigma: float | None = None  # descriptor Gaussian width; None: descriptors.DEFAULT_SIGMA
     sigma_target: float | None = None  # target smoothing; None: data.DEFAULT_SIGMA_TARGET (0.4)
     seed: int = 0  # model init, window offsets, dropout
@@ -180,6 +181,30 @@ class _Dist:
 
 
 # ------------------------------------------------------------------ helpers
+def d4(arr: np.ndarray, ops) -> np.ndarray:
+    """Apply one of the 8 symmetry operations of a square window to each window of ``arr``
+    (N, C, X, Y, Z): op & 1 reflects x, op & 2 reflects y, op & 4 swaps x and y.
+
+    A valid augmentation: the force field is achiral and isotropic in the surface plane, so
+    a reflected or turned surface has the reflected or turned water density (descriptor and
+    target are transformed together; z is untouched).
+    """
+    ops = np.asarray(ops)
+    if not ops.any():
+        return arr
+    out = np.empty_like(arr)
+    for n, op in enumerate(ops):
+        w = arr[n]
+        if op & 1:
+            w = w[:, ::-1]
+        if op & 2:
+            w = w[:, :, ::-1]
+        if op & 4:
+            w = w.transpose(0, 2, 1, 3)
+        out[n] = w
+    return out
+
+
 def _log(msg: str, rank: int = 0):
     if rank == 0:
         print(msg, file=sys.stderr, flush=True)
@@ -414,6 +439,7 @@ def _fit_one(folder: Path, db, split, baseline, cfg, loss_name, train_bank, val_
     n_run = 0
     for epoch in range(state["epoch"], cfg.epochs):
         plan = train_bank.random_plan(np.random.default_rng([cfg.seed, epoch]), cfg.windows_per_interface)
+        ops = np.random.default_rng([cfg.seed, epoch, 1]).integers(0, 8, size=len(plan)) if cfg.symmetry else np.zeros(len(plan), int)
         nb = max(1, len(plan) // cfg.batch_size)
         net.train()
         t_load = t_step = 0.0
@@ -424,6 +450,8 @@ def _fit_one(folder: Path, db, split, baseline, cfg, loss_name, train_bank, val_
             mine = glob[rank * local_b : (rank + 1) * local_b]
             t1 = time.perf_counter()
             x, halves = train_bank.batch(mine)
+            mine_ops = ops[b * cfg.batch_size + rank * local_b : b * cfg.batch_size + (rank + 1) * local_b]
+            x, halves = d4(x, mine_ops), d4(halves, mine_ops)
             xt = torch.from_numpy(x)
             yt = torch.from_numpy(0.5 * (halves[:, 0:1] + halves[:, 1:2]))
             t2 = time.perf_counter()
