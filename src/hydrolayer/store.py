@@ -92,7 +92,7 @@ def connect(db):
         try:
             return ase.db.connect(name, type="postgresql")
         except ImportError as err:  # psycopg2 missing
-            raise InputError(f"{name}: PostgreSQL needs psycopg2 (pip install 'hydrolayer[postgres]'): {err}") from None
+            raise InputError(f"{name}: PostgreSQL needs psycopg2 and ase-db-backends (pip install psycopg2-binary ase-db-backends): {err}") from None
     path = Path(name)
     if path.parent and not path.parent.exists():
         raise InputError(f"{path}: folder {path.parent} does not exist")
