@@ -115,6 +115,9 @@ def test_config_file_and_errors(toy, tmp_path):
     (tmp_path / "neg.yaml").write_text("epochs: -1\n")
     with pytest.raises(InputError, match="neg.yaml.*epochs"):
         load_config(tmp_path / "neg.yaml")
+    with pytest.raises(InputError, match="database not found"):
+        train_command(tmp_path / "missing.db", tmp_path / "r")
+    assert not (tmp_path / "missing.db").exists()
     with pytest.raises(InputError, match="nothing to resume"):
         train_command(db, tmp_path / "none", resume=True)
     with pytest.raises(InputError, match="only --epochs"):

@@ -409,8 +409,11 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
     """Evaluate the networks of ``runs`` on ``db``; write the report into ``out``."""
     from . import data, store
 
+    from .train import check_db
+
     runs = [Path(r) for r in runs]
     out = Path(out)
+    check_db(db)
     cols = _columns(runs)
     _load_columns(cols)
     run0 = cols[0]["run"]

@@ -181,6 +181,14 @@ class _Dist:
 
 
 # ------------------------------------------------------------------ helpers
+def check_db(db) -> None:
+    """A database path that does not exist is a user error (ase.db would create an empty one)."""
+    from .store import is_url
+
+    if not is_url(str(db)) and not Path(db).is_file():
+        raise InputError(f"{db}: database not found")
+
+
 def d4(arr: np.ndarray, ops) -> np.ndarray:
     """Apply one of the 8 symmetry operations of a square window to each window of ``arr``
     (N, C, X, Y, Z): op & 1 reflects x, op & 2 reflects y, op & 4 swaps x and y.
@@ -297,6 +305,7 @@ def fit(db, out, config: TrainConfig | None = None, resume: bool = False, epochs
     from .models import build_model, checkpoint_payload, save_checkpoint
 
     out = Path(out)
+    check_db(db)
     dist = _Dist()
     cfg_path = out / "config.json"
     if resume:
