@@ -248,6 +248,15 @@ def grid_shape(cell, spacing: float) -> tuple[int, int, int]:
     return tuple(int(2 * math.ceil(L / spacing / 2)) for L in lengths)
 
 
+def bin_positions(counts: np.ndarray, positions: np.ndarray, cell) -> None:
+    """Add one count per position to ``counts`` (nx, ny, nz) at the nearest grid point of
+    the periodic cell (cube convention: point (i, j, k) sits at (i/nx) a + (j/ny) b + (k/nz) c)."""
+    shape = np.asarray(counts.shape)
+    f = (np.asarray(positions) @ np.linalg.inv(cell)) % 1.0
+    idx = np.rint(f * shape).astype(np.int64) % shape
+    np.add.at(counts, (idx[:, 0], idx[:, 1], idx[:, 2]), 1)
+
+
 # =========================================================================== preparing a job
 def prepare(atoms, workdir, params: SimulationParams, source: str = "structure") -> Path:
     """Solvate ``atoms``, type it, and write the worker's inputs into ``workdir``
@@ -523,9 +532,7 @@ class _Worker:
                 maxdisp = max(maxdisp, disp)
                 sum_pos += frame
                 h = 0 if step <= half else 1
-                f = ((x[ow] - drift) @ inv) % 1.0
-                idx = np.rint(f * n_shape).astype(np.int64) % n_shape
-                np.add.at(counts[h], (idx[:, 0], idx[:, 1], idx[:, 2]), 1)
+                bin_positions(counts[h], x[ow] - drift, cell)
                 nsamp[h] += 1
             pe = self.check_finite()
             if self.rank == 0 and maxdisp > p.max_displacement:
