@@ -32,6 +32,22 @@ Only the process that runs :func:`run_campaign` writes to the database: the Dask
 return results, they never touch the index. A SIGKILL at any moment loses no finished result
 (the worker's ``result.npz`` stays in its work folder and is stored on the next run) and
 leaves no corrupt row (grid file first, then one row transaction).
+
+On a SLURM cluster (optional extra ``pip install 'hydrolayer[slurm]'``, dask-jobqueue), one
+SLURM job per Dask worker, each worker running one simulation on ``ranks`` cores::
+
+    from dask_jobqueue import SLURMCluster
+    from hydrolayer.campaign import run_campaign
+
+    cluster = SLURMCluster(cores=2, processes=1, memory="4GB", walltime="24:00:00",
+                           job_extra_directives=["--ntasks=2"])
+    cluster.scale(jobs=8)
+    run_campaign("examples/dataset-v0.yaml", "data/simulations.db", scheduler=cluster)
+
+or start the cluster elsewhere and pass its address: ``hydrolayer campaign run SPEC --db DB
+--scheduler tcp://HOST:8786``. The work folders (``work/`` beside the database, or
+``--workdir``) must be on a file system the workers share; only the process that called
+``run_campaign`` writes the database.
 """
 
 from __future__ import annotations
@@ -301,7 +317,9 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
     for j in todo:
         _retire_failed(root / j.key)
     cluster = None
-    if scheduler:
+    if scheduler is not None and not isinstance(scheduler, str):
+        client = Client(scheduler)  # a cluster object, e.g. dask_jobqueue.SLURMCluster
+    elif scheduler:
         client = Client(scheduler)
     else:
         ncores = os.cpu_count() or 1
