@@ -191,15 +191,17 @@ def sta_force(
 
 # --------------------------------------------------------------------------- geometry
 def _surface_plane_atoms(atoms) -> float | None:
-    """Mean z of the outermost (top) Ca layer: Ca within 1 Å of the topmost Ca."""
+    """z_s of the top face: the mean z of the outermost cation layer (Ca or Mg within 1 Å of
+    the topmost one, water ignored): ``structures.surface_planes``, the package's one
+    definition. ``None`` without atoms or cations."""
     if atoms is None or len(atoms) == 0:
         return None
-    z = atoms.positions[:, 2]
-    ca = np.array([s == "Ca" for s in atoms.get_chemical_symbols()])
-    if not ca.any():
+    from .structures import surface_planes
+
+    try:
+        return float(surface_planes(atoms)[0])
+    except ValueError:  # no cations
         return None
-    zc = z[ca]
-    return float(zc[zc >= zc.max() - 1.0].mean())
 
 
 def surface_z_of(grid: Grid, surface_z: float | None = None, what: str = "density grid") -> tuple[float, str]:
@@ -284,13 +286,15 @@ def surface_sites(grid: Grid, surface_z: float, max_sites: int = 12, rho_bulk: f
     lateral maxima of the density in the first hydration layer (``kind="density maxima"``).
     """
     atoms = grid.atoms
-    if atoms is not None and len(atoms) and "Ca" in atoms.get_chemical_symbols():
+    cations = ("Ca", "Mg")
+    if atoms is not None and len(atoms) and set(cations) & set(atoms.get_chemical_symbols()):
         z = atoms.positions[:, 2]
-        idx = [i for i, s in enumerate(atoms.get_chemical_symbols()) if s == "Ca"]
+        sym = atoms.get_chemical_symbols()
+        idx = [i for i, s in enumerate(sym) if s in cations]
         zc = z[idx]
         top = [i for i in idx if z[i] >= zc.max() - 1.0]
         top = top[:max_sites]
-        return atoms.positions[top, :2].copy(), [f"Ca{i}" for i in top], "surface Ca"
+        return atoms.positions[top, :2].copy(), [f"{sym[i]}{i}" for i in top], "surface Ca"
     from scipy.ndimage import maximum_filter
 
     rho, _ = _normalised_density(grid, rho_bulk, "density grid")
