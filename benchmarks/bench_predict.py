@@ -62,6 +62,29 @@ def _fresh_cmd(cmd: list, repeats: int = 1) -> dict:
     return {"min_s": min(ts), "median_s": statistics.median(ts), "n": repeats}
 
 
+def _versus_md(db, row_id, pred) -> dict:
+    """Prediction time of a database row's own slab vs that row's MD production time
+    (production_ps / ns_per_day; equilibration not counted, so the ratio is a lower bound)."""
+    from hydrolayer import predict, store
+
+    row = store.get_row(db, row_id) if row_id else next(store.iter_rows(db), None)
+    if row is None:
+        return {"versus_md": f"{db}: no finished rows"}
+    atoms = row.toatoms()
+    kv = row.key_value_pairs
+    predict.predict_density(atoms, model=pred, method="cell")  # warm-up
+    t = time.perf_counter()
+    predict.predict_density(atoms, model=pred, method="cell")
+    p_s = time.perf_counter() - t
+    t = time.perf_counter()
+    predict.predict_density(atoms, model=pred, method="tiles")
+    t_s = time.perf_counter() - t
+    md_s = float(kv["production_ps"]) * 1e-3 / float(kv["ns_per_day"]) * 86400.0
+    return {"versus_md": {"row": row.id, "surface": kv.get("surface"), "defects": kv.get("defects"),
+                          "md_production_s": md_s, "predict_cell_s": p_s, "predict_tiles_s": t_s,
+                          "faster_than_md_cell": md_s / p_s, "faster_than_md_tiles": md_s / t_s}}
+
+
 def _cpu() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -79,6 +102,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--size", default="10x6", help="calcite-104 repeats for the surface (10x6 = 49.9 x 48.6 Å)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--db", default=None, help="simulation database: compare with the MD time of --row")
+    ap.add_argument("--row", default=None, help="row id or unique_id in --db (default: the first done row)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -148,6 +173,9 @@ def main(argv=None) -> dict:
             res[f"surface_{key}_total"] = _timeit(run, max(2, args.repeats // 2), warmup=0)
             res[f"surface_{key}_network_and_blend"] = {"min_s": min(net_s), "median_s": statistics.median(net_s), "n": len(net_s)}
         res["surface_grid_shape"] = list(grid.spec.shape)
+
+        if args.db:
+            res.update(_versus_md(args.db, args.row, pred))
 
         # end to end from a shell: interpreter start, imports, model load, read, predict, write
         from hydrolayer.structures import write_structure

@@ -46,6 +46,7 @@ torch is imported only when a model is loaded or run.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 import warnings
@@ -348,6 +349,18 @@ def _top_layer_fingerprint(atoms, face: str = "top") -> dict:
     return {"Ca": 100.0 * top_ca.sum() / area, "C": 100.0 * c.sum() / area}
 
 
+@functools.lru_cache(maxsize=None)
+def _reference_fingerprint(surface: str) -> dict:
+    """The top-layer fingerprint of a pristine built-in surface ({} if the builder does not
+    know the name); cached: building a slab takes about a second."""
+    from .structures import build_surface
+
+    try:
+        return _top_layer_fingerprint(build_surface(surface, size=(1, 1), layers=2))
+    except Exception:  # a training-set name the builder does not know: cannot compare
+        return {}
+
+
 def check_domain(atoms, predictor: Predictor, source: str = "<structure>", face: str = "top") -> list[str]:
     """Refuse what the model cannot describe; return (and warn about) what it may get wrong."""
     syms = set(atoms.get_chemical_symbols())
@@ -371,14 +384,7 @@ def check_domain(atoms, predictor: Predictor, source: str = "<structure>", face:
             f"({', '.join(trained)}); the prediction is an extrapolation"
         )
     fp = _top_layer_fingerprint(atoms, face)
-    refs = {}
-    for t in trained:
-        try:
-            from .structures import build_surface
-
-            refs[t] = _top_layer_fingerprint(build_surface(t, size=(2, 2), layers=2))
-        except Exception:  # a training-set name the builder does not know: cannot compare
-            continue
+    refs = {t: r for t in trained if (r := _reference_fingerprint(t))}
     if refs and fp:
         def dist(r):
             return max(abs(fp[k] - r[k]) / r[k] for k in ("Ca", "C") if r.get(k))
