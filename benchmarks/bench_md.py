@@ -2,6 +2,7 @@
 
     python benchmarks/bench_md.py speed  --ps 5 --out /tmp/bench-md      # pipeline vs bare LAMMPS, ranks vs threads
     python benchmarks/bench_md.py validate --db data/simulations.db --row 1   # peaks, gap density, split-half noise
+    python benchmarks/bench_md.py validate --workdir data/work/<job_key>     # the same from a running job's checkpoint
 
 ``speed``: calcite (10-14) 5 x 3 x 4 layers on the force field's lattice, 25 Å water. One short
 equilibration, then from the same restart file: (1) the pipeline's production (2 MPI ranks,
@@ -126,14 +127,54 @@ def peaks(h, rho, hmax=6.0, dh=0.3):
     return [(round(float(hs[i]), 2), round(float(rs[i]), 2)) for i in idx[:3]]
 
 
+class _Row(dict):
+    __getattr__ = dict.get
+
+
+def _from_workdir(workdir: Path):
+    """Densities of a running (or finished) job from its checkpoint: (dict like
+    store.load_density, row-like metadata)."""
+    from ase.io import read
+
+    from hydrolayer.simulate import normalise
+    from hydrolayer.structures import surface_planes
+
+    workdir = Path(workdir)
+    job = json.loads((workdir / "job.json").read_text())
+    f = workdir / ("result.npz" if (workdir / "result.npz").exists() else "accumulators.npz")
+    with np.load(f) as r:
+        r = {k: r[k] for k in r.files}
+    n = [int(r["n1"]), int(r["n2"])]
+    system = read(workdir / "system.extxyz")
+    slab = system[job["slab"]]
+    mean = r["mean_slab"] if "mean_slab" in r else r["sum_pos"] / sum(n)
+    cell = r["cell"] if "cell" in r else None
+    if cell is None:  # accumulators carry no cell: the production cell is the restart's box
+        lz = json.loads((workdir / "state.json").read_text())["lz"]
+        cell = np.array(system.cell[:])
+        cell[2] = [0, 0, lz]
+    slab.set_cell(cell)
+    slab.positions = mean
+    z_top, z_bottom = surface_planes(slab)
+    halves, rho_bulk, gap = normalise(r["counts1"], r["counts2"], n, cell, z_top, z_bottom)
+    ps = [k * job["params"]["sample_every"] * job["params"]["timestep_fs"] / 1000 for k in n]
+    meta = _Row(id=str(workdir), surface=json.loads((workdir / "settings.json").read_text())["surface"] if (workdir / "settings.json").exists() else "?",
+                production_ps=sum(ps), half_ps=ps, rho_bulk=rho_bulk, z_top=z_top, z_bottom=z_bottom, defects=None)
+    return {"half1": halves[0], "half2": halves[1], "cell": cell}, meta
+
+
 def validate(args):
     from hydrolayer import store
     from hydrolayer.simulate import WATER_DENSITY, split_half_noise
 
-    row = store.get_row(args.db, args.row)
-    d = store.load_density(args.db, row)
+    if args.workdir:
+        d, row = _from_workdir(args.workdir)
+    else:
+        row = store.get_row(args.db, args.row)
+        d = store.load_density(args.db, row)
     prof = profile(d, row)
     res = {"row": row.id, "surface": row.surface, "defects": row.get("defects"), "production_ps": row.production_ps,
+           "half_ps": row.get("half_ps"),
            "rho_bulk_A3": row.rho_bulk, "gap_density_g_cm3": round(row.rho_bulk / WATER_DENSITY, 4)}
     for face, (h, a, b) in prof.items():
         res[f"peaks_{face}"] = peaks(h, 0.5 * (a + b))
@@ -161,7 +202,8 @@ def main(argv=None):
     s.add_argument("--out", default="/tmp/bench-md")
     s.set_defaults(func=speed)
     v = sub.add_parser("validate")
-    v.add_argument("--db", required=True)
+    v.add_argument("--db", default=None)
+    v.add_argument("--workdir", default=None, help="a job folder (running or finished): validate from its checkpoint")
     v.add_argument("--row", default="1")
     v.set_defaults(func=validate)
     args = ap.parse_args(argv)

@@ -545,9 +545,11 @@ class _Worker:
             if self.rank == 0:
                 with atomic_output(acc_file) as tmp:
                     np.savez(tmp, counts1=counts[0], counts2=counts[1], n1=nsamp[0], n2=nsamp[1], prev=prev,
-                             ref=ref, com0=com0, sum_pos=sum_pos, maxdisp=maxdisp)
+                             ref=ref, com0=com0, sum_pos=sum_pos, maxdisp=maxdisp, cell=cell)
                 os.replace(self.dir / "prod.restart.new", self.dir / "prod.restart")
             self.save_state(stage="production", prod_steps=step, prod_wall=wall)
+            # write_restart re-wraps and migrates atoms: the next run needs its full setup
+            first = True
             ps = step * p.timestep_fs / 1000
             nsd = (step * p.timestep_fs * 1e-6) / (wall / 86400) if wall > 0 else float("nan")
             left = (total - step) * p.timestep_fs * 1e-6 / nsd * 86400 if nsd > 0 else float("nan")
@@ -655,6 +657,28 @@ def _lammps_errors(log: Path) -> str:
     return " | ".join(lines[-3:])
 
 
+def normalise(counts1, counts2, n, cell, z_top, z_bottom):
+    """Half-run counts -> (rho/rho_bulk halves, rho_bulk in Å^-3, gap in Å).
+
+    rho_bulk: water-O number density in the k-planes of the middle of the gap (farther than
+    ``BULK_MARGIN`` Å from both surface planes; at least +-2 Å around the middle)."""
+    counts = [np.asarray(counts1, np.float64), np.asarray(counts2, np.float64)]
+    shape = counts[0].shape
+    vox = abs(np.linalg.det(cell)) / np.prod(shape)
+    lz = cell[2, 2]
+    gap = (z_bottom + lz) - z_top
+    mid = z_top + gap / 2
+    half_w = max(2.0, gap / 2 - BULK_MARGIN)
+    kz = np.arange(shape[2]) / shape[2] * lz
+    dz = (kz - mid + lz / 2) % lz - lz / 2
+    sel = np.abs(dz) <= half_w
+    nn = [max(1, int(v)) for v in n]
+    total = sum(c[:, :, sel].sum() for c in counts)
+    rho_bulk = float(total / (sum(n) * vox * sel.sum() * shape[0] * shape[1]))
+    halves = [c / (ni * vox * rho_bulk) for c, ni in zip(counts, nn)]
+    return halves, rho_bulk, float(gap)
+
+
 def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResult:
     """Turn the worker's result into normalised half-run densities + the slab + metadata."""
     from ase.io import read
@@ -690,24 +714,12 @@ def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResu
     slab.wrap(pbc=[True, True, False])
     # time-averaged slab in the grid's frame; planes from it
     z_top, z_bottom = surface_planes(slab)
-    counts = [r["counts1"].astype(np.float64), r["counts2"].astype(np.float64)]
     n = [int(r["n1"]), int(r["n2"])]
-    shape = counts[0].shape
-    vox = abs(np.linalg.det(cell)) / np.prod(shape)
-    lz = cell[2, 2]
-    gap = (z_bottom + lz) - z_top
-    mid = z_top + gap / 2
-    half_w = max(2.0, gap / 2 - BULK_MARGIN)
-    kz = np.arange(shape[2]) / shape[2] * lz
-    dz = (kz - mid + lz / 2) % lz - lz / 2
-    sel = np.abs(dz) <= half_w
-    total = counts[0] + counts[1]
-    rho_bulk = float(total[:, :, sel].sum() / (sum(n) * vox * sel.sum() * shape[0] * shape[1]))
+    halves, rho_bulk, gap = normalise(r["counts1"], r["counts2"], n, cell, z_top, z_bottom)
     rho_ref = SPCFW_DENSITY / 1.0 * WATER_DENSITY
     if abs(rho_bulk / rho_ref - 1) > params.gap_tolerance:
         raise SimulationFailed("gap_density", f"water density in the middle of the gap {rho_bulk:.5f} Å^-3 is "
                                f"{100 * (rho_bulk / rho_ref - 1):+.1f}% off SPC/Fw bulk ({rho_ref:.5f} Å^-3)")
-    halves = [c / (ni * vox * rho_bulk) for c, ni in zip(counts, n)]
     info = {
         "temperature": params.temperature,
         "production_ps": float(r["production_ps"]),
@@ -720,7 +732,7 @@ def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResu
         "ns_per_day": float(r["ns_per_day"]),
         "n_water": int(job["n_water"]),
         "gap": float(gap),
-        "grid_spacing": float(np.max(np.linalg.norm(cell, axis=1) / np.array(shape))),
+        "grid_spacing": float(np.max(np.linalg.norm(cell, axis=1) / np.array(halves[0].shape))),
         "max_slab_displacement": float(r["maxdisp"]),
     }
     if "surface" not in slab.info and "surface" in atoms_in.info:
