@@ -160,13 +160,36 @@ def test_unknown_facet_and_far_from_training_warn(slab, predictor):
         predict.predict_density(holes, model=predictor)
 
 
-def test_non_orthogonal_cell_refused(slab, predictor):
-    skew = slab.copy()
-    cell = skew.cell[:].copy()
-    cell[1, 0] = 2.0
-    skew.set_cell(cell)
-    with pytest.raises(InputError, match="non-orthogonal lateral cell"):
-        predict.predict_density(skew, model=predictor)
+def test_orthogonal_supercell_search():
+    hexa = np.array([[1.0, 0.0], [-0.5, np.sqrt(3) / 2]])
+    M = predict._orthogonal_supercell(hexa)
+    assert round(np.linalg.det(M)) == 2 and tuple(M[0]) == (1, 0)
+    v = M @ hexa
+    assert abs(v[0] @ v[1]) < 1e-9
+    assert predict._orthogonal_supercell(np.array([[4.991, 0.0], [1.2345678, 8.0]])) is None
+
+
+def test_non_orthogonal_cell_predicted_via_supercell(tmp_path, slab, predictor):
+    """The same surface given with a sheared basis (b' = b + a): predicted on the orthogonal
+    supercell and interpolated back; where the grids coincide the numbers are the same."""
+    rect = predict.predict_density(slab, model=predictor)
+    sheared = slab.copy()
+    cell = sheared.cell[:].copy()
+    cell[1] = cell[1] + cell[0]
+    sheared.set_cell(cell)  # same lattice, same atoms, oblique basis
+    out = predict.predict_density(sheared, model=predictor)
+    assert out.meta["supercell"] == [[1, 0], [-1, 1]]
+    assert np.allclose(out.spec.cell[1, :2], cell[1, :2])
+    assert out.spec.shape[0] == rect.spec.shape[0]
+    np.testing.assert_allclose(out.values[0, :, 0], rect.values[0, :, 0], atol=1e-5)  # j = 0 rows coincide
+    np.testing.assert_allclose(out.values[0].mean(axis=(0, 1)), rect.values[0].mean(axis=(0, 1)), rtol=0.02, atol=1e-3)
+    predict.write_outputs(out, tmp_path / "skew")  # pictures of a skewed grid
+    oblique = slab.copy()
+    cell = oblique.cell[:].copy()
+    cell[1, 0] = 1.2345678
+    oblique.set_cell(cell)
+    with pytest.raises(InputError, match="oblique lateral cell"):
+        predict.predict_density(oblique, model=predictor)
 
 
 def test_outputs_and_cli(tmp_path, slab, predictor, capsys):

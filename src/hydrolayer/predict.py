@@ -34,9 +34,13 @@ Domain checks (before any prediction)
   trained surface (Ca and carbonate areal densities, > 25 % off) -> ``UserWarning`` saying
   why; a checkpoint that does not record its training surfaces cannot be checked (noted in
   the grid metadata, no warning);
-* a lateral cell whose a and b are not orthogonal -> :class:`InputError`: the windows are
-  rectangular 10 x 10 Å boxes of grid points, and a skewed grid would shear them. Build an
-  orthogonal supercell first (``ase.build.make_supercell``).
+* a lateral cell whose a and b are not orthogonal: the windows are rectangular 10 x 10 Å
+  boxes of grid points, and a skewed grid would shear them. So the prediction is made on
+  the smallest orthogonal supercell (e.g. a, a + 2b for a hexagonal cell; up to 8 cells)
+  and interpolated back (periodic bilinear) onto the grid of the cell as given; an oblique
+  lattice without such a supercell is refused with :class:`InputError`. Windows follow the
+  cell's a axis: a surface rotated in the plane relative to the training data is presented
+  rotated to the model too.
 
 Shipped models: ``src/hydrolayer/pretrained/<name>.pt`` with its model card ``<name>.md``;
 ``pretrained/DEFAULT`` (one line, a name) picks the default, else the first U-Net by name.
@@ -403,18 +407,75 @@ def check_domain(atoms, predictor: Predictor, source: str = "<structure>", face:
     return notes
 
 
-def _check_cell(atoms, source: str) -> None:
+ORTHO_TOL = 1e-4  # |cos(gamma)| below this counts as a right angle (0.006 deg)
+
+
+def _orthogonal_supercell(lat: np.ndarray, nmax: int = 4, max_det: int = 8) -> np.ndarray | None:
+    """The smallest integer 2x2 ``M`` (det > 0) whose rows combine the lateral cell rows
+    ``lat`` (2x2) into two orthogonal vectors; ties prefer keeping ``a`` and short vectors.
+    ``None`` when no such M with entries up to ``nmax`` and det up to ``max_det`` exists."""
+    import itertools
+
+    best, best_key = None, None
+    for m in itertools.product(range(-nmax, nmax + 1), repeat=4):
+        M = np.array(m, dtype=int).reshape(2, 2)
+        det = int(round(np.linalg.det(M)))
+        if det <= 0 or det > max_det:
+            continue
+        v = M @ lat
+        n0, n1 = np.linalg.norm(v[0]), np.linalg.norm(v[1])
+        if abs(v[0] @ v[1]) > ORTHO_TOL * n0 * n1:
+            continue
+        key = (det, 0 if tuple(M[0]) == (1, 0) else 1, round(max(n0, n1), 6), tuple(-M.ravel()))
+        if best_key is None or key < best_key:
+            best, best_key = M, key
+    return best
+
+
+def _lateral_supercell(atoms, source: str) -> np.ndarray | None:
+    """``None`` for an orthogonal lateral cell; else the supercell matrix that makes it
+    orthogonal; :class:`InputError` when there is none (an oblique lattice)."""
     cell = atoms.cell[:]
     if abs(cell[0, 2]) > 1e-6 or abs(cell[1, 2]) > 1e-6:
         raise InputError(f"{source}: cell vectors a and b must lie in the xy plane (surface normal along +z)")
     cosg = float(np.dot(cell[0], cell[1]) / (np.linalg.norm(cell[0]) * np.linalg.norm(cell[1])))
-    if abs(cosg) > 1e-6:
+    if abs(cosg) <= ORTHO_TOL:
+        return None
+    M = _orthogonal_supercell(cell[:2, :2])
+    if M is None:
         gamma = float(np.degrees(np.arccos(cosg)))
         raise InputError(
-            f"{source}: non-orthogonal lateral cell (gamma = {gamma:.2f} deg): prediction needs a and b at 90 deg "
-            "because the model's 10 x 10 Å windows are rectangular; make an orthogonal supercell first "
-            "(ase.build.make_supercell)"
+            f"{source}: oblique lateral cell (gamma = {gamma:.2f} deg) with no orthogonal supercell of up to 8 "
+            "cells: the model's 10 x 10 Å windows need a rectangular periodic cell"
         )
+    return M
+
+
+def _predict_via_supercell(atoms, M, pred, src, face, **kw) -> Grid:
+    """Predict on the orthogonal supercell ``M`` of a non-orthogonal cell and interpolate
+    the density (periodic bilinear, laterally; the z planes coincide) back onto the grid of
+    the original cell."""
+    from ase.build import make_supercell
+
+    from . import descriptors
+    from .afm import _bilinear_periodic
+
+    P = np.eye(3, dtype=int)
+    P[:2, :2] = M
+    big = make_supercell(atoms, P, wrap=True)
+    big.info = dict(atoms.info)
+    inner = predict_density(big, model=pred, face=face, source=src, **kw)
+    own = descriptors.mirror(atoms) if face == "bottom" else atoms
+    target = descriptors.cell_spec(own, inner.meta["surface_z"])
+    if target.shape[2] != inner.spec.shape[2] or not np.isclose(target.origin[2], inner.spec.origin[2]):
+        raise RuntimeError("supercell and cell grids have different z planes")
+    nx, ny, nz = target.shape
+    pts = target.points()[:, :, 0, :2].reshape(-1, 2)
+    frac = np.mod((pts - inner.spec.origin[:2]) @ np.linalg.inv(inner.spec.cell[:2, :2]), 1.0)
+    rho = _bilinear_periodic(inner.values[0], frac).reshape(nx, ny, nz).astype(np.float32)
+    meta = dict(inner.meta, supercell=M.tolist(),
+                supercell_note="non-orthogonal cell: predicted on this orthogonal supercell, interpolated back")
+    return Grid(target, rho[None], ("water",), units=inner.units, sigma=inner.sigma, meta=meta, atoms=own)
 
 
 # =========================================================================== predict
@@ -445,7 +506,9 @@ def predict_density(
     if face not in ("top", "bottom"):
         raise ValueError(f"face must be 'top' or 'bottom', got {face!r}")
     pred = model if isinstance(model, Predictor) else load_predictor(model)
-    _check_cell(atoms, src)
+    M = _lateral_supercell(atoms, src)
+    if M is not None:
+        return _predict_via_supercell(atoms, M, pred, src, face, method=method, stride=stride, batch=batch)
     notes = check_domain(atoms, pred, src, face)
     desc = descriptors.describe_cell(atoms, sigma=pred.sigma, face=face)
     window = pred.window_shape
@@ -582,7 +645,9 @@ def write_outputs(grid: Grid, out_dir: str | Path) -> list[Path]:
     y0, why = _site_for_xz(atoms, z_s) if atoms is not None else (0.0, "")
     frac_b = ((y0 - grid.spec.origin[1]) / grid.spec.cell[1, 1]) % 1.0
     j = int(round(frac_b * ny)) % ny
-    x = grid.spec.origin[0] + np.arange(nx + 1) / nx * grid.spec.cell[0, 0] - 0.5 * grid.spec.cell[0, 0] / nx
+    row = grid.spec.origin[0] + (np.arange(nx) / nx) * grid.spec.cell[0, 0] + (j / ny) * grid.spec.cell[1, 0]
+    step = grid.spec.cell[0, 0] / nx
+    x = np.concatenate([row - step / 2, [row[-1] + step / 2]])
     dz = grid.spec.cell[2, 2] / grid.spec.shape[2]
     zedges = np.concatenate([h - dz / 2, [h[-1] + dz / 2]])
     fig = Figure(figsize=(7.0, 4.2), layout="constrained")
@@ -595,7 +660,7 @@ def write_outputs(grid: Grid, out_dir: str | Path) -> list[Path]:
         for el, style in (("Ca", dict(mfc="none", mec="w", ms=7)), ("C", dict(mfc="0.2", mec="w", ms=4)), ("O", dict(mfc="r", mec="w", ms=4))):
             m = near & (sym == el) & (atoms.positions[:, 2] - z_s > h[0])
             if m.any():
-                xs = grid.spec.origin[0] + ((atoms.positions[m, 0] - grid.spec.origin[0]) % grid.spec.cell[0, 0])
+                xs = row[0] + ((atoms.positions[m, 0] - row[0]) % grid.spec.cell[0, 0])
                 ax.plot(xs, atoms.positions[m, 2] - z_s, "o", label=el, **style)
         ax.legend(fontsize=8, loc="upper right")
     ax.set_xlabel("x (Å)")
