@@ -59,6 +59,7 @@ __all__ = [
 
 WATER_DENSITY = 0.033428  # Å^-3, 1.000 g/cm3 (18.015 g/mol)
 SPCFW_DENSITY = 1.012  # g/cm3, SPC/Fw at 300 K, 1 bar (Wu, Tepper & Voth 2006)
+EXCLUDED = 1.2  # Å per face, see solvate()
 BULK_MARGIN = 8.0  # Å: water this far from both surface planes counts as bulk
 GAP_TOLERANCE = 0.05  # fraction: gap density allowed off bulk
 WATER_GEOMETRY = (1.012, 113.24)  # SPC/Fw r0 (Å), theta0 (deg)
@@ -192,9 +193,10 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
     # water region: from zmax + clearance to zmin + lz - clearance (through the periodic boundary)
     clear = 1.6
     w_lo, w_hi = zmax + clear, zmin + lz - clear
-    # number of molecules: 1 g/cm3 over the gap between the surface planes, minus a
-    # 1.5 Å excluded layer per face (matches 444 waters for 25 Å over 24.7 x 24.3 Å)
-    n_target = int(round(density * WATER_DENSITY * area * (gap - 2 * 1.5)))
+    # number of molecules: 1 g/cm3 over the gap between the surface planes, minus an
+    # excluded layer of EXCLUDED Å per face; calibrated so that the gap after z-NPT at 300 K
+    # stays at or above ``gap`` (1.5 Å per face gave 24.6 Å for a 25 Å target on calcite 10-14)
+    n_target = int(round(density * WATER_DENSITY * area * (gap - 2 * EXCLUDED)))
     if n_target <= 0 or w_hi - w_lo < 3.0:
         raise InputError(f"{source}: no room for water (gap {gap} Å)")
     rng = np.random.default_rng(seed)
