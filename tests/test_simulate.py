@@ -173,3 +173,16 @@ def test_resume_after_interruption(tmp_path):
         assert int(r["n1"]) + int(r["n2"]) == 30
     r = store.get_row(tmp_path / "s.db", row)
     assert r.defects != "pristine" and len(r.data.defect_sites) == 2  # a Ca and a CO3
+
+
+def test_cli_simulate_user_errors(tmp_path, capsys):
+    from hydrolayer.cli import main
+
+    assert main(["simulate", str(tmp_path / "missing.extxyz"), "--db", str(tmp_path / "s.db")]) == 2
+    assert "file not found" in capsys.readouterr().err
+    slab = tiny_slab()
+    slab.write(tmp_path / "slab.extxyz")
+    assert main(["simulate", str(tmp_path / "slab.extxyz"), "--db", str(tmp_path / "s.db"), "--ps", "-1"]) == 2
+    assert "--ps must be positive" in capsys.readouterr().err
+    assert main(["relax-bulk", "quartz", "--dry-run"]) == 2
+    assert "unknown polymorph" in capsys.readouterr().err
