@@ -57,7 +57,8 @@ def synthetic_db(folder: Path, n: int = 3) -> Path:
         shape = tuple(int(round(L / 0.25)) for L in np.linalg.norm(cell, axis=1))
         lz = cell[2, 2]
         z = (np.arange(shape[2]) / shape[2]) * lz
-        d = np.minimum((z - top) % lz, (bottom - z) % lz)  # distance out of the nearer face
+        mid, half = 0.5 * (top + bottom), 0.5 * (top - bottom)
+        d = np.abs((z - mid + lz / 2) % lz - lz / 2) - half  # distance out of the nearer face (< 0 inside)
         env = 1 / (1 + np.exp(-(d - 1.5) / 0.15))
         prof = 1 + 0.8 * np.exp(-((d - 3.4) ** 2) / (2 * 0.3**2))
         # delta peaks 2.1 Å out from each outermost Ca, Gaussian-smoothed periodically
@@ -80,20 +81,20 @@ def synthetic_db(folder: Path, n: int = 3) -> Path:
     return db
 
 
-def learn(db: Path, out: Path, channels, epochs: int, batch: int, threads) -> dict:
+def learn(db: Path, out: Path, channels, epochs: int, batch: int, threads, loss: str = "compare") -> dict:
     """Train (L1 and L2) on the rows of ``db`` and evaluate: does the network beat the
     height-only baseline on the held-out test simulations?"""
     from hydrolayer.evaluate import evaluate
     from hydrolayer.train import TrainConfig, fit
 
     cfg = TrainConfig(channels=channels, epochs=epochs, batch_size=batch, windows_per_interface=4, patience=epochs,
-                      threads=threads, seed=0)
+                      threads=threads, seed=0, loss=loss)
     t = time.perf_counter()
     summary = fit(db, out / "run", cfg, progress=False)
     t_fit = time.perf_counter() - t
     res = evaluate([out / "run"], db, out / "report", figures=True, log=lambda m: None)
     g = res["groups"][0]
-    recs = [json.loads(x) for x in (out / "run" / "l1" / "metrics.jsonl").read_text().splitlines()]
+    recs = [json.loads(x) for x in (out / "run" / summary["kept"] / "metrics.jsonl").read_text().splitlines()]
     return {
         "fit_s": round(t_fit, 1),
         "epochs": epochs,
@@ -121,6 +122,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", type=int, default=3, help="synthetic rows (default 3; --learn needs >= 4)")
     ap.add_argument("--learn", type=int, default=0, metavar="EPOCHS",
                     help="also train for EPOCHS on the rows and evaluate against the height-only baseline")
+    ap.add_argument("--loss", default="compare", choices=["l1", "l2", "compare"], help="loss for --learn (default compare)")
     ap.add_argument("--out", type=Path, default=None, help="folder for the --learn run and report (default: a temp folder)")
     args = ap.parse_args(argv)
 
@@ -209,7 +211,7 @@ def main(argv=None) -> dict:
         "inference_windows_per_s": round(args.batch / t_inf, 2),
     }
     if args.learn:
-        res["learn"] = learn(db, args.out or tmp, channels, args.learn, args.batch, args.threads)
+        res["learn"] = learn(db, args.out or tmp, channels, args.learn, args.batch, args.threads, args.loss)
     print(json.dumps(res, indent=1))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1) + "\n")

@@ -22,6 +22,7 @@ evaluation time, so a prediction does not depend on the size of the input.
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -126,6 +127,8 @@ class UNet3D(nn.Module):
         if self.attention:
             self.gates = nn.ModuleList([_AttentionGate(c[i], c[i], max(1, c[i] // 2), norm) for i in range(3)])
         self.head = nn.Conv3d(c[0], out_channels, 1)
+        # start at the bulk density: softplus(log(e - 1)) = 1, most of a window is bulk water
+        nn.init.constant_(self.head.bias, math.log(math.e - 1))
 
     def _check_input(self, x):
         if x.ndim != 5:
