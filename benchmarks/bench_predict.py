@@ -187,9 +187,42 @@ def main(argv=None) -> dict:
     res["loadavg_after"] = os.getloadavg()
 
     print(json.dumps(res, indent=1, default=str))
+    print()
+    print(summary(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=1, default=str))
     return res
+
+
+def summary(res: dict) -> str:
+    """The plain-text block that goes into RESULTS.md."""
+    la = lambda v: " ".join(f"{x:.1f}" for x in v)  # noqa: E731
+    lines = [
+        f"machine: {res['machine']}; load average {la(res['loadavg_before'])} before, {la(res['loadavg_after'])} after",
+        f"model: {res['model']}, {res['parameters']} parameters; surface: {res['surface']}, grid {res['surface_grid_shape']}",
+        f"interpreter + import hydrolayer.predict: {res['start_import_hydrolayer_predict']['min_s']:.2f} s; "
+        f"interpreter + import torch: {res['start_import_torch']['min_s']:.2f} s; model load: {res['model_load_s']:.2f} s",
+        "                                      wall min   wall median   CPU s (all threads)",
+    ]
+    for key, label in (
+        ("window_network", "one window, network"),
+        ("window_descriptor_plus_network", "one window, descriptor + network"),
+        ("eight_windows_one_batch", "8 windows in one batch"),
+        ("surface_descriptor", "surface: descriptor (describe_cell)"),
+        ("surface_cell_total", "surface: predict, method=cell"),
+        ("surface_tiles_stride24_total", "surface: predict, tiles stride 24"),
+        ("surface_tiles_stride16_total", "surface: predict, tiles stride 16"),
+        ("cli_predict_cell_end_to_end", "CLI predict --method cell, end to end"),
+    ):
+        v = res.get(key)
+        if v:
+            cpu = f"{v['cpu_min_s']:.3f}" if "cpu_min_s" in v else "-"
+            lines.append(f"{label:<38}{v['min_s']:>8.3f} s {v['median_s']:>10.3f} s {cpu:>12}")
+    if isinstance(res.get("versus_md"), dict):
+        m = res["versus_md"]
+        lines.append(f"versus MD (row {m['row']}, {m['surface']}): MD production {m['md_production_s']:.0f} s, "
+                     f"predict {m['predict_tiles_s']:.2f} s (tiles): {m['faster_than_md_tiles']:.0f}x faster")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
