@@ -85,6 +85,30 @@ def _versus_md(db, row_id, pred) -> dict:
                           "faster_than_md_cell": md_s / p_s, "faster_than_md_tiles": md_s / t_s}}
 
 
+def _macs(net, shape) -> float:
+    """Multiply-accumulates of one window through the (3D) convolutions, from layer shapes."""
+    import torch
+
+    total = 0
+
+    def hook(mod, inp, out):
+        nonlocal total
+        k = mod.weight[0, 0].numel()
+        if isinstance(mod, torch.nn.ConvTranspose3d):
+            total += inp[0].numel() * mod.out_channels * k // mod.groups
+        else:
+            total += out.numel() * (mod.in_channels // mod.groups) * k
+
+    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(2, 3, *shape).contiguous(memory_format=torch.channels_last_3d))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / 2
+
+
 def _cpu() -> str:
     try:
         for line in open("/proc/cpuinfo"):
@@ -138,6 +162,7 @@ def main(argv=None) -> dict:
         pred = predict.load_predictor(path)
         res["model_load_s"] = time.perf_counter() - t
         res["parameters"] = int(sum(p.numel() for p in pred.net.parameters()))
+        res["gmac_per_window"] = _macs(pred.net, pred.window_shape) / 1e9
 
         slab = build_surface("calcite-104", size=tuple(int(v) for v in args.size.split("x")), layers=3)
         cell = slab.cell.lengths()
@@ -199,7 +224,7 @@ def summary(res: dict) -> str:
     la = lambda v: " ".join(f"{x:.1f}" for x in v)  # noqa: E731
     lines = [
         f"machine: {res['machine']}; load average {la(res['loadavg_before'])} before, {la(res['loadavg_after'])} after",
-        f"model: {res['model']}, {res['parameters']} parameters; surface: {res['surface']}, grid {res['surface_grid_shape']}",
+        f"model: {res['model']}, {res['parameters']} parameters, {res['gmac_per_window']:.2f} GMAC per window; surface: {res['surface']}, grid {res['surface_grid_shape']}",
         f"interpreter + import hydrolayer.predict: {res['start_import_hydrolayer_predict']['min_s']:.2f} s; "
         f"interpreter + import torch: {res['start_import_torch']['min_s']:.2f} s; model load: {res['model_load_s']:.2f} s",
         "                                      wall min   wall median   CPU s (all threads)",
