@@ -216,6 +216,7 @@ def _cmd_predict(sub):
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--model", default=None, metavar="NAME|PATH", help="shipped model name or checkpoint path (default: the best shipped U-Net)")
     p.add_argument("--method", choices=["tiles", "cell"], default="tiles", help="blend 10 x 10 Å windows (default, as trained) or run once over the periodically padded cell")
+    p.add_argument("--stride", type=int, default=None, metavar="N", help="tiles: window step in grid points, 16-31 (default 16 = half a window; 24 is ~2x faster)")
     p.add_argument("--face", choices=["top", "bottom"], default="top", help="which face (default top)")
     p.add_argument("--format", default=None, help="input format for ASE when the extension does not tell")
     p.set_defaults(func=_run_predict)
@@ -225,7 +226,7 @@ def _run_predict(args):
     from .predict import predict_file
 
     grid, written = predict_file(
-        args.structure, args.out, model=args.model, method=args.method, face=args.face, format=args.format,
+        args.structure, args.out, model=args.model, method=args.method, face=args.face, format=args.format, stride=args.stride,
         warn=lambda m: print(f"hydrolayer: warning: {m}", file=sys.stderr),
     )
     m = grid.meta

@@ -44,6 +44,9 @@ Domain checks (before any prediction)
 
 Shipped models: ``src/hydrolayer/pretrained/<name>.pt`` with its model card ``<name>.md``;
 ``pretrained/DEFAULT`` (one line, a name) picks the default, else the first U-Net by name.
+A checkpoint should carry ``training: {"surfaces": [...]}`` (builder names, e.g.
+``"calcite-104"``) in its metadata (``models.save_checkpoint(..., extra)``); without it the
+facet check above cannot run and ``grid.meta["domain_notes"]`` says so.
 torch is imported only when a model is loaded or run.
 """
 
@@ -522,6 +525,8 @@ def predict_density(
             f"{src}: the cell's grid spacing {np.round(spacing, 4).tolist()} Å differs from the model's "
             f"{want} Å by more than 2%", stacklevel=2
         )
+    if stride is not None and not window[0] // 2 <= stride < window[0]:
+        raise InputError(f"{src}: stride must be {window[0] // 2}..{window[0] - 1} grid points (half a window to one less than a window), got {stride}")
     t0 = time.perf_counter()
     if method == "tiles":
         rho = tile_predict(desc.values, pred.net, window=window[0], stride=stride, batch=batch)
@@ -679,6 +684,7 @@ def predict_file(
     face: str = "top",
     format: str | None = None,
     warn: Callable[[str], Any] | None = None,
+    stride: int | None = None,
 ) -> tuple[Grid, list[Path]]:
     """``hydrolayer predict``: read a structure file, predict, write :func:`write_outputs`.
 
@@ -692,7 +698,7 @@ def predict_file(
     pred = model if isinstance(model, Predictor) else load_predictor(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        grid = predict_density(atoms, model=pred, method=method, face=face, source=str(structure))
+        grid = predict_density(atoms, model=pred, method=method, stride=stride, face=face, source=str(structure))
     for w in caught:
         if warn is not None and issubclass(w.category, UserWarning):
             warn(str(w.message))
