@@ -326,7 +326,13 @@ def tile_predict(desc: np.ndarray, net: Callable, window: int = 32, stride: int 
 
 def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int = 8) -> np.ndarray:
     """The network once over the whole cell, padded periodically by ``pad`` points laterally
-    (and up to a multiple of ``multiple``), cropped back. Returns (NX, NY, NZ) float32."""
+    (and up to a multiple of ``multiple``), cropped back. Returns (NX, NY, NZ) float32.
+
+    Every point sees at least ``pad`` points of real periodic context on each side and the
+    network's zero padding beyond that (the receptive field of the U-Net is larger), so
+    periodicity and shift symmetry are exact only as far as the network ignores context
+    beyond the margin; the tiles method has no such limit (each window is what the network
+    was trained on)."""
     desc = np.asarray(desc, dtype=np.float32)
     _, nx, ny, nz = desc.shape
     if nz % multiple:
