@@ -622,7 +622,8 @@ def write_outputs(grid: Grid, out_dir: str | Path) -> list[Path]:
         ax.axvline(p, color="C3", lw=0.6, ls=":")
     ax.set_xlabel("height above the surface Ca plane (Å)")
     ax.set_ylabel("laterally averaged water density (rho / rho_bulk)")
-    ax.set_title(f"Predicted hydration layers ({title_model}); peaks at " + ", ".join(f"{p:.2f}" for p in peaks) + " Å", fontsize=9)
+    peak_text = ("peaks at " + ", ".join(f"{p:.2f}" for p in peaks) + " Å") if peaks else "no peaks found"
+    ax.set_title(f"Predicted hydration layers ({title_model}); {peak_text}", fontsize=9)
     ax.legend(fontsize=8)
     written.append(_save(fig, out / "profile.png"))
 
