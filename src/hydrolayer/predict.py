@@ -170,6 +170,7 @@ class Predictor:
     name: str = "model"
     source: str = ""
     load_seconds: float = 0.0
+    notes: list = dataclasses.field(default_factory=list)  # e.g. "written by another version"
 
     @property
     def sigma(self) -> float:
@@ -235,13 +236,16 @@ def load_predictor(model: str | Path | None = None, directory=None, threads: int
 
     if threads:
         torch.set_num_threads(int(threads))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # version note: reported in meta instead
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         net, meta = load_model(path)
     net.eval()
     if optimise:
         net = _optimise(net)
-    return Predictor(net, meta, name=path.stem, source=str(path), load_seconds=time.perf_counter() - t0)
+    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    for n in notes:
+        warnings.warn(n, stacklevel=2)
+    return Predictor(net, meta, name=path.stem, source=str(path), load_seconds=time.perf_counter() - t0, notes=notes)
 
 
 # =========================================================================== tiling
@@ -550,6 +554,7 @@ def predict_density(
         "surface_z": z_s,
         "descriptor_sigma": pred.sigma,
         "domain_notes": notes,
+        "model_notes": list(pred.notes),
         "predict_seconds": seconds,
         "source": src,
     }
@@ -702,9 +707,9 @@ def predict_file(
 
     atoms = read_structure(structure, format=format)
     atoms.info["source"] = str(structure)
-    pred = model if isinstance(model, Predictor) else load_predictor(model)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        pred = model if isinstance(model, Predictor) else load_predictor(model)
         grid = predict_density(atoms, model=pred, method=method, stride=stride, face=face, source=str(structure))
     for w in caught:
         if warn is not None and issubclass(w.category, UserWarning):
