@@ -122,11 +122,12 @@ def test_tip_blur_damps_lateral_modulation_exactly():
     np.testing.assert_allclose(abs(c1) / abs(c0), np.exp(-0.5 * R**2 * (2 * np.pi / L) ** 2), rtol=1e-6)
 
 
-def test_geometry_and_parameter_errors():
+def test_geometry_and_parameter_errors(tmp_path):
     spec = GridSpec(np.array([[10.0, 0, 0], [0, 10.0, 0], [1.0, 0, 10.0]]), (8, 8, 8))
     grid = Grid(spec, np.ones((1, 8, 8, 8)))
     with pytest.raises(InputError, match="c axis along z"):
-        afm.afm_maps(grid, "unused-never-created")
+        afm.afm_maps(grid, tmp_path / "unused")
+    assert not (tmp_path / "unused").exists()
     ok = Grid(GridSpec.orthogonal((10, 10, 10), (8, 8, 8)), np.ones((1, 8, 8, 8)))
     with pytest.raises(InputError, match="temperature"):
         afm.sta_force(ok, temperature=-1)

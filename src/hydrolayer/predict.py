@@ -336,7 +336,8 @@ def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int =
     network's zero padding beyond that (the receptive field of the U-Net is larger), so
     periodicity and shift symmetry are exact only as far as the network ignores context
     beyond the margin; the tiles method has no such limit (each window is what the network
-    was trained on)."""
+    was trained on). Memory grows with the cell area (one activation map of the whole padded
+    cell per layer), while tiles need a fixed amount per batch of windows."""
     desc = np.asarray(desc, dtype=np.float32)
     _, nx, ny, nz = desc.shape
     if nz % multiple:
