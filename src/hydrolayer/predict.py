@@ -14,7 +14,7 @@ which falls to ~0 at the window edges and sums to exactly 1 over windows at half
 stride (sin^2 + cos^2 = 1); the sum is divided out anyway for cells that are not a multiple
 of the stride. Why tiles and not the network once over a periodically padded cell: the
 network was trained on isolated 10 x 10 Å windows whose borders are zero-padded, and its
-receptive field (~28 Å) is larger than a window, so every training voxel saw those borders.
+receptive field (92 grid points, about 29 Å) is larger than a window, so every training voxel saw those borders.
 Tiling shows the network exactly what it was trained on, and the blend gives most weight to
 window centres, where the border is farthest; a window's edge region, where it is least
 accurate, is down-weighted to zero, so there are no seams. ``method="cell"`` (the network
