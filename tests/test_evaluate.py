@@ -60,7 +60,7 @@ def test_evaluate_cli_writes_the_report(runs, tmp_path):
     assert csv_lines[0].startswith("row,column,mae_rho_over_rho_bulk,mae_A^-3")
     assert len(csv_lines) == 1 + 3 * 4
     figs = {p.name for p in (out / "figures").iterdir()}
-    assert {"profile_aragonite-010.png", "xz_aragonite-010.png", "slices_aragonite-010.png",
+    assert {"learning_curves.png", "profile_aragonite-010.png", "xz_aragonite-010.png", "slices_aragonite-010.png",
             "attention_aragonite-010_att-u-net-l2.png"} <= figs
     assert not any(f.startswith("attention_") and "u-net-l1" in f and "att" not in f for f in figs)
 

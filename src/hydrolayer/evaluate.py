@@ -314,6 +314,39 @@ def _figures(name, figdir: Path, z, ref, x, preds, res, plan, masks) -> list[str
     return files
 
 
+def _learning_curves(runs: Sequence[Path], figdir: Path) -> str | None:
+    """Train loss and validation MAE per epoch of every run and loss (from metrics.jsonl)."""
+    curves = []
+    for run in runs:
+        for f in sorted(Path(run).glob("*/metrics.jsonl")):
+            recs = [json.loads(x) for x in f.read_text().splitlines() if x.strip()]
+            if recs:
+                curves.append((f"{Path(run).name} {f.parent.name.upper()}", recs))
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    for label, recs in curves:
+        ep = [r["epoch"] for r in recs]
+        axs[0].plot(ep, [r["train_loss"] for r in recs], label=label)
+        axs[1].plot(ep, [r["val_mae"] for r in recs], label=label)
+    axs[0].set_ylabel("training loss (L1: rho/rho_bulk, L2: its square)")
+    axs[1].set_ylabel("validation MAE (rho/rho_bulk)")
+    for ax in axs:
+        ax.set_xlabel("epoch")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fname = "learning_curves.png"
+    with atomic_output(figdir / fname) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return fname
+
+
 # ------------------------------------------------------------------ report
 def _fmt(m: dict | None) -> str:
     if not m:
@@ -383,6 +416,8 @@ def _report(result: dict) -> str:
         if s:
             lines.append(f"- `{r}`: " + ", ".join(f"{k}: best val MAE {v['best_val_mae']:.4f} at epoch {v['best_epoch']}" for k, v in s["losses"].items())
                          + f"; kept {s['kept']}.")
+    if result.get("learning_curves"):
+        lines += ["", f"![learning curves](figures/{result['learning_curves']})"]
     lines.append("")
     lines.append(f"Regenerate: `{result['command']}`")
     return "\n".join(lines) + "\n"
@@ -478,6 +513,7 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
         "groups": results,
         "training": training,
         "command": f"hydrolayer evaluate {' '.join(str(r) for r in runs)} --db {db} --out {out}",
+        "learning_curves": _learning_curves([r for r in runs if Path(r).is_dir()], figdir) if figures else None,
     }
     with atomic_output(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
