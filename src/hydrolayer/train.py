@@ -441,6 +441,10 @@ def _fit_one(folder: Path, db, split, baseline, cfg, loss_name, train_bank, val_
         state["done"] = True
         return _result(state, folder)
 
+    n_plan = len(train_bank) * cfg.windows_per_interface
+    if n_plan < cfg.batch_size:
+        raise InputError(f"{folder.parent}: {n_plan} training windows per epoch ({len(train_bank)} slab faces x "
+                         f"windows_per_interface {cfg.windows_per_interface}) is less than batch_size {cfg.batch_size}")
     net = DistributedDataParallel(model) if dist.active else model
     lossf = torch.nn.L1Loss() if loss_name == "l1" else torch.nn.MSELoss()
     local_b = cfg.batch_size // world
