@@ -25,7 +25,7 @@ import json
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
