@@ -191,6 +191,16 @@ class Predictor:
         return tuple(WINDOW_SHAPE)
 
     @property
+    def spacing(self) -> float:
+        """Lateral grid spacing of the training windows (Å)."""
+        w = self.meta.get("window")
+        if w:
+            return float(np.linalg.norm(np.asarray(w["cell"], float)[0]) / int(w["shape"][0]))
+        from .descriptors import SPACING
+
+        return float(SPACING)
+
+    @property
     def elements(self) -> tuple[str, ...]:
         ch = (self.meta.get("descriptor") or {}).get("channels")
         return tuple(ch) if ch else MODEL_ELEMENTS
@@ -480,7 +490,7 @@ def _predict_via_supercell(atoms, M, pred, src, face, **kw) -> Grid:
     big.info = dict(atoms.info)
     inner = predict_density(big, model=pred, face=face, source=src, **kw)
     own = descriptors.mirror(atoms) if face == "bottom" else atoms
-    target = descriptors.cell_spec(own, inner.meta["surface_z"])
+    target = descriptors.cell_spec(own, inner.meta["surface_z"], spacing=pred.spacing)
     if target.shape[2] != inner.spec.shape[2] or not np.isclose(target.origin[2], inner.spec.origin[2]):
         raise RuntimeError("supercell and cell grids have different z planes")
     nx, ny, nz = target.shape
@@ -524,13 +534,13 @@ def predict_density(
     if M is not None:
         return _predict_via_supercell(atoms, M, pred, src, face, method=method, stride=stride, batch=batch)
     notes = check_domain(atoms, pred, src, face)
-    desc = descriptors.describe_cell(atoms, sigma=pred.sigma, face=face)
+    desc = descriptors.describe_cell(atoms, sigma=pred.sigma, face=face, spacing=pred.spacing)
     window = pred.window_shape
     spec = desc.spec
     if spec.shape[2] != window[2]:
         raise InputError(f"{src}: descriptor has {spec.shape[2]} z points, the model's window {window[2]}")
     spacing = spec.spacing[:2]
-    want = float(descriptors.SPACING)
+    want = pred.spacing
     if np.any(np.abs(spacing / want - 1) > 0.02):
         warnings.warn(
             f"{src}: the cell's grid spacing {np.round(spacing, 4).tolist()} Å differs from the model's "
