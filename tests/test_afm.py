@@ -206,3 +206,23 @@ def test_cli_afm(tmp_path, capsys):
     assert "fz.cube" in text and "fz_h2.50A.png" in text
     with pytest.raises(InputError, match="missing.cube"):
         _run_cli(["afm", str(tmp_path / "missing.cube"), "--out", str(tmp_path / "o2")])
+
+
+def test_images_and_curves_sample_the_analytic_force():
+    """Constant-height images and force-distance curves of rho = exp(-U/kT) carry F_z = -dU/dz."""
+    spec, u, grad = _orthogonal_case()
+    grid = _grid_from_u(spec, u)
+    fz = afm.sta_force(grid, temperature=T).channel("Fz")
+    z_s = 0.0
+    heights = [2.0, 3.3]
+    imgs = afm.constant_height(fz, spec, z_s, heights)
+    pts = spec.points()
+    for h, img in zip(heights, imgs):
+        expected = -grad(pts[..., 0, 0], pts[..., 0, 1], np.full(pts.shape[:2], z_s + h))[2]
+        assert np.abs(img - expected).max() < 0.03 * np.abs(expected).max() + 1e-4
+    xy = np.array([[2.5, 1.0], [12.5, -7.0]])  # the second is the first's periodic image
+    h, curves = afm.force_distance(fz, spec, xy, z_s)
+    np.testing.assert_allclose(curves[0], curves[1], atol=1e-6)
+    zz = h + z_s
+    expected = -grad(np.full_like(zz, 2.5), np.full_like(zz, 1.0), zz)[2]
+    assert np.abs(curves[0][1:-1] - expected[1:-1]).max() < 0.03 * np.abs(expected).max()
