@@ -66,6 +66,7 @@ RHO_BULK_A3 = 0.0334  # bulk water-O number density, Å^-3 (SPC/Fw, 300 K, ~1 g/
 DEFAULT_FLOOR = 1e-3  # rho is clipped at this fraction of rho_bulk
 DEFAULT_TEMPERATURE = 300.0  # K
 WINDOW_BELOW = 5.0  # Å: hydrolayer grids start this far below the surface plane
+HYDRATION_RANGE = 10.0  # Å: default image heights are density peaks up to this height
 
 
 # --------------------------------------------------------------------------- basics
@@ -248,7 +249,8 @@ def hydration_peaks(grid: Grid, surface_z: float, n: int = 3, rho_bulk: float | 
     prof = rho.mean(axis=(0, 1))
     h = _z_axis(grid.spec) - surface_z
     peaks, _ = find_peaks(prof, prominence=0.05)
-    peaks = [int(p) for p in peaks if h[p] > 0.5]
+    # hydration layers: 0.5-10 Å above the surface plane, away from the grid's top edge
+    peaks = [int(p) for p in peaks if 0.5 < h[p] <= HYDRATION_RANGE and h[p] < h[-1] - 1.0]
     return [float(h[p]) for p in peaks[:n]]
 
 

@@ -584,13 +584,16 @@ def _z_rel(grid: Grid, z_s: float) -> np.ndarray:
 
 
 def peak_heights(grid: Grid, z_s: float, n: int = 3) -> list[float]:
-    """Heights above z_s (Å) of up to ``n`` peaks of the laterally averaged density."""
+    """Heights above z_s (Å) of up to ``n`` peaks of the laterally averaged density, between
+    0.5 and 10 Å (the hydration layers; the grid's top edge is ignored)."""
     from scipy.signal import find_peaks
+
+    from .afm import HYDRATION_RANGE
 
     prof = grid.values[0].mean(axis=(0, 1))
     h = _z_rel(grid, z_s)
     peaks, _ = find_peaks(prof, prominence=0.05)
-    return [float(h[p]) for p in peaks if h[p] > 0.5][:n]
+    return [float(h[p]) for p in peaks if 0.5 < h[p] <= HYDRATION_RANGE and h[p] < h[-1] - 1.0][:n]
 
 
 def _site_for_xz(atoms, z_s: float) -> tuple[float, str]:
