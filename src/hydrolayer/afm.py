@@ -242,7 +242,8 @@ def _interp_z(values: np.ndarray, spec: GridSpec, z: float, what: str) -> np.nda
 
 
 def hydration_peaks(grid: Grid, surface_z: float, n: int = 3, rho_bulk: float | None = None) -> list[float]:
-    """Heights (Å above ``surface_z``) of up to ``n`` peaks of the laterally averaged density."""
+    """Heights (Å above ``surface_z``) of up to ``n`` peaks of the laterally averaged density,
+    between 0.5 Å and ``HYDRATION_RANGE`` (the grid's top 1 Å is ignored)."""
     from scipy.signal import find_peaks
 
     rho, _ = _normalised_density(grid, rho_bulk, "density grid")
