@@ -282,11 +282,12 @@ def _bilinear_periodic(field2d: np.ndarray, frac: np.ndarray) -> np.ndarray:
     )
 
 
-def surface_sites(grid: Grid, surface_z: float, max_sites: int = 12, rho_bulk: float | None = None):
+def surface_sites(grid: Grid, surface_z: float, max_sites: int | None = None, rho_bulk: float | None = None):
     """Lateral sites for force-distance curves: ``(xy (n, 2) Å, labels, kind)``.
 
-    Each top-layer Ca (within 1 Å of the topmost Ca) if the grid carries atoms; else the
-    lateral maxima of the density in the first hydration layer (``kind="density maxima"``).
+    Each top-layer Ca (within 1 Å of the topmost Ca; all of them unless ``max_sites``) if
+    the grid carries atoms; else the lateral maxima of the density in the first hydration
+    layer (``kind="density maxima"``, at most ``max_sites or 12``, highest first).
     """
     atoms = grid.atoms
     cations = ("Ca", "Mg")
@@ -296,7 +297,7 @@ def surface_sites(grid: Grid, surface_z: float, max_sites: int = 12, rho_bulk: f
         idx = [i for i, s in enumerate(sym) if s in cations]
         zc = z[idx]
         top = [i for i in idx if z[i] >= zc.max() - 1.0]
-        top = top[:max_sites]
+        top = top[:max_sites] if max_sites else top
         return atoms.positions[top, :2].copy(), [f"{sym[i]}{i}" for i in top], "surface Ca"
     from scipy.ndimage import maximum_filter
 
@@ -307,7 +308,7 @@ def surface_sites(grid: Grid, surface_z: float, max_sites: int = 12, rho_bulk: f
     size = max(3, int(round(1.5 / max(grid.spec.spacing[0], 1e-9))) | 1)
     is_max = (plane == maximum_filter(plane, size=size, mode="wrap")) & (plane > plane.mean())
     ii, jj = np.nonzero(is_max)
-    order = np.argsort(-plane[ii, jj])[:max_sites]
+    order = np.argsort(-plane[ii, jj])[: max_sites or 12]
     ii, jj = ii[order], jj[order]
     frac = np.stack([ii / grid.spec.shape[0], jj / grid.spec.shape[1]], axis=1)
     xy = grid.spec.origin[:2] + frac @ grid.spec.cell[:2, :2]
