@@ -515,7 +515,7 @@ def predict_density(
     """Water density over the whole lateral cell of ``atoms`` (rho/rho_bulk, one channel "water").
 
     ``model``: a shipped model's name, a checkpoint path, a :class:`Predictor`, or ``None``
-    for the default shipped model. ``method``: ``"tiles"`` (default; see the module notes)
+    for the default shipped model. ``source`` names the structure in messages (a file name). ``method``: ``"tiles"`` (default; see the module notes)
     or ``"cell"``. The grid spans the lateral cell and z from z_s - 5 to z_s + 15 Å (the
     descriptor grid of ``descriptors.describe_cell``); ``grid.atoms`` are the input atoms
     and ``grid.meta`` holds the model, method, surface plane and domain notes. For
@@ -524,7 +524,7 @@ def predict_density(
     """
     from . import descriptors
 
-    src = source or str(getattr(atoms, "info", {}).get("source", "<structure>"))
+    src = source or "<structure>"
     if method not in ("tiles", "cell"):
         raise ValueError(f"method must be 'tiles' or 'cell', got {method!r}")
     if face not in ("top", "bottom"):
@@ -720,7 +720,6 @@ def predict_file(
     from .structures import read_structure
 
     atoms = read_structure(structure, format=format)
-    atoms.info["source"] = str(structure)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         pred = model if isinstance(model, Predictor) else load_predictor(model)
