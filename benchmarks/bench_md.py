@@ -127,16 +127,23 @@ def profile(d: dict, row) -> dict:
     return out
 
 
-def peaks(h, rho, hmax=6.0, dh=0.3):
-    """First three local maxima of rho(h) for 0 < h < hmax, from the profile sorted by h."""
-    from scipy.ndimage import gaussian_filter1d
-
+def peaks(h, rho, hmax=6.0):
+    """First three local maxima of the histogram rho(h) for 0.5 < h < hmax Å (h sorted),
+    each refined by a parabola through the maximum and its two neighbours."""
     o = np.argsort(h)
     h, rho = h[o], rho[o]
-    m = (h > 0.5) & (h < hmax)
-    hs, rs = h[m], gaussian_filter1d(rho[m], 0.5)  # half a bin of smoothing against voxel noise
-    idx = [i for i in range(1, len(rs) - 1) if rs[i] > rs[i - 1] and rs[i] >= rs[i + 1] and rs[i] > 1.05]
-    return [(round(float(hs[i]), 2), round(float(rs[i]), 2)) for i in idx[:3]]
+    out = []
+    for i in range(1, len(h) - 1):
+        if not (0.5 < h[i] < hmax) or not (rho[i] > rho[i - 1] and rho[i] >= rho[i + 1] and rho[i] > 1.05):
+            continue
+        a, b, c = rho[i - 1], rho[i], rho[i + 1]
+        den = a - 2 * b + c
+        x = 0.5 * (a - c) / den if den < 0 else 0.0
+        dh = h[i + 1] - h[i]
+        out.append((round(float(h[i] + x * dh), 2), round(float(b - 0.25 * (a - c) * x), 2)))
+        if len(out) == 3:
+            break
+    return out
 
 
 class _Row(dict):
@@ -188,8 +195,9 @@ def validate(args):
     res = {"row": row.id, "surface": row.surface, "defects": row.get("defects"), "production_ps": row.production_ps,
            "half_ps": row.get("half_ps"),
            "rho_bulk_A3": row.rho_bulk, "gap_density_g_cm3": round(row.rho_bulk / WATER_DENSITY, 4)}
+    w = row.get("half_ps") or [1.0, 1.0]
     for face, (h, a, b) in prof.items():
-        res[f"peaks_{face}"] = peaks(h, 0.5 * (a + b))
+        res[f"peaks_{face}"] = peaks(h, (w[0] * a + w[1] * b) / (w[0] + w[1]))
         res[f"peaks_{face}_half1"] = peaks(h, a)
         res[f"peaks_{face}_half2"] = peaks(h, b)
     # split-half noise 0-10 Å above each face
