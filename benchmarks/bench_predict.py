@@ -63,26 +63,36 @@ def _fresh_cmd(cmd: list, repeats: int = 1) -> dict:
 
 
 def _versus_md(db, row_id, pred) -> dict:
-    """Prediction time of a database row's own slab vs that row's MD production time
-    (production_ps / ns_per_day; equilibration not counted, so the ratio is a lower bound)."""
-    from hydrolayer import predict, store
+    """A database row's own slab: prediction time vs the row's MD production time
+    (production_ps / ns_per_day; equilibration not counted, so the ratio is a lower bound),
+    and the whole-surface MAE (rho/rho_bulk) of ``tiles`` and ``cell`` against the row's MD
+    density (mean of the two halves, smoothed with the model's sigma_target, sampled at the
+    prediction's points), over the whole grid and 0-10 Å above the surface plane."""
+    import numpy as np
+
+    from hydrolayer import data, predict, store
 
     row = store.get_row(db, row_id) if row_id else next(store.iter_rows(db), None)
     if row is None:
         return {"versus_md": f"{db}: no finished rows"}
     atoms = row.toatoms()
     kv = row.key_value_pairs
-    predict.predict_density(atoms, model=pred, method="cell")  # warm-up
-    t = time.perf_counter()
-    predict.predict_density(atoms, model=pred, method="cell")
-    p_s = time.perf_counter() - t
-    t = time.perf_counter()
-    predict.predict_density(atoms, model=pred, method="tiles")
-    t_s = time.perf_counter() - t
-    md_s = float(kv["production_ps"]) * 1e-3 / float(kv["ns_per_day"]) * 86400.0
-    return {"versus_md": {"row": row.id, "surface": kv.get("surface"), "defects": kv.get("defects"),
-                          "md_production_s": md_s, "predict_cell_s": p_s, "predict_tiles_s": t_s,
-                          "faster_than_md_cell": md_s / p_s, "faster_than_md_tiles": md_s / t_s}}
+    md = store.load_density(db, row)
+    ref = data.smooth_periodic(0.5 * (md["half1"] + md["half2"]), md["cell"], float(pred.meta.get("sigma_target") or 0.0))
+    out = {"row": row.id, "surface": kv.get("surface"), "defects": kv.get("defects"),
+           "md_production_s": float(kv["production_ps"]) * 1e-3 / float(kv["ns_per_day"]) * 86400.0}
+    for method in ("tiles", "cell"):
+        predict.predict_density(atoms, model=pred, method=method)  # warm-up
+        t = time.perf_counter()
+        grid = predict.predict_density(atoms, model=pred, method=method)
+        out[f"predict_{method}_s"] = time.perf_counter() - t
+        out[f"faster_than_md_{method}"] = out["md_production_s"] / out[f"predict_{method}_s"]
+        target = data.sample_periodic(ref, md["cell"], grid.spec.points())
+        err = np.abs(grid.values[0] - target)
+        h = grid.spec.z_values() - grid.meta["surface_z"]
+        out[f"mae_{method}"] = float(err.mean())
+        out[f"mae_{method}_0_10A"] = float(err[..., (h >= 0) & (h <= 10)].mean())
+    return {"versus_md": out}
 
 
 def _macs(net, shape) -> float:
@@ -245,8 +255,11 @@ def summary(res: dict) -> str:
             lines.append(f"{label:<38}{v['min_s']:>8.3f} s {v['median_s']:>10.3f} s {cpu:>12}")
     if isinstance(res.get("versus_md"), dict):
         m = res["versus_md"]
-        lines.append(f"versus MD (row {m['row']}, {m['surface']}): MD production {m['md_production_s']:.0f} s, "
-                     f"predict {m['predict_tiles_s']:.2f} s (tiles): {m['faster_than_md_tiles']:.0f}x faster")
+        lines.append(f"versus MD (row {m['row']}, {m['surface']}, {m['defects']}): MD production {m['md_production_s']:.0f} s; "
+                     f"predict tiles {m['predict_tiles_s']:.2f} s ({m['faster_than_md_tiles']:.0f}x faster), "
+                     f"cell {m['predict_cell_s']:.2f} s ({m['faster_than_md_cell']:.0f}x faster)")
+        lines.append(f"MAE vs MD (rho/rho_bulk): tiles {m['mae_tiles']:.4f} (0-10 Å: {m['mae_tiles_0_10A']:.4f}), "
+                     f"cell {m['mae_cell']:.4f} (0-10 Å: {m['mae_cell_0_10A']:.4f})")
     return "\n".join(lines)
 
 
