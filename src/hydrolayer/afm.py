@@ -17,7 +17,9 @@ Conventions fixed here:
   i.e. W <= 6.9 k_B T) so that W stays finite inside the solid; where rho is clipped W is
   flat and the force is 0. The clip edge is where the hard repulsive wall appears.
 * Sign: z points out of the surface into the water, so F_z > 0 pushes the tip away from
-  the surface (repulsive) and F_z < 0 pulls it towards the surface (attractive).
+  the surface (repulsive) and F_z < 0 pulls it towards the surface (attractive). This is
+  the top face; for a grid of a whole MD cell the bottom face's water has the opposite
+  sense (predict that face with ``hydrolayer predict --face bottom``, which mirrors it).
 * Gradients: central differences, periodic along a and b (the lateral cell), second-order
   one-sided at the bottom and top of the grid. Any lateral cell works (the gradient is
   taken along the grid axes and transformed with the inverse voxel vectors); heights,
