@@ -317,7 +317,7 @@ def _cmd_simulate(sub):
         "one LAMMPS run of a slab in water -> water density grid, stored as a database row",
         "hydrolayer surface build calcite-104 --size 5x3 --layers 4 -o calcite.extxyz\n"
         "hydrolayer simulate calcite.extxyz --db sims.db --ps 100 --equil-ps 50 --seed 1 --workdir run1\n"
-        "# interrupted? the same command resumes from the last checkpoint in --workdir",
+        "# interrupted? the same command resumes from the last checkpoint in the job folder",
     )
     p.add_argument("structure", type=Path, help="slab structure file (surface normal +z; water already in it is kept)")
     p.add_argument("--db", required=True, help="database: a .db file (grids/ beside it) or a postgresql:// URL (needs --grids)")
@@ -326,7 +326,7 @@ def _cmd_simulate(sub):
     p.add_argument("--seed", type=int, default=1, help="velocity seed (default 1)")
     p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
     p.add_argument("--spacing", type=float, default=0.3, help="grid spacing, Å (default 0.3)")
-    p.add_argument("--workdir", type=Path, default=None, help="job folder with checkpoints (default: a new temporary folder)")
+    p.add_argument("--workdir", type=Path, default=None, help="job folder with checkpoints (default: work/simulate-<hash> beside the database)")
     p.add_argument("--grids", type=Path, default=None, help="grids folder (default: grids/ beside the database)")
     _md_parallel_args(p)
     p.set_defaults(func=_run_simulate)

@@ -546,7 +546,7 @@ class _Worker:
             self.restart("prod.restart.new")
             if self.rank == 0:
                 with atomic_output(acc_file) as tmp:
-                    np.savez(tmp, counts1=counts[0], counts2=counts[1], n1=nsamp[0], n2=nsamp[1], prev=prev,
+                    np.savez_compressed(tmp, counts1=counts[0], counts2=counts[1], n1=nsamp[0], n2=nsamp[1], prev=prev,
                              ref=ref, com0=com0, sum_pos=sum_pos, maxdisp=maxdisp, cell=cell)
                 os.replace(self.dir / "prod.restart.new", self.dir / "prod.restart")
             self.save_state(stage="production", prod_steps=step, prod_wall=wall)
@@ -889,13 +889,30 @@ def simulate_file(structure, db, production_ps=100.0, equil_ps=50.0, seed=1, tem
     atoms = read_structure(structure)
     params = SimulationParams(production_ps=production_ps, equil_ps=equil_ps, seed=seed, temperature=temperature,
                               spacing=spacing, **_parallel(ranks, threads))
+    if workdir is None:
+        # default: a job folder beside the database named by the input and the settings, so
+        # that running the same command again resumes instead of starting over
+        from .store import is_url
+
+        if is_url(str(db)):
+            raise InputError(f"{structure}: with a PostgreSQL database give --workdir")
+        import hashlib
+
+        h = hashlib.sha256(Path(structure).read_bytes())
+        h.update(json.dumps({k: getattr(params, k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")}, sort_keys=True).encode())
+        workdir = Path(db).resolve().parent / "work" / f"simulate-{h.hexdigest()[:16]}"
+        workdir.parent.mkdir(exist_ok=True)
+        progress(f"job folder {workdir} (run the same command again to resume)")
     if workdir is not None and (Path(workdir) / "job.json").exists():
         old = json.loads((Path(workdir) / "job.json").read_text())["params"]
         if {k: old.get(k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")} != \
                 {k: getattr(params, k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")}:
             raise InputError(f"{workdir}: holds a run with other settings; resume it with the same options or use a new --workdir")
         params = SimulationParams(**{**old, **_parallel(ranks, threads)})
-    return simulate(atoms, db, params, workdir=workdir, grids_dir=grids_dir, progress=progress, source=str(structure))
+    try:
+        return simulate(atoms, db, params, workdir=workdir, grids_dir=grids_dir, progress=progress, source=str(structure))
+    except SimulationFailed as err:
+        raise InputError(f"{structure}: simulation failed, nothing stored ({err}); job folder {workdir}") from None
 
 
 def relax_bulk_cli(polymorph, production_ps=10.0, equil_ps=10.0, temperature=300.0, workdir=None, write=True,
