@@ -730,7 +730,7 @@ def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResu
         "rho_bulk": rho_bulk,
         "z_top": z_top,
         "z_bottom": z_bottom,
-        "net_charge": round(float(job["net_charge"]), 6),
+        "net_charge": round(float(job["net_charge"]), 6) + 0.0,  # no "-0"
         "ns_per_day": float(r["ns_per_day"]),
         "n_water": int(job["n_water"]),
         "gap": float(gap),
