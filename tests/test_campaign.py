@@ -1,6 +1,8 @@
 """Campaigns: spec expansion, and a real (tiny) Dask campaign killed with SIGKILL and resumed."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from hydrolayer import store
-from hydrolayer.campaign import campaign_status, expand, load_spec
+from hydrolayer.campaign import campaign_status, expand, load_spec, snapshot_campaign
 from hydrolayer.util import InputError
 
 SRC = str(Path(store.__file__).resolve().parent.parent)
@@ -99,7 +101,13 @@ def test_sigkill_and_resume(tmp_path):
     for row in store.iter_rows(db):
         store.load_density(db, row)
     assert store.orphan_grids(db) == []
-    # 2. run again: finishes the rest, re-using the checkpoints
+    # 2. snapshot the checkpoints and drop the work folders (a new session on a fresh clone)
+    snaps = snapshot_campaign(spec, db, log=lambda *_: None)
+    assert snaps and all((s / "state.json").exists() for s in snaps)
+    resumed = [s.name for s in snaps if json.loads((s / "state.json").read_text())["stage"] == "production"]
+    assert resumed
+    shutil.rmtree(tmp_path / "work")
+    # 3. run again: finishes the rest, carrying on from the snapshots
     out = _campaign(spec, db).communicate(timeout=300)[0]
     assert "FAILED" not in out, out
     st = campaign_status(spec, db)
@@ -110,7 +118,9 @@ def test_sigkill_and_resume(tmp_path):
         d = store.load_density(db, row)
         assert d["half1"].shape == d["half2"].shape
     assert store.orphan_grids(db) == []
-    # 3. and again: nothing to do, nothing duplicated
+    for key in resumed:  # no second equilibration for a job that was in production
+        assert "minimised" not in (tmp_path / "work" / key / "progress.log").read_text()
+    # 4. and again: nothing to do, nothing duplicated
     out = _campaign(spec, db).communicate(timeout=120)[0]
     assert "0 stored, 0 failed, 2 already done" in out
     assert len(list(store.iter_rows(db))) == 2

@@ -420,6 +420,13 @@ def _cmd_campaign(sub):
     s.add_argument("--db", required=True, help="database file or postgresql:// URL")
     s.add_argument("--workdir", type=Path, default=None, help="job folders (default: work/ beside the database)")
     s.set_defaults(func=_run_campaign_status)
+    k = _parser(csub, "snapshot", "copy the checkpoints of unfinished jobs to checkpoints/ beside the database (commit it; the next run resumes from it)",
+                "hydrolayer campaign snapshot examples/dataset-v0.yaml --db data/simulations.db\n"
+                "git add data/checkpoints && git commit -m 'campaign checkpoints'")
+    k.add_argument("spec", type=Path, help="campaign YAML")
+    k.add_argument("--db", required=True, help="database file")
+    k.add_argument("--workdir", type=Path, default=None, help="job folders (default: work/ beside the database)")
+    k.set_defaults(func=_run_campaign_snapshot)
 
 
 def _run_campaign_run(args):
@@ -428,6 +435,13 @@ def _run_campaign_run(args):
     counts = run_campaign(args.spec, args.db, scheduler=args.scheduler, workers=args.workers, ranks=args.ranks,
                           threads=args.threads, grids_dir=args.grids, workdir=args.workdir)
     print(f"campaign: {counts['done']} stored, {counts['failed']} failed, {counts['skipped']} already done")
+
+
+def _run_campaign_snapshot(args):
+    from .campaign import snapshot_campaign
+
+    snaps = snapshot_campaign(args.spec, args.db, workdir=args.workdir)
+    print(f"{len(snaps)} job snapshot(s) written")
 
 
 def _run_campaign_status(args):
