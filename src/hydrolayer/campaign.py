@@ -52,7 +52,6 @@ or start the cluster elsewhere and pass its address: ``hydrolayer campaign run S
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import fcntl
 import hashlib
@@ -63,7 +62,7 @@ import shutil
 import time
 from pathlib import Path
 
-from .util import InputError, atomic_output
+from .util import InputError
 
 __all__ = ["Job", "load_spec", "expand", "run_campaign", "campaign_status", "run_job"]
 

@@ -457,8 +457,6 @@ class _Worker:
             self.cmd("clear")
         if st in ("equil_done", "production"):
             self.production()
-        if self.state["stage"] == "finished" and not (self.dir / "result.npz").exists():
-            pass
 
     # ---------------------------------------------------------------- production
     def production(self):
