@@ -217,7 +217,7 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, 
     Holds an exclusive lock on the job folder while it runs, so a job left running by a killed
     campaign is never run twice at once (the next campaign waits for it, then stores it).
     """
-    from .simulate import SimulationFailed, run_simulation
+    from .simulate import SimulationFailed, SimulationInterrupted, run_simulation
 
     workdir = Path(workroot) / job_key
     snap = Path(workroot).parent / "checkpoints" / job_key
@@ -239,7 +239,14 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, 
             log.flush()
 
         try:
-            res = run_simulation(atoms, workdir, params, progress=progress, source=f"job {job_key}")
+            for attempt in range(3):
+                try:
+                    res = run_simulation(atoms, workdir, params, progress=progress, source=f"job {job_key}")
+                    break
+                except SimulationInterrupted as err:  # stopped from outside: resume from the checkpoint
+                    progress(f"INTERRUPTED {err}; resuming (attempt {attempt + 2} of 3)")
+                    if attempt == 2:
+                        return ("failed", str(err))
         except SimulationFailed as err:
             progress(f"FAILED {err}")
             return ("failed", str(err))

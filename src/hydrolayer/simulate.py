@@ -47,6 +47,7 @@ __all__ = [
     "SimulationParams",
     "SimulationResult",
     "SimulationFailed",
+    "SimulationInterrupted",
     "solvate",
     "prepare",
     "run_simulation",
@@ -73,6 +74,11 @@ class SimulationFailed(RuntimeError):
     def __init__(self, reason: str, message: str):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+
+
+class SimulationInterrupted(SimulationFailed):
+    """The worker was stopped from outside before it finished; its checkpoints are intact and
+    running the same job again resumes it."""
 
 
 @dataclasses.dataclass
@@ -633,9 +639,19 @@ def run_worker(workdir, params: SimulationParams, progress: Callable[[str], None
     if failed.exists():
         f = json.loads(failed.read_text())
         raise SimulationFailed(f["reason"], f["message"])
-    if proc.returncode != 0:
-        errs = _lammps_errors(workdir / "log.lammps")
-        raise SimulationFailed("lammps_error", f"worker exited with {proc.returncode}: " + (errs or " | ".join(tail[-5:])))
+    errs = _lammps_errors(workdir / "log.lammps")
+    if proc.returncode != 0 and errs:
+        raise SimulationFailed("lammps_error", f"worker exited with {proc.returncode}: {errs}")
+    state = {}
+    if (workdir / "state.json").exists():
+        state = json.loads((workdir / "state.json").read_text())
+    done = (workdir / "result.npz").exists() or (workdir / "bulk.json").exists()
+    if proc.returncode != 0 or not done:
+        # killed from outside (a signal to the MPI job, the machine going down): not a failure
+        # of the simulation; the checkpoints are intact and the next run resumes from them
+        raise SimulationInterrupted(
+            "interrupted", f"worker ended with exit code {proc.returncode} in stage {state.get('stage', 'start')} "
+            f"({state.get('prod_steps', 0)} production steps checkpointed): " + " | ".join(tail[-3:]))
 
 
 def _die_with_parent():
