@@ -28,6 +28,7 @@ production and after every equilibration stage: running the same job directory a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -406,6 +407,13 @@ class _Worker:
             self.fail(reason, f"{type(err).__name__}: {msg}")
         finally:
             self.lmp.close()
+            with contextlib.suppress(Exception):
+                self.lmp.finalize()  # MPI_Finalize: the ranks leave together
+
+    def barrier(self):
+        """Every rank waits here (a collective gather): rank 0 must finish its files before
+        any rank exits, or mpiexec ends the job while rank 0 is still writing."""
+        self.lmp.gather_atoms("x", 1, 3)
 
     def fail(self, reason, msg):
         # only rank 0 may know (slab check); leave at once: mpiexec then ends the other ranks
@@ -569,6 +577,7 @@ class _Worker:
                          production_ps=total * p.timestep_fs / 1000, temp=self.lmp.get_thermo("temp"))
         self.save_state(stage="finished")
         self.log("production finished")
+        self.barrier()
 
     # ---------------------------------------------------------------- bulk NPT
     def run_bulk(self):
@@ -597,6 +606,7 @@ class _Worker:
                                            "sd": lengths.std(0).tolist(), "samples": len(lengths),
                                            "press": self.lmp.get_thermo("press"), "temp": self.lmp.get_thermo("temp")}))
         self.log("bulk NPT finished")
+        self.barrier()
 
 
 def _worker_main(workdir):
@@ -646,7 +656,7 @@ def run_worker(workdir, params: SimulationParams, progress: Callable[[str], None
     if (workdir / "state.json").exists():
         state = json.loads((workdir / "state.json").read_text())
     done = (workdir / "result.npz").exists() or (workdir / "bulk.json").exists()
-    if proc.returncode != 0 or not done:
+    if not done:
         # killed from outside (a signal to the MPI job, the machine going down): not a failure
         # of the simulation; the checkpoints are intact and the next run resumes from them
         raise SimulationInterrupted(
