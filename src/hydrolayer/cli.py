@@ -18,7 +18,10 @@ EPILOG = """\
 examples:
   hydrolayer surface build calcite-104 --size 5x3 --layers 4 -o calcite.extxyz
   hydrolayer describe calcite.extxyz -o descriptor.npz
-  hydrolayer describe calcite.extxyz -o window.cube --window 0,0
+  hydrolayer simulate calcite.extxyz --db sims.db --ps 100
+  hydrolayer train --db sims.db --model unet --out runs/unet
+  hydrolayer predict calcite.extxyz --model runs/unet/model.pt --out pred
+  hydrolayer afm pred/water.cube --out pred/afm
   hydrolayer <command> --help      (each command shows a worked example)
 """
 
@@ -451,11 +454,12 @@ def _run_campaign_status(args):
 
 
 # --------------------------------------------------------------------------- main
-COMMANDS = [_cmd_surface, _cmd_describe]
-COMMANDS.append(_cmd_afm)
-COMMANDS += [_cmd_predict, _cmd_models]
-COMMANDS += [_cmd_train, _cmd_evaluate]
-COMMANDS += [_cmd_simulate, _cmd_relax_bulk, _cmd_db, _cmd_campaign]
+COMMANDS = [
+    _cmd_surface, _cmd_describe,
+    _cmd_simulate, _cmd_relax_bulk, _cmd_db, _cmd_campaign,
+    _cmd_train, _cmd_evaluate,
+    _cmd_predict, _cmd_afm, _cmd_models,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
