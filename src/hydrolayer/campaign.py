@@ -471,7 +471,7 @@ def snapshot_job(workdir, dest, tries: int = 20) -> Path | None:
 
 def snapshot_campaign(spec_path, db, workdir=None, dest=None, log=print) -> list[Path]:
     """Snapshot every unfinished job with a checkpoint into ``<db folder>/checkpoints/``
-    (commit that folder to carry the jobs over to a machine or session without the work
+    (copy that folder to carry the jobs over to a machine without the work
     folders); :func:`run_job` resumes from it. Snapshots of finished jobs are removed."""
     spec = load_spec(spec_path)
     root = workroot_for(db, workdir)
