@@ -143,6 +143,13 @@ def _images(pos: np.ndarray, cell: np.ndarray, lo: np.ndarray, hi: np.ndarray, m
     return q[np.all((q[:, :3] >= lo - margin) & (q[:, :3] <= hi + margin), axis=1)]
 
 
+def _labelled_images(pos, chan, cell, lo, hi, margin) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_images` of ``pos`` with each image's channel index carried along."""
+    idx = np.arange(len(pos), dtype=float)[:, None]
+    q = _images(np.hstack([pos, idx]), cell, lo, hi, margin)
+    return q[:, :3], chan[q[:, 3].astype(int)]
+
+
 def _bounds(spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper corners of the bounding box of the grid points."""
     va, vb = spec.voxel_vectors[0, :2], spec.voxel_vectors[1, :2]
@@ -169,9 +176,7 @@ def _smear(pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma:
         keep = np.all((pos >= lo - margin) & (pos <= hi + margin), axis=1)
         p, ch = pos[keep], chan[keep]
     else:
-        idx = np.arange(len(pos), dtype=float)[:, None]
-        q = _images(np.hstack([pos, idx]), cell, lo, hi, margin)
-        p, ch = q[:, :3], chan[q[:, 3].astype(int)]
+        p, ch = _labelled_images(pos, chan, cell, lo, hi, margin)
     if len(p) == 0:
         return np.zeros((nchan, *spec.shape), dtype=np.float32)
     inv2s2 = 0.5 / sigma**2
@@ -257,10 +262,7 @@ def describe_windows(atoms: Atoms, offsets, sigma: float = DEFAULT_SIGMA, face: 
     corners = np.array([[x, y] for x in (0, 1) for y in (0, 1)]) @ lat
     lo = np.array([*(corners.min(axis=0) + lo0[:2]), lo0[2]])
     hi = np.array([*(corners.max(axis=0) + hi0[:2]), hi0[2]])
-    pos, ch = _stack(chans)
-    idx = np.arange(len(pos), dtype=float)[:, None]
-    imaged = _images(np.hstack([pos, idx]), cell, lo, hi, CUTOFF_SIGMAS * sigma)
-    ipos, ich = imaged[:, :3], ch[imaged[:, 3].astype(int)]
+    ipos, ich = _labelled_images(*_stack(chans), cell, lo, hi, CUTOFF_SIGMAS * sigma)
     out = np.empty((len(offsets), len(CHANNELS), *WINDOW_SHAPE), dtype=np.float32)
     from concurrent.futures import ThreadPoolExecutor
 
