@@ -140,6 +140,32 @@ def test_sample_periodic_wraps_and_interpolates():
     assert got[2] == pytest.approx(np.sin(2 * np.pi * 0.125) + np.cos(2 * np.pi * 0.25), abs=0.05)
 
 
+def test_unit_cell_average_equals_the_mean_over_translations_and_keeps_periodic_parts():
+    rng = np.random.default_rng(3)
+    # grid divisible by the repeats: the explicit mean over the 3 x 2 unit-cell translations
+    v = rng.random((12, 10, 7)).astype(np.float32)
+    explicit = np.mean([np.roll(v, (i * 4, j * 5), axis=(0, 1)) for i in range(3) for j in range(2)], axis=0)
+    got = data.average_unit_cells(v, (3, 2))
+    np.testing.assert_allclose(got, explicit, atol=1e-5)
+    # any grid: a function periodic in the unit cell is unchanged, the rest is removed
+    shape = (25, 19, 6)
+    f = np.stack(np.meshgrid(*[np.arange(n) / n for n in shape], indexing="ij"), -1)
+    periodic = 1 + np.cos(2 * np.pi * 5 * f[..., 0]) * np.sin(2 * np.pi * 3 * f[..., 1]) + f[..., 2]
+    other = np.sin(2 * np.pi * 2 * f[..., 0]) + np.cos(2 * np.pi * f[..., 1])
+    got = data.average_unit_cells(periodic + other, (5, 3))
+    np.testing.assert_allclose(got, periodic, atol=1e-4)
+    np.testing.assert_allclose(data.average_unit_cells(v, (1, 1)), v)
+    # noise falls by about sqrt(number of unit cells)
+    noise = rng.standard_normal((40, 30, 8)).astype(np.float32)
+    assert data.average_unit_cells(noise, (5, 3)).std() == pytest.approx(noise.std() / np.sqrt(15), rel=0.1)
+
+
+def test_unit_cell_repeats_only_for_pristine_rows():
+    assert data.unit_cell_repeats({"defects": "pristine", "structure_size": "5x3"}) == (5, 3)
+    assert data.unit_cell_repeats({"defects": "1 pair vacancy (top)", "structure_size": "5x3"}) == (1, 1)
+    assert data.unit_cell_repeats({"defects": "pristine"}) == (1, 1)
+
+
 @pytest.fixture(scope="module")
 def toy_db(tmp_path_factory):
     pytest.importorskip("hydrolayer.descriptors")

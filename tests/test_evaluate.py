@@ -16,7 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("hydrolayer.descriptors")
 
-from test_data import RHO_BULK, make_synthetic_db  # noqa: E402
+from test_data import RHO_BULK, analytic_density, make_synthetic_db, toy_slab  # noqa: E402
 
 from hydrolayer import data  # noqa: E402
 from hydrolayer.evaluate import find_peaks_1d  # noqa: E402
@@ -45,6 +45,7 @@ def runs(tmp_path_factory):
 
 
 def test_evaluate_cli_writes_the_report(runs, tmp_path):
+    from hydrolayer import store
     from hydrolayer.cli import main
 
     db, root = runs
@@ -55,10 +56,14 @@ def test_evaluate_cli_writes_the_report(runs, tmp_path):
     for title in ("test set (1 simulation)", "calcite (10-14) with a CO3 2- vacancy", "aragonite (010)"):
         assert f"| {title} |" in md
     res = json.loads((out / "metrics.json").read_text())
-    assert [g["name"] for g in res["groups"]] == ["test set", "calcite-104 CO3 vacancy", "aragonite-010"]
+    names = [g["name"] for g in res["groups"]]
+    # the test row is drawn at random (unique ids are random): it has a defect group iff Ca was removed from it
+    test_rows = [r for r in store.iter_rows(db) if r.unique_id in res["groups"][0]["simulations"]]
+    test_defects = any(not str(r.get("defects")).startswith("0 ") for r in test_rows)
+    assert names == ["test set"] + ["test set near defects"] * test_defects + ["calcite-104 CO3 vacancy", "aragonite-010"]
     csv_lines = (out / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("row,column,mae_rho_over_rho_bulk,mae_A^-3")
-    assert len(csv_lines) == 1 + 3 * 4
+    assert len(csv_lines) == 1 + 4 * len(names)  # groups x (noise floor, baseline, 2 models)
     figs = {p.name for p in (out / "figures").iterdir()}
     assert {"learning_curves.png", "profile_aragonite-010.png", "xz_aragonite-010.png", "slices_aragonite-010.png",
             "attention_aragonite-010_att-u-net-l2.png"} <= figs
@@ -121,3 +126,31 @@ def test_a_lone_checkpoint_carries_its_split_and_baseline(runs, tmp_path):
     for ga, gb in zip(a["groups"], b["groups"]):
         assert ga["baseline"] == gb["baseline"] and ga["noise_floor"] == gb["noise_floor"]
         assert list(ga["models"].values())[0]["mae"] == pytest.approx(list(gb["models"].values())[0]["mae"], rel=1e-6)
+
+
+def test_simulations_finished_after_the_split_are_reported_as_new(runs, tmp_path):
+    import shutil
+
+    from hydrolayer import store
+    from hydrolayer.evaluate import evaluate
+
+    db, root = runs
+    shutil.copy(db, tmp_path / "toy.db")
+    shutil.copytree(db.parent / "grids", tmp_path / "grids")
+    db2 = tmp_path / "toy.db"
+    atoms, sites = toy_slab(remove=(1, 4))
+    cell = np.asarray(atoms.cell)
+    rho = analytic_density(atoms, cell, tuple(int(round(L / 0.3)) for L in cell.diagonal()), 12.0, 21.0)
+    kvp = dict(surface="calcite-104", defects="2 Ca removed", rho_bulk=RHO_BULK, z_top=21.0, z_bottom=12.0,
+               net_charge=0, production_ps=100.0, seed=99)
+    store.write_simulation(db2, atoms, rho, rho, cell, kvp, {"defect_sites": sites})
+    new_uid = list(store.iter_rows(db2, seed=99))[0].unique_id
+    split = json.loads((root / "unet" / "split.json").read_text())
+    assert new_uid not in split["train"] + split["val"] + split["test"]
+    res = evaluate([root / "unet"], db2, tmp_path / "r", figures=False, log=lambda m: None)
+    groups = {g["name"]: g for g in res["groups"]}
+    assert groups["new simulations"]["simulations"] == [new_uid]
+    assert groups["new simulations near defects"]["windows"] >= 1
+    assert "finished after the split" in groups["new simulations"]["title"]
+    # identical halves: the noise floor of the new row is 0
+    assert groups["new simulations"]["noise_floor"]["mae"] == 0

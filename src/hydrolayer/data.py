@@ -12,6 +12,13 @@ a periodic Gaussian of width ``sigma_target`` (Å, in Fourier space, exact for a
 sampled at the window points (trilinear, periodic). Both halves are kept: the training
 target is their mean, the evaluation also uses them apart for the noise floor.
 
+A pristine slab is periodic in its surface unit cell, so its halves are also averaged over
+the ``na x nb`` lateral unit cells of the simulated cell (``structure_size``), each half on
+its own (:func:`average_unit_cells`: a projection in Fourier space, exact for any grid).
+This is the reference for the pristine test surfaces (aragonite, vaterite) and the pristine
+calcite training row; the split-half noise floor then refers to the averaged reference.
+Slabs with defects are not averaged (no translation symmetry).
+
 Why ``DEFAULT_SIGMA_TARGET = 0.4`` Å: the measured split-half noise of 50 ps halves
 (``reference/forcefield.md``) is ~100% of bulk density in raw voxels, 54% at 0.2 Å, 43% at
 0.3 Å, 34% at 0.4 Å and 27% at 0.5 Å, falling as 1/sqrt(time). For the 200 ps training runs
@@ -54,6 +61,8 @@ from .util import InputError, atomic_output
 __all__ = [
     "DEFAULT_SIGMA_TARGET",
     "smooth_periodic",
+    "average_unit_cells",
+    "unit_cell_repeats",
     "sample_periodic",
     "Interface",
     "interfaces_of_row",
@@ -66,7 +75,7 @@ __all__ = [
 ]
 
 DEFAULT_SIGMA_TARGET = 0.4  # Å, see the module docstring
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: pristine rows averaged over their lateral unit cells
 Z_BELOW = 5.0  # Å: a window starts this far below the surface plane
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)
 TRAIN_SURFACES = ("calcite-104",)
@@ -108,6 +117,45 @@ def smooth_periodic(values: np.ndarray, cell: np.ndarray, sigma: float) -> np.nd
     spec = np.fft.rfftn(values)
     spec *= np.exp(-0.5 * sigma * sigma * k2)
     return np.fft.irfftn(spec, s=n, axes=(0, 1, 2)).astype(np.float32)
+
+
+def average_unit_cells(values: np.ndarray, repeats: tuple[int, int]) -> np.ndarray:
+    """Average of a periodic grid over the ``na x nb`` lateral unit cells of its cell.
+
+    The cell is ``na x nb`` repeats of a surface unit cell along its first two vectors. The
+    mean over the ``na * nb`` unit-cell translations keeps exactly the Fourier components
+    whose lateral indices are multiples of ``na`` and ``nb`` (a translation by 1/na of the
+    cell multiplies component ``k`` by ``exp(2 pi i k / na)``, and the mean of those phases
+    is 0 unless ``na`` divides ``k``). So it is done in Fourier space, exact for any grid
+    shape, with no resampling; the result is periodic in the unit cell and has the same
+    mean. ``(1, 1)`` returns the values unchanged (as float32).
+    """
+    na, nb = (int(r) for r in repeats)
+    values = np.asarray(values, dtype=np.float32)
+    if na < 1 or nb < 1:
+        raise ValueError(f"repeats must be positive, got {repeats!r}")
+    if (na, nb) == (1, 1):
+        return values.copy()
+    n = values.shape
+    spec = np.fft.rfftn(values)
+    ka = np.rint(np.fft.fftfreq(n[0]) * n[0]).astype(int)
+    kb = np.rint(np.fft.fftfreq(n[1]) * n[1]).astype(int)
+    keep = (ka[:, None] % na == 0) & (kb[None, :] % nb == 0)
+    spec *= keep[:, :, None]
+    return np.fft.irfftn(spec, s=n, axes=(0, 1, 2)).astype(np.float32)
+
+
+def unit_cell_repeats(row) -> tuple[int, int]:
+    """``(na, nb)`` lateral unit cells of a *pristine* row (its ``structure_size``), else
+    ``(1, 1)``: a slab with defects has no lateral translation symmetry to average over."""
+    if str(row.get("defects", "")).strip().lower() not in ("pristine", ""):
+        return (1, 1)
+    size = str(row.get("structure_size", "")).lower().split("x")
+    try:
+        na, nb = int(size[0]), int(size[1])
+    except (IndexError, ValueError):
+        return (1, 1)
+    return (na, nb) if na >= 1 and nb >= 1 else (1, 1)
 
 
 def sample_periodic(values: np.ndarray, cell: np.ndarray, points: np.ndarray, order: int = 1) -> np.ndarray:
@@ -179,8 +227,11 @@ def make_split(rows, seed: int = 0, fractions=SPLIT_FRACTIONS, train_surfaces=TR
 
     The named test surfaces (:func:`classify_row`) are held out first; the remaining pool is
     shuffled with ``numpy.random.default_rng(seed)`` (after sorting by unique id, so the
-    split does not depend on the database's row order) and cut 70/20/10, with at least one
-    validation simulation when the pool has two or more.
+    split does not depend on the database's row order) and cut by ``fractions`` (default
+    70/20/10), with at least one validation simulation, and at least one test simulation
+    when the pool has four or more and the test fraction is not 0. A test fraction of 0 is
+    for a small pool: the test set is then the named surfaces and the simulations finished
+    after the split (``hydrolayer evaluate`` reports those as "new simulations").
     """
     pool, named = [], {}
     row_ids = {}
@@ -198,7 +249,7 @@ def make_split(rows, seed: int = 0, fractions=SPLIT_FRACTIONS, train_surfaces=TR
     perm = [pool[i] for i in np.random.default_rng(seed).permutation(n)]
     n_val = max(1, int(round(fractions[1] * n)))
     n_test = int(round(fractions[2] * n)) if n >= 3 else 0
-    if n >= 4:
+    if n >= 4 and fractions[2] > 0:
         n_test = max(1, n_test)
     n_train = n - n_val - n_test
     if n_train < 1:
@@ -306,8 +357,8 @@ class BankEntry:
         return tuple(self.meta["n_offsets"])
 
 
-def _bank_paths(cache_dir: Path, iface: Interface, sigma: float, sigma_target: float) -> dict:
-    stem = f"{iface.key}-s{sigma:g}-t{sigma_target:g}-v{CACHE_VERSION}"
+def _bank_paths(cache_dir: Path, iface: Interface, sigma: float, sigma_target: float, averaged: bool = True) -> dict:
+    stem = f"{iface.key}-s{sigma:g}-t{sigma_target:g}{'' if averaged else '-raw'}-v{CACHE_VERSION}"
     return {k: cache_dir / f"{stem}.{k}" for k in ("desc.npy", "target.npy", "json")}
 
 
@@ -465,9 +516,11 @@ class WindowBank:
 
 def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = None,
                sigma_target: float = DEFAULT_SIGMA_TARGET, faces=("top", "bottom"), grids_dir=None,
-               train_surfaces=TRAIN_SURFACES, log=None) -> WindowBank:
+               train_surfaces=TRAIN_SURFACES, log=None, average_pristine: bool = True) -> WindowBank:
     """The :class:`WindowBank` of the given rows (both faces), computing and caching what
-    is missing in ``cache_dir``. Each row's density is read and smoothed once."""
+    is missing in ``cache_dir``. Each row's density is read and smoothed once; a pristine
+    row's halves are also averaged over its lateral unit cells (:func:`average_unit_cells`,
+    each half apart, so the split-half noise floor is that of the averaged reference)."""
     from . import descriptors, store
 
     if sigma is None:
@@ -479,15 +532,17 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
     for uid in unique_ids:
         row = store.get_row(db, uid)
         ifaces = interfaces_of_row(row, faces, train_surfaces)
-        todo = [f for f in ifaces if not _bank_paths(cache_dir, f, sigma, sigma_target)["json"].exists()]
+        todo = [f for f in ifaces if not _bank_paths(cache_dir, f, sigma, sigma_target, average_pristine)["json"].exists()]
         if todo:
             d = store.load_density(db, row, grids_dir)
-            halves = [smooth_periodic(d[h], d["cell"], sigma_target) for h in ("half1", "half2")]
+            reps = unit_cell_repeats(row) if average_pristine else (1, 1)
+            halves = [average_unit_cells(smooth_periodic(d[h], d["cell"], sigma_target), reps) for h in ("half1", "half2")]
             atoms = row.toatoms()
             for f in todo:
                 desc, target, meta = _compute_bank(row, atoms, halves, d["cell"], f, sigma)
-                paths = _bank_paths(cache_dir, f, sigma, sigma_target)
+                paths = _bank_paths(cache_dir, f, sigma, sigma_target, average_pristine)
                 meta["sigma_target"] = sigma_target
+                meta["unit_cells_averaged"] = list(reps)
                 for key, arr in (("desc.npy", desc), ("target.npy", target)):
                     with atomic_output(paths[key]) as tmp:
                         np.save(tmp, arr)
@@ -496,7 +551,7 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
                 if log:
                     log(f"cached windows of row {row.id} ({f.face} face): {desc.shape[1]}x{desc.shape[2]} lateral points")
         for f in ifaces:
-            paths = _bank_paths(cache_dir, f, sigma, sigma_target)
+            paths = _bank_paths(cache_dir, f, sigma, sigma_target, average_pristine)
             meta = json.loads(paths["json"].read_text())
             entries.append(BankEntry(f, np.load(paths["desc.npy"], mmap_mode="r"), np.load(paths["target.npy"], mmap_mode="r"), meta))
     return WindowBank(entries, shape)

@@ -69,6 +69,7 @@ class TrainConfig:
     sigma_target: float | None = None  # target smoothing; None: data.DEFAULT_SIGMA_TARGET (0.4)
     seed: int = 0  # model init, window offsets, dropout
     split_seed: int | None = None  # None: seed
+    split_fractions: tuple = (0.7, 0.2, 0.1)  # train/val/test of the pool, by simulation (test 0: see data.make_split)
     train_surfaces: tuple = ("calcite-104",)
     cache_dir: str | None = None  # None: RUN/cache
     grids_dir: str | None = None  # the database's grid folder if not beside it
@@ -80,6 +81,13 @@ class TrainConfig:
 
         self.channels = tuple(int(c) for c in self.channels)
         self.train_surfaces = tuple(self.train_surfaces)
+        try:
+            self.split_fractions = tuple(float(f) for f in self.split_fractions)
+        except (TypeError, ValueError):
+            raise ValueError(f"split_fractions must be three numbers (train, val, test), got {self.split_fractions!r}") from None
+        f = self.split_fractions
+        if len(f) != 3 or min(f) < 0 or f[0] <= 0 or f[1] <= 0 or abs(sum(f) - 1) > 1e-6:
+            raise ValueError(f"split_fractions must be three numbers >= 0 summing to 1 with train and val > 0, got {self.split_fractions!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.loss not in (*LOSSES, "compare"):
@@ -108,6 +116,7 @@ class TrainConfig:
         d = dataclasses.asdict(self)
         d["channels"] = list(self.channels)
         d["train_surfaces"] = list(self.train_surfaces)
+        d["split_fractions"] = list(self.split_fractions)
         return d
 
 
@@ -354,7 +363,8 @@ def _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_mo
         rows = list(store.iter_rows(db))
         if not rows:
             raise InputError(f"{db}: no finished simulations in the database")
-        split = data.make_split(rows, seed=cfg.seed if cfg.split_seed is None else cfg.split_seed, train_surfaces=cfg.train_surfaces)
+        split = data.make_split(rows, seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
+                                fractions=cfg.split_fractions, train_surfaces=cfg.train_surfaces)
         split["db"] = str(db)
         data.save_split(split, split_path)
         _log(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test simulations; "
