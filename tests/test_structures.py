@@ -78,6 +78,19 @@ def test_vaterite_surface_is_carbonate_terminated():
     assert sym[np.argmin(np.where(sym == "O", np.inf, z))] == "C"
 
 
+@pytest.mark.parametrize("lattice", [{"a": 7.2109, "c": 24.9307}, {"a": 7.0, "c": 25.8}])
+def test_vaterite_surface_at_other_lattices(lattice):
+    """The force field's 300 K lattice (a 7.211, c 24.931 Å) and a strained one: the outer
+    plane is a corrugated mixed Ca/CO3 plane (0.3 Å), carbonate within it on both faces."""
+    s = S.build_surface("vaterite-010", size=(1, 1), layers=2, lattice=lattice)
+    sym = np.array(s.get_chemical_symbols())
+    z = s.positions[:, 2]
+    c = sym == "C"
+    assert z[c].max() >= z[sym == "Ca"].max() - 0.3 and z[c].min() <= z[sym == "Ca"].min() + 0.3
+    assert s.get_chemical_formula() == "C36Ca36O108"
+    assert np.allclose(np.sort(z - z.mean()), np.sort(-(z - z.mean())), atol=1e-6)  # symmetric faces
+
+
 @pytest.mark.parametrize("name", ["calcite", "aragonite", "magnesite", "vaterite"])
 def test_bulk_distances(name):
     b = S.bulk(name)

@@ -116,7 +116,7 @@ POLYMORPHS = {
 class SurfaceDef:
     polymorph: str
     miller: tuple  # in the conventional cell of the polymorph
-    termination: str | None = None  # "CO3" to require carbonate-terminated faces
+    termination: str | None = None  # "CO3": carbonate in the outermost plane (within 0.3 Å) of both faces
 
 
 SURFACES = {
@@ -470,7 +470,10 @@ def build_surface(
     try:  # cut one surface cell and tile it; half-occupied planes may need the full size
         slab = _cut_slab(conv, sd, (1, 1), layers, vacuum).repeat((size[0], size[1], 1))
     except RuntimeError:
-        slab = _cut_slab(conv, sd, size, layers, vacuum)
+        try:
+            slab = _cut_slab(conv, sd, size, layers, vacuum)
+        except RuntimeError:
+            raise InputError(f"{name}: no symmetric, neutral slab of {layers} layer(s) at this lattice; try another number of layers") from None
     slab.info.update(z_top=surface_planes(slab)[0], z_bottom=surface_planes(slab)[1])
     slab.info.update(
         surface=name,
@@ -594,7 +597,12 @@ def _symmetric_neutral(sel, U, V, rots, termination: str | None):
         if sum(FORMAL_CHARGE[k] for k in sel["kind"]) != 0:
             return None
     if termination is not None:
-        if sel["kind"][np.argmax(sel["h"])] != termination or sel["kind"][np.argmin(sel["h"])] != termination:
+        # the outermost plane (units within 0.3 Å of the extreme height) must hold the
+        # termination species; vaterite (010)'s outer plane is a corrugated mixed Ca/CO3
+        # plane whose single highest unit changes with the lattice parameters
+        top = sel["kind"][sel["h"] >= sel["h"].max() - 0.3]
+        bottom = sel["kind"][sel["h"] <= sel["h"].min() + 0.3]
+        if termination not in top or termination not in bottom:
             return None
     return sel
 
