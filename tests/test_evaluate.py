@@ -154,3 +154,28 @@ def test_simulations_finished_after_the_split_are_reported_as_new(runs, tmp_path
     assert "finished after the split" in groups["new simulations"]["title"]
     # identical halves: the noise floor of the new row is 0
     assert groups["new simulations"]["noise_floor"]["mae"] == 0
+
+
+def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):
+    """tools/ship_model.py: the card quotes the evaluation's numbers and command, the
+    checkpoint lands in the registry and loads as the default model."""
+    import importlib.util
+    from pathlib import Path
+
+    from hydrolayer.evaluate import evaluate
+    from hydrolayer.predict import default_model_name, list_models
+
+    db, root = runs
+    res = evaluate([root / "unet"], db, tmp_path / "r", figures=False, log=lambda m: None)
+    spec = importlib.util.spec_from_file_location("ship_model", Path(__file__).resolve().parents[1] / "tools" / "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    dest = tmp_path / "pretrained"
+    assert ship.main([str(root / "unet"), "--eval", str(tmp_path / "r"), "--db", str(db), "--name", "unet-toy", "--dest", str(dest), "--default"]) == 0
+    assert [m.name for m in list_models(dest)] == ["unet-toy"] and default_model_name(dest) == "unet-toy"
+    text = (dest / "unet-toy.md").read_text()
+    assert res["command"] in text
+    g = res["groups"][0]
+    m = list(g["models"].values())[0]
+    assert f"| {g['title']} | {g['windows']} | {g['noise_floor']['mae']:.4f} " in text
+    assert f"{m['mae']:.4f} ({m['mae_A3']:.2e})" in text
