@@ -182,18 +182,7 @@ def _from_workdir(workdir: Path):
     return {"half1": halves[0], "half2": halves[1], "cell": cell}, meta
 
 
-def _fold(values, na, nb):
-    """Average a grid over na x nb lateral unit cells (shape must divide; else resampled by
-    nearest grid point onto the unit cell's own grid)."""
-    nx, ny, nz = values.shape
-    ux, uy = nx // na, ny // nb
-    out = np.zeros((ux, uy, nz))
-    for i in range(na):
-        for j in range(nb):
-            ix = (np.round((np.arange(ux) / ux + i) / na * nx).astype(int)) % nx
-            iy = (np.round((np.arange(uy) / uy + j) / nb * ny).astype(int)) % ny
-            out += values[np.ix_(ix, iy, np.arange(nz))]
-    return out / (na * nb)
+SIGMAS = (0.0, 0.3, 0.4, 0.5)  # 0.4: the training targets' smoothing
 
 
 def validate(args):
@@ -221,16 +210,17 @@ def validate(args):
     z = np.arange(nz) / nz * lz
     above = ((z - row.z_top) % lz < 10.0) | ((row.z_bottom - z) % lz < 10.0)
     mask = np.broadcast_to(above[None, None, :], d["half1"].shape)
-    noise = split_half_noise(d["half1"], d["half2"], cell, sigmas=(0.0, 0.3, 0.5), mask=mask)
+    noise = split_half_noise(d["half1"], d["half2"], cell, sigmas=SIGMAS, mask=mask)
     res["noise_rho_over_bulk"] = {str(k): round(v, 4) for k, v in noise.items()}
-    whole = split_half_noise(d["half1"], d["half2"], cell, sigmas=(0.0, 0.3, 0.5))
+    whole = split_half_noise(d["half1"], d["half2"], cell, sigmas=SIGMAS)
     res["noise_whole_cell_rho_over_bulk"] = {str(k): round(v, 4) for k, v in whole.items()}
     # a pristine surface is laterally periodic: average over its lateral unit cells first
     if args.unit_cells:
-        na, nb = (int(v) for v in args.unit_cells.split("x"))
-        h1, h2 = (_fold(d[k], na, nb) for k in ("half1", "half2"))
-        m = mask[: h1.shape[0], : h1.shape[1]]
-        folded = split_half_noise(h1, h2, np.array([cell[0] / na, cell[1] / nb, cell[2]]), sigmas=(0.0, 0.3, 0.5), mask=m)
+        from hydrolayer.data import average_unit_cells
+
+        reps = tuple(int(v) for v in args.unit_cells.split("x"))
+        h1, h2 = (average_unit_cells(d[k], reps) for k in ("half1", "half2"))
+        folded = split_half_noise(h1, h2, cell, sigmas=SIGMAS, mask=mask)
         res["noise_unit_cell_averaged_rho_over_bulk"] = {str(k): round(v, 4) for k, v in folded.items()}
     res["noise_A3"] = {str(k): round(v * row.rho_bulk, 5) for k, v in noise.items()}
     print(json.dumps(res, indent=1))

@@ -177,5 +177,5 @@ def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):
     assert res["command"] in text
     g = res["groups"][0]
     m = list(g["models"].values())[0]
-    assert f"| {g['title']} | {g['windows']} | {g['noise_floor']['mae']:.4f} " in text
+    assert f" | {g['windows']} | {g['noise_floor']['mae']:.4f} " in text and f"| {g['title']}: row" in text
     assert f"{m['mae']:.4f} ({m['mae_A3']:.2e})" in text
