@@ -158,3 +158,19 @@ def test_torchrun_two_processes_match_one(toy, tmp_path):
         np.testing.assert_allclose(a[k].numpy(), b[k].numpy(), rtol=1e-4, atol=1e-6, err_msg=k)
     one = json.loads((tmp_path / "one" / "l1" / "metrics.jsonl").read_text())
     assert recs[0]["val_mae"] == pytest.approx(one["val_mae"], rel=1e-4)
+
+
+def test_a_second_model_can_reuse_an_earlier_split(toy, tmp_path):
+    db, cache = toy
+    fit(db, tmp_path / "a", tiny(cache, epochs=1, loss="l1", split_fractions=(0.75, 0.25, 0.0)), progress=False)
+    a = json.loads((tmp_path / "a" / "split.json").read_text())
+    assert a["test"] == [] and len(a["val"]) == 1 and len(a["train"]) == 3  # 4 pool rows, no pool test set
+    fit(db, tmp_path / "b", tiny(cache, epochs=1, loss="l1", split_file=str(tmp_path / "a" / "split.json")), progress=False)
+    b = json.loads((tmp_path / "b" / "split.json").read_text())
+    assert (b["train"], b["val"], b["test"]) == (a["train"], a["val"], a["test"])
+    bad = dict(a, train=a["train"] + ["0" * 32])
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(InputError, match="bad.json: 1 simulation"):
+        fit(db, tmp_path / "c", tiny(cache, epochs=1, loss="l1", split_file=str(tmp_path / "bad.json")), progress=False)
+    with pytest.raises(ValueError, match="split_fractions"):
+        tiny(cache, split_fractions=(0.5, 0.0, 0.5))

@@ -70,6 +70,7 @@ class TrainConfig:
     seed: int = 0  # model init, window offsets, dropout
     split_seed: int | None = None  # None: seed
     split_fractions: tuple = (0.7, 0.2, 0.1)  # train/val/test of the pool, by simulation (test 0: see data.make_split)
+    split_file: str | None = None  # use this split.json (e.g. an earlier run's) instead of making one
     train_surfaces: tuple = ("calcite-104",)
     cache_dir: str | None = None  # None: RUN/cache
     grids_dir: str | None = None  # the database's grid folder if not beside it
@@ -363,8 +364,15 @@ def _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_mo
         rows = list(store.iter_rows(db))
         if not rows:
             raise InputError(f"{db}: no finished simulations in the database")
-        split = data.make_split(rows, seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
-                                fractions=cfg.split_fractions, train_surfaces=cfg.train_surfaces)
+        if cfg.split_file:  # the split of an earlier run: models trained on the same simulations
+            split = data.load_split(cfg.split_file)
+            known = {r.unique_id for r in rows}
+            missing = [u for u in split["train"] + split["val"] + split["test"] if u not in known]
+            if missing:
+                raise InputError(f"{cfg.split_file}: {len(missing)} simulation(s) of the split are not in {db} (e.g. {missing[0]})")
+        else:
+            split = data.make_split(rows, seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
+                                    fractions=cfg.split_fractions, train_surfaces=cfg.train_surfaces)
         split["db"] = str(db)
         data.save_split(split, split_path)
         _log(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test simulations; "
