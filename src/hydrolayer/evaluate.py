@@ -97,7 +97,7 @@ def _columns(runs: Sequence[Path]) -> list[dict]:
     for run in runs:
         run = Path(run)
         if run.is_file():
-            cols.append({"path": run, "run": run.parent, "loss": None, "kept": True})
+            cols.append({"path": run, "run": run.parent, "tag": run.stem, "loss": None, "kept": True})
             continue
         if not run.is_dir():
             raise InputError(f"{run}: no such run directory or checkpoint")
@@ -105,9 +105,9 @@ def _columns(runs: Sequence[Path]) -> list[dict]:
         if summary.exists():
             s = json.loads(summary.read_text())
             for loss in s["losses"]:
-                cols.append({"path": run / loss / "best.pt", "run": run, "loss": loss, "kept": loss == s["kept"]})
+                cols.append({"path": run / loss / "best.pt", "run": run, "tag": run.name, "loss": loss, "kept": loss == s["kept"]})
         elif (run / "model.pt").exists():
-            cols.append({"path": run / "model.pt", "run": run, "loss": None, "kept": True})
+            cols.append({"path": run / "model.pt", "run": run, "tag": run.name, "loss": None, "kept": True})
         else:
             raise InputError(f"{run}: no summary.json or model.pt (is the training finished? 'hydrolayer train --resume')")
     return cols
@@ -126,7 +126,7 @@ def _load_columns(cols: list[dict]) -> None:
         names.setdefault(label, []).append(c)
     for label, cs in names.items():
         for c in cs:
-            c["label"] = label if len(cs) == 1 else f"{label} [{c['run'].name}]"
+            c["label"] = label if len(cs) == 1 else f"{label} [{c['tag']}]"
         if len(cs) > 1 and len({c["label"] for c in cs}) < len(cs):
             for i, c in enumerate(cs):
                 c["label"] = f"{label} #{i + 1}"
