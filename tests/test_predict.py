@@ -98,7 +98,7 @@ def test_registry_lists_cards_and_default(tmp_path, tiny_net):
     (tmp_path / "DEFAULT").write_text("attention-a\n")
     assert predict.default_model_name(tmp_path) == "attention-a"
     text = predict.models_text(directory=tmp_path)
-    assert "attention-a (default)" in text and "unet-b: unet-b: untrained test model" in text
+    assert "attention-a (default)" in text and "unet-b: untrained test model" in text and "unet-b: unet-b" not in text
     assert "no numbers" in predict.models_text("unet-b", directory=tmp_path)
     p = predict.load_predictor("unet-b", directory=tmp_path)
     assert p.name == "unet-b" and p.sigma == 0.5 and p.window_shape == (32, 32, 64)

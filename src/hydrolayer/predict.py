@@ -101,6 +101,8 @@ class ShippedModel:
         """The first heading or line of the card."""
         for line in self.card_text().splitlines():
             line = line.strip().lstrip("#").strip()
+            if line.startswith(f"{self.name}:"):  # a card titled "NAME: what it is"
+                line = line[len(self.name) + 1 :].strip()
             if line:
                 return line
         return ""
