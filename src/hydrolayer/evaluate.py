@@ -22,7 +22,7 @@ no model can be expected to beat it on average.
 Pristine surfaces (the aragonite and vaterite test surfaces, pristine calcite) are periodic in
 their surface unit cell: both halves are averaged over the simulated cell's lateral unit
 cells before anything is compared (``data.average_unit_cells``), which lowers their noise
-floor; the report lists the unit cells averaged per test surface.
+floor; the report's header says so.
 
 Groups: the run's test split; "new simulations", training-pool rows of the database that
 are in none of the run's train/val/test lists (finished after the training started, so
@@ -486,6 +486,7 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
     if split and split["test"]:
         n = len(split["test"])
         groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", split["test"], False))
+        groups.append(("test set near defects", "test set, near defects", split["test"], True))
         if len({str(c["run"]) for c in cols}) > 1:
             log(f"test set: the split of {run0} (the first run)")
     named: dict[str, list[str]] = {}
@@ -502,8 +503,6 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
         title = f"new simulations ({n} finished after the split)"
         groups.append(("new simulations", title, sorted(new_rows), False))
         groups.append(("new simulations near defects", f"{title}, near defects", sorted(new_rows), True))
-    if split and split["test"]:
-        groups.append(("test set near defects", "test set, near defects", split["test"], True))
     order = list(data.NAMED_TESTS) + sorted(set(named) - set(data.NAMED_TESTS))
     for name in order:
         if name in named:
