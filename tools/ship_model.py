@@ -65,7 +65,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
     kw = ckpt["kwargs"]
     cfg_path = run / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
-    ps = {uid: float(store.get_row(db, uid).get("production_ps")) for uid in split["train"] + split["val"]}
+    train_ps = sum(float(store.get_row(db, uid).get("production_ps")) for uid in split["train"])
 
     L = [f"# {name}: {LABELS.get(model, model)}, widths {'-'.join(map(str, kw['channels']))}, trained on {len(split['train'])} calcite (10-14) simulations",
          "",
@@ -86,7 +86,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         for line in _rows(db, split[part]):
             L.append(f"| {part} " + line)
     L += ["",
-          f"Training simulations: {len(split['train'])} ({sum(ps[u] for u in split['train']):g} ps of production in all, "
+          f"Training simulations: {len(split['train'])} ({train_ps:g} ps of production in all, "
           f"{2 * len(split['train'])} interfaces); validation: {len(split['val'])}. Named test surfaces held out by rule: "
           + (", ".join(sorted(metrics_named(metrics))) or "none in the database yet") + ".",
           "",

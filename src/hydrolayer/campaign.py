@@ -222,7 +222,7 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, 
     workdir = Path(workroot) / job_key
     snap = Path(workroot).parent / "checkpoints" / job_key
     if not workdir.exists() and snap.is_dir():
-        # a snapshot committed by an earlier session: carry on from it
+        # a snapshot carried over from another machine (hydrolayer campaign snapshot): carry on from it
         shutil.copytree(snap, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     lock = open(workdir / "lock", "w")
@@ -244,9 +244,10 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, 
                     res = run_simulation(atoms, workdir, params, progress=progress, source=f"job {job_key}")
                     break
                 except SimulationInterrupted as err:  # stopped from outside: resume from the checkpoint
-                    progress(f"INTERRUPTED {err}; resuming (attempt {attempt + 2} of 3)")
                     if attempt == 2:
+                        progress(f"INTERRUPTED {err}; giving up after 3 attempts")
                         return ("failed", str(err))
+                    progress(f"INTERRUPTED {err}; resuming (attempt {attempt + 2} of 3)")
         except SimulationFailed as err:
             progress(f"FAILED {err}")
             return ("failed", str(err))

@@ -425,7 +425,7 @@ def _cmd_campaign(sub):
     s.set_defaults(func=_run_campaign_status)
     k = _parser(csub, "snapshot", "copy the checkpoints of unfinished jobs to checkpoints/ beside the database (to move jobs to another machine; the next run resumes from it)",
                 "hydrolayer campaign snapshot examples/dataset-v0.yaml --db data/simulations.db\n"
-                "git add data/checkpoints && git commit -m 'campaign checkpoints'")
+                "rsync -a data/checkpoints/ other-machine:hydrolayer/data/checkpoints/   # then campaign run there")
     k.add_argument("spec", type=Path, help="campaign YAML")
     k.add_argument("--db", required=True, help="database file")
     k.add_argument("--workdir", type=Path, default=None, help="job folders (default: work/ beside the database)")
