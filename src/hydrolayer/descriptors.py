@@ -22,10 +22,14 @@ so input and target have comparable resolution. The paper does not state its sig
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers, chemical_symbols
+
+from threadpoolctl import threadpool_limits
 
 from .grids import Grid, GridSpec
 from .structures import surface_planes, water_mask
@@ -114,14 +118,14 @@ def cell_spec(atoms: Atoms, z_s: float, spacing: float = SPACING) -> GridSpec:
 
 
 def _channel_positions(atoms: Atoms, where: str = "structure") -> dict[str, np.ndarray]:
-    sym = np.array(atoms.get_chemical_symbols())
+    num = atoms.numbers
     solid = ~water_mask(atoms)
-    extra = sorted(set(sym[solid]) - set(CHANNELS))
+    extra = sorted({chemical_symbols[z] for z in np.unique(num[solid])} - set(CHANNELS))
     if extra:
         raise InputError(
             f"{where}: element(s) {', '.join(extra)} have no descriptor channel (channels: {', '.join(CHANNELS)})"
         )
-    return {c: atoms.positions[solid & (sym == c)] for c in CHANNELS}
+    return {c: atoms.positions[solid & (num == atomic_numbers[c])] for c in CHANNELS}
 
 
 def _images(pos: np.ndarray, cell: np.ndarray, lo: np.ndarray, hi: np.ndarray, margin: float) -> np.ndarray:
@@ -223,7 +227,12 @@ def describe(atoms: Atoms, spec: GridSpec, sigma: float = DEFAULT_SIGMA, where: 
     c along z), in the frame of ``atoms``."""
     sigma = _check_sigma(sigma)
     pos, ch = _stack(_channel_positions(atoms, where))
-    values = _smear(pos, ch, len(CHANNELS), spec, sigma, atoms.cell[:]).astype(np.float32)
+    lo, hi = _bounds(spec)
+    near = (pos[:, 2] >= lo[2] - CUTOFF_SIGMAS * sigma) & (pos[:, 2] <= hi[2] + CUTOFF_SIGMAS * sigma)
+    # a window-sized grid is a small matrix product: BLAS threads only add overhead there
+    small = int(np.prod(spec.shape)) <= 4 * int(np.prod(WINDOW_SHAPE))
+    with threadpool_limits(1, user_api="blas") if small else contextlib.nullcontext():
+        values = _smear(pos[near], ch[near], len(CHANNELS), spec, sigma, atoms.cell[:]).astype(np.float32)
     return Grid(spec, values, CHANNELS, units="A^-3", sigma=sigma)
 
 
@@ -265,8 +274,6 @@ def describe_windows(atoms: Atoms, offsets, sigma: float = DEFAULT_SIGMA, face: 
     ipos, ich = _labelled_images(*_stack(chans), cell, lo, hi, CUTOFF_SIGMAS * sigma)
     out = np.empty((len(offsets), len(CHANNELS), *WINDOW_SHAPE), dtype=np.float32)
     from concurrent.futures import ThreadPoolExecutor
-
-    from threadpoolctl import threadpool_limits
 
     def work(rows):
         for n in rows:

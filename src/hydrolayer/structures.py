@@ -271,13 +271,15 @@ def find_waters(atoms: Atoms, cutoff: float = 1.25) -> list[tuple[int, int, int]
     """Water molecules as ``(o_index, h1, h2)``: an O with exactly two H within ``cutoff`` Å."""
     from ase.neighborlist import neighbor_list
 
-    sym = np.array(atoms.get_chemical_symbols())
-    if not (sym == "H").any():
+    z = atoms.numbers
+    if not (z == 1).any():
         return []
     i, j = neighbor_list("ij", atoms, cutoff)
+    m = (z[i] == 8) & (z[j] == 1)  # O -> H pairs
+    i, j = i[m], j[m]
     out = []
-    for o in np.flatnonzero(sym == "O"):
-        hs = j[(i == o) & (sym[j] == "H")]
+    for o in np.unique(i):
+        hs = j[i == o]
         if len(hs) == 2:
             out.append((int(o), int(min(hs)), int(max(hs))))
     return out
@@ -641,8 +643,7 @@ def surface_planes(atoms: Atoms, tol: float = 1.0) -> tuple[float, float]:
     """Heights (Å) of the top and bottom surface planes: the mean z of the outermost cation
     layer of each face (cations within ``tol`` Å of the outermost one). Water is ignored;
     the slab must be contiguous in z inside the cell."""
-    sym = np.array(atoms.get_chemical_symbols())
-    cat = np.flatnonzero(np.isin(sym, ("Ca", "Mg")) & _solid(atoms))
+    cat = np.flatnonzero(np.isin(atoms.numbers, (20, 12)) & _solid(atoms))  # Ca, Mg
     if len(cat) == 0:
         raise ValueError("no Ca or Mg atoms: cannot place the surface plane")
     z = atoms.positions[cat, 2]
