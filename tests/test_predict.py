@@ -233,8 +233,8 @@ def test_blend_weight_with_smaller_overlap():
 
 def test_optimised_network_gives_the_same_numbers(tmp_path, tiny_net):
     path = _save(tmp_path, tiny_net)
-    fast = predict.load_predictor(path)
-    plain = predict.load_predictor(path, optimise=False)
+    fast = predict.load_predictor(path, precision="float32")
+    plain = predict.load_predictor(path, optimise=False, precision="float32")
     rng = np.random.default_rng(4)
     desc = (rng.random((3, 40, 36, 64)) * 0.05).astype(np.float32)
     a = predict.tile_predict(desc, fast.net)
@@ -242,3 +242,22 @@ def test_optimised_network_gives_the_same_numbers(tmp_path, tiny_net):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     one = desc[None, :, :32, :32]
     np.testing.assert_allclose(predict._run_batches(fast.net, one, 8), predict._run_batches(plain.net, one, 8), atol=1e-5)
+
+
+def test_precision_choices(tmp_path, tiny_net):
+    path = _save(tmp_path, tiny_net)
+    assert predict.resolve_precision("float32") == "float32"
+    assert predict.resolve_precision("auto") == ("bfloat16" if predict.bf16_supported() else "float32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        predict.load_predictor(path, precision="float16")
+    lo = predict.load_predictor(path, precision="bfloat16")
+    hi = predict.load_predictor(path, precision="float32")
+    assert (lo.precision, hi.precision) == ("bfloat16", "float32")
+    rng = np.random.default_rng(5)
+    desc = (rng.random((3, 40, 36, 64)) * 0.05).astype(np.float32)
+    a = predict.tile_predict(desc, lo.net)
+    b = predict.tile_predict(desc, hi.net)
+    assert a.dtype == np.float32
+    # bfloat16 keeps 8 bits of mantissa: close to float32, but not the same numbers
+    assert np.abs(a - b).mean() < 1e-2 * np.abs(b).mean()
+    assert not np.array_equal(a, b)

@@ -59,3 +59,17 @@ def test_default_model_on_the_bundled_example():
     # a layer, not a flat profile: MD's laterally averaged first peak is 1.55-1.6 rho_bulk at the
     # targets' 0.4 Å smoothing (reports/v0); v0 under-predicts it (1.2-1.3, said in its card)
     assert prof[near].max() > 1.2
+
+
+def test_bfloat16_default_stays_close_to_float32():
+    """The default precision (bfloat16 where the CPU supports it) must not change the
+    answer beyond round-off that is small against the models' error (MAE ~0.2)."""
+    if not SHIPPED:
+        pytest.skip("no model shipped in src/hydrolayer/pretrained")
+    from hydrolayer.structures import read_structure
+
+    atoms = read_structure(EXAMPLE)
+    a = predict.predict_density(atoms, model=predict.load_predictor(None, precision="bfloat16")).values[0]
+    b = predict.predict_density(atoms, model=predict.load_predictor(None, precision="float32")).values[0]
+    assert np.abs(a - b).mean() < 5e-3
+    assert np.abs(a - b).max() < 0.25

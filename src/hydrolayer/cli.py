@@ -220,6 +220,9 @@ def _cmd_predict(sub):
     p.add_argument("--model", default=None, metavar="NAME|PATH", help="shipped model name or checkpoint path (default: the best shipped U-Net)")
     p.add_argument("--method", choices=["tiles", "cell"], default="tiles", help="blend 10 x 10 Å windows (default, as trained) or run once over the periodically padded cell")
     p.add_argument("--stride", type=int, default=None, metavar="N", help="tiles: window step in grid points, 16-31 (default 16 = half a window; 24 is ~2x faster)")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto",
+                   help="network arithmetic: auto (default) = bfloat16 where the CPU supports it natively (~1.7x faster, "
+                   "density within ~1e-3 on average), else float32")
     p.add_argument("--face", choices=["top", "bottom"], default="top", help="which face (default top)")
     p.add_argument("--format", default=None, help="input format for ASE when the extension does not tell")
     p.set_defaults(func=_run_predict)
@@ -230,10 +233,10 @@ def _run_predict(args):
 
     grid, written = predict_file(
         args.structure, args.out, model=args.model, method=args.method, face=args.face, format=args.format, stride=args.stride,
-        warn=lambda m: print(f"hydrolayer: warning: {m}", file=sys.stderr),
+        precision=args.precision, warn=lambda m: print(f"hydrolayer: warning: {m}", file=sys.stderr),
     )
     m = grid.meta
-    print(f"predicted with {m['model']} ({m['method']}) in {m['predict_seconds']:.2f} s (model load {m['load_seconds']:.2f} s)")
+    print(f"predicted with {m['model']} ({m['method']}, {m['precision']}) in {m['predict_seconds']:.2f} s (model load {m['load_seconds']:.2f} s)")
     print("wrote " + "\n      ".join(str(w) for w in written))
 
 
