@@ -8,6 +8,7 @@ Reports (min and median of ``--repeats`` runs, wall clock, on this machine's cor
   * interpreter start + ``import hydrolayer.predict`` and ``import torch`` (fresh processes);
   * model load (``predict.load_predictor``);
   * one window: network only (descriptor window precomputed), and descriptor + network;
+  * all of it for each ``--precision`` (default float32 and bfloat16, one after the other);
   * the surface (calcite (10-14) 10 x 6 = 49.9 x 48.6 Å): ``predict_density`` end to end,
     split into descriptor and network+blend, for ``method="tiles"`` and ``method="cell"``.
 
@@ -138,6 +139,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--db", default=None, help="simulation database: compare with the MD time of --row")
     ap.add_argument("--row", default=None, help="row id or unique_id in --db (default: the first done row)")
+    ap.add_argument("--precision", default="float32,bfloat16",
+                    help="comma-separated precisions to time in this run (default float32,bfloat16: the ratio)")
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -168,57 +171,62 @@ def main(argv=None) -> dict:
         else:
             path = args.model
             res["model"] = str(args.model or predict.default_model_name())
-        t = time.perf_counter()
-        pred = predict.load_predictor(path)
-        res["model_load_s"] = time.perf_counter() - t
-        res["parameters"] = int(sum(p.numel() for p in pred.net.parameters()))
-        res["gmac_per_window"] = _macs(pred.net, pred.window_shape) / 1e9
-
         slab = build_surface("calcite-104", size=tuple(int(v) for v in args.size.split("x")), layers=3)
         cell = slab.cell.lengths()
         res["surface"] = f"calcite-104 {args.size}: {cell[0]:.1f} x {cell[1]:.1f} Å, {len(slab)} atoms"
+        res["auto_precision"] = predict.resolve_precision("auto")
+        res["by_precision"] = {}
+        precisions = [p.strip() for p in args.precision.split(",")]
+        for prec in precisions:  # the same measurements for each precision, one after the other
+            r: dict = {}
+            t = time.perf_counter()
+            pred = predict.load_predictor(path, precision=prec)
+            r["model_load_s"] = time.perf_counter() - t
+            if "parameters" not in res:
+                res["parameters"] = int(sum(p.numel() for p in pred.net.parameters()))
+                res["gmac_per_window"] = _macs(pred.net, pred.window_shape) / 1e9
+            win = describe_window(slab, 0.0, 0.0, sigma=pred.sigma)
 
-        win = describe_window(slab, 0.0, 0.0, sigma=pred.sigma)
-        def net_window():
-            predict._run_batches(pred.net, win.values[None], 8)
+            def net_window():
+                predict._run_batches(pred.net, win.values[None], 8)
 
-        def full_window():
-            w = describe_window(slab, 0.0, 0.0, sigma=pred.sigma)
-            predict._run_batches(pred.net, w.values[None], 8)
+            def full_window():
+                w = describe_window(slab, 0.0, 0.0, sigma=pred.sigma)
+                predict._run_batches(pred.net, w.values[None], 8)
 
-        def batch_of_8():
-            predict._run_batches(pred.net, np.repeat(win.values[None], 8, axis=0), 8)
+            def batch_of_8():
+                predict._run_batches(pred.net, np.repeat(win.values[None], 8, axis=0), 8)
 
-        res["window_network"] = _timeit(net_window, args.repeats, warmup=2)
-        res["window_descriptor_plus_network"] = _timeit(full_window, args.repeats)
-        res["eight_windows_one_batch"] = _timeit(batch_of_8, max(2, args.repeats // 2))
+            r["window_network"] = _timeit(net_window, args.repeats, warmup=2)
+            r["window_descriptor_plus_network"] = _timeit(full_window, args.repeats)
+            r["eight_windows_one_batch"] = _timeit(batch_of_8, max(2, args.repeats // 2))
 
-        from hydrolayer import descriptors
+            from hydrolayer import descriptors
 
-        res["surface_descriptor"] = _timeit(lambda: descriptors.describe_cell(slab, sigma=pred.sigma), max(2, args.repeats // 2))
-        for method, stride in (("cell", None), ("tiles", 24), ("tiles", 16)):
-            key = method if stride is None else f"{method}_stride{stride}"
-            grid = predict.predict_density(slab, model=pred, method=method, stride=stride)  # warm-up
-            net_s = []
+            r["surface_descriptor"] = _timeit(lambda: descriptors.describe_cell(slab, sigma=pred.sigma), max(2, args.repeats // 2))
+            for method, stride in (("cell", None), ("tiles", 24), ("tiles", 16)):
+                key = method if stride is None else f"{method}_stride{stride}"
+                grid = predict.predict_density(slab, model=pred, method=method, stride=stride)  # warm-up
+                net_s = []
 
-            def run():
-                g = predict.predict_density(slab, model=pred, method=method, stride=stride)
-                net_s.append(g.meta["predict_seconds"])
+                def run():
+                    g = predict.predict_density(slab, model=pred, method=method, stride=stride)
+                    net_s.append(g.meta["predict_seconds"])
 
-            res[f"surface_{key}_total"] = _timeit(run, max(2, args.repeats // 2), warmup=0)
-            res[f"surface_{key}_network_and_blend"] = {"min_s": min(net_s), "median_s": statistics.median(net_s), "n": len(net_s)}
-        res["surface_grid_shape"] = list(grid.spec.shape)
+                r[f"surface_{key}_total"] = _timeit(run, max(2, args.repeats // 2), warmup=0)
+                r[f"surface_{key}_network_and_blend"] = {"min_s": min(net_s), "median_s": statistics.median(net_s), "n": len(net_s)}
+            res["surface_grid_shape"] = list(grid.spec.shape)
+            if args.db:
+                r.update(_versus_md(args.db, args.row, pred))
 
-        if args.db:
-            res.update(_versus_md(args.db, args.row, pred))
+            # end to end from a shell: interpreter start, imports, model load, read, predict, write
+            from hydrolayer.structures import write_structure
 
-        # end to end from a shell: interpreter start, imports, model load, read, predict, write
-        from hydrolayer.structures import write_structure
-
-        sfile = write_structure(slab, Path(tmp) / "surface.extxyz")
-        cmd = [sys.executable, "-m", "hydrolayer.cli", "predict", str(sfile), "--model", str(pred.source),
-               "--method", "cell", "--out", str(Path(tmp) / "cli")]
-        res["cli_predict_cell_end_to_end"] = _fresh_cmd(cmd, 1)
+            sfile = write_structure(slab, Path(tmp) / "surface.extxyz")
+            cmd = [sys.executable, "-m", "hydrolayer.cli", "predict", str(sfile), "--model", str(pred.source),
+                   "--precision", prec, "--out", str(Path(tmp) / "cli")]
+            r["cli_predict_end_to_end"] = _fresh_cmd(cmd, 1)
+            res["by_precision"][prec] = r
     res["loadavg_after"] = os.getloadavg()
 
     print(json.dumps(res, indent=1, default=str))
@@ -230,14 +238,17 @@ def main(argv=None) -> dict:
 
 
 def summary(res: dict) -> str:
-    """The plain-text block that goes into RESULTS.md."""
+    """The plain-text block that goes into RESULTS.md: one column per precision."""
     la = lambda v: " ".join(f"{x:.1f}" for x in v)  # noqa: E731
+    precs = list(res["by_precision"])
     lines = [
         f"machine: {res['machine']}; load average {la(res['loadavg_before'])} before, {la(res['loadavg_after'])} after",
         f"model: {res['model']}, {res['parameters']} parameters, {res['gmac_per_window']:.2f} GMAC per window; surface: {res['surface']}, grid {res['surface_grid_shape']}",
         f"interpreter + import hydrolayer.predict: {res['start_import_hydrolayer_predict']['min_s']:.2f} s; "
-        f"interpreter + import torch: {res['start_import_torch']['min_s']:.2f} s; model load: {res['model_load_s']:.2f} s",
-        "                                      wall min   wall median   CPU s (all threads)",
+        f"interpreter + import torch: {res['start_import_torch']['min_s']:.2f} s; "
+        + "; ".join(f"model load ({p}): {res['by_precision'][p]['model_load_s']:.3f} s" for p in precs),
+        f"precision 'auto' on this machine: {res['auto_precision']}",
+        "wall clock, min / median (s)".ljust(40) + "".join(f"{p:>22}" for p in precs),
     ]
     for key, label in (
         ("window_network", "one window, network"),
@@ -247,19 +258,21 @@ def summary(res: dict) -> str:
         ("surface_cell_total", "surface: predict, method=cell"),
         ("surface_tiles_stride24_total", "surface: predict, tiles stride 24"),
         ("surface_tiles_stride16_total", "surface: predict, tiles stride 16"),
-        ("cli_predict_cell_end_to_end", "CLI predict --method cell, end to end"),
+        ("cli_predict_end_to_end", "CLI predict (tiles), end to end"),
     ):
-        v = res.get(key)
-        if v:
-            cpu = f"{v['cpu_min_s']:.3f}" if "cpu_min_s" in v else "-"
-            lines.append(f"{label:<38}{v['min_s']:>8.3f} s {v['median_s']:>10.3f} s {cpu:>12}")
-    if isinstance(res.get("versus_md"), dict):
-        m = res["versus_md"]
-        lines.append(f"versus MD (row {m['row']}, {m['surface']}, {m['defects']}): MD production {m['md_production_s']:.0f} s; "
-                     f"predict tiles {m['predict_tiles_s']:.2f} s ({m['faster_than_md_tiles']:.0f}x faster), "
-                     f"cell {m['predict_cell_s']:.2f} s ({m['faster_than_md_cell']:.0f}x faster)")
-        lines.append(f"MAE vs MD (rho/rho_bulk): tiles {m['mae_tiles']:.4f} (0-10 Å: {m['mae_tiles_0_10A']:.4f}), "
-                     f"cell {m['mae_cell']:.4f} (0-10 Å: {m['mae_cell_0_10A']:.4f})")
+        cells = []
+        for p in precs:
+            v = res["by_precision"][p].get(key)
+            cells.append(f"{v['min_s']:.3f} / {v['median_s']:.3f}" if v else "-")
+        lines.append(f"{label:<40}" + "".join(f"{c:>22}" for c in cells))
+    for p in precs:
+        m = res["by_precision"][p].get("versus_md")
+        if isinstance(m, dict):
+            lines.append(f"[{p}] versus MD (row {m['row']}, {m['surface']}, {m['defects']}): MD production {m['md_production_s']:.0f} s; "
+                         f"predict tiles {m['predict_tiles_s']:.2f} s ({m['faster_than_md_tiles']:.0f}x faster), "
+                         f"cell {m['predict_cell_s']:.2f} s ({m['faster_than_md_cell']:.0f}x faster)")
+            lines.append(f"[{p}] MAE vs MD (rho/rho_bulk): tiles {m['mae_tiles']:.4f} (0-10 Å: {m['mae_tiles_0_10A']:.4f}), "
+                         f"cell {m['mae_cell']:.4f} (0-10 Å: {m['mae_cell_0_10A']:.4f})")
     return "\n".join(lines)
 
 
