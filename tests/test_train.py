@@ -112,6 +112,9 @@ def test_config_file_and_errors(toy, tmp_path):
     (tmp_path / "bad.yaml").write_text("epochs: 1\nlearning_rate: 0.1\n")
     with pytest.raises(InputError, match="bad.yaml.*learning_rate"):
         load_config(tmp_path / "bad.yaml")
+    (tmp_path / "half.yaml").write_text("precision: float16\n")
+    with pytest.raises(InputError, match="half.yaml.*precision"):
+        load_config(tmp_path / "half.yaml")
     (tmp_path / "neg.yaml").write_text("epochs: -1\n")
     with pytest.raises(InputError, match="neg.yaml.*epochs"):
         load_config(tmp_path / "neg.yaml")
@@ -174,3 +177,16 @@ def test_a_second_model_can_reuse_an_earlier_split(toy, tmp_path):
         fit(db, tmp_path / "c", tiny(cache, epochs=1, loss="l1", split_file=str(tmp_path / "bad.json")), progress=False)
     with pytest.raises(ValueError, match="split_fractions"):
         tiny(cache, split_fractions=(0.5, 0.0, 0.5))
+
+
+def test_bfloat16_training_runs_and_differs_from_float32(toy, tmp_path):
+    db, cache = toy
+    fit(db, tmp_path / "f32", tiny(cache, loss="l1", epochs=1), progress=False)
+    fit(db, tmp_path / "bf16", tiny(cache, loss="l1", epochs=1, precision="bfloat16"), progress=False)
+    a, b = _weights(tmp_path / "f32" / "l1" / "checkpoint.pt"), _weights(tmp_path / "bf16" / "l1" / "checkpoint.pt")
+    assert all(torch.isfinite(b[k].float()).all() for k in b)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # the forward pass really ran in bfloat16
+    _, meta = load_model(tmp_path / "bf16" / "model.pt")
+    assert meta["train_config"]["precision"] == "bfloat16"
+    rec = json.loads((tmp_path / "bf16" / "l1" / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["val_mae"] > 0

@@ -76,6 +76,7 @@ class TrainConfig:
     grids_dir: str | None = None  # the database's grid folder if not beside it
     max_val_windows: int | None = None  # cap validation windows (speed), None: all
     threads: int | None = None  # torch CPU threads per process; None: torch's default
+    precision: str = "float32"  # training forward pass: "float32" or "bfloat16" (CPU autocast; validation stays float32)
 
     def __post_init__(self):
         from .models import MODELS
@@ -101,6 +102,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"precision must be 'float32' or 'bfloat16', got {self.precision!r}")
         if self.sigma is not None and not self.sigma > 0:
             raise ValueError(f"sigma must be positive, got {self.sigma!r}")
         if self.sigma_target is not None and self.sigma_target < 0:
@@ -487,7 +490,9 @@ def _fit_one(folder: Path, db, split, baseline, cfg, loss_name, train_bank, val_
             yt = torch.from_numpy(0.5 * (halves[:, 0:1] + halves[:, 1:2]))
             t2 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
-            loss = lossf(net(xt), yt)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+                out = net(xt)
+            loss = lossf(out.float(), yt)  # the loss in float32 whatever the forward pass ran in
             loss.backward()
             opt.step()
             t3 = time.perf_counter()
