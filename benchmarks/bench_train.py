@@ -11,6 +11,8 @@ Measures, on this machine's cores:
     random lattice offsets from the memory-mapped cache + tensor conversion) and with the
     same batches pre-loaded as tensors, interleaved step by step so that the machine's
     other load hits both alike; the ratio of the medians is the starvation test (<= 1.2);
+  * the same pre-loaded steps with the forward pass in bfloat16 (``precision: bfloat16``),
+    interleaved too: the speed-up over float32;
   * validation/inference windows/s (no gradient);
   * with ``--learn EPOCHS``: a full ``train.fit`` (L1 and L2) on the rows and ``evaluate``
     on the held-out test split: the fit loop's own loading/step times, and whether the
@@ -158,13 +160,15 @@ def main(argv=None) -> dict:
         x, h = bank.batch(b)
         pre.append((torch.from_numpy(x.copy()), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))))
 
-    def step(xt, yt):
+    def step(xt, yt, bf16=False):
         opt.zero_grad(set_to_none=True)
-        loss = lossf(model(xt), yt)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as train.fit with precision: bfloat16
+            out = model(xt)
+        loss = lossf(out.float(), yt)
         loss.backward()
         opt.step()
 
-    loaded, preloaded, load_only = [], [], []
+    loaded, preloaded, load_only, bf16_steps = [], [], [], []
     model.train()
     for i, b in enumerate(batches):
         # with loading: slice the memory-mapped bank, convert, step
@@ -177,10 +181,14 @@ def main(argv=None) -> dict:
         # pre-loaded tensors
         step(*pre[i])
         t3 = time.perf_counter()
+        # pre-loaded tensors, bfloat16 forward pass
+        step(*pre[i], bf16=True)
+        t4 = time.perf_counter()
         if i >= 2:
             loaded.append(t2 - t0)
             load_only.append(t1 - t0)
             preloaded.append(t3 - t2)
+            bf16_steps.append(t4 - t3)
     model.eval()
     with torch.no_grad():
         xt = pre[0][0]
@@ -208,6 +216,8 @@ def main(argv=None) -> dict:
         "loading_median_s": round(statistics.median(load_only), 5),
         "ratio_loaded_over_preloaded": round(med_l / med_p, 3),
         "train_windows_per_s": round(args.batch / med_l, 2),
+        "step_bf16_preloaded_median_s": round(statistics.median(bf16_steps), 4),
+        "bf16_speedup_over_float32": round(med_p / statistics.median(bf16_steps), 2),
         "inference_windows_per_s": round(args.batch / t_inf, 2),
     }
     if args.learn:
