@@ -89,6 +89,24 @@ def test_cell_descriptor_matches_windows():
     assert np.allclose(c.values[:, :32, :32, :], w.values, atol=1e-6)
 
 
+@pytest.mark.parametrize("skew", [0.0, 3.0])
+def test_large_grids_in_blocks_match_one_dense_product(monkeypatch, skew):
+    """A whole-cell grid above BLOCK_MIN_POINTS is smeared in 32 x 32 blocks, each with only
+    the atoms near it; the result must be the dense sum up to the far tails (< 3e-4 of the
+    largest value), orthogonal or not, including partial blocks at the edges."""
+    s = build_surface("calcite-104", size=(5, 3), layers=3)
+    cell = s.cell[:].copy()
+    cell[1, 0] = skew
+    s.set_cell(cell, scale_atoms=False)
+    spec = D.cell_spec(s, D.surface_plane(s))
+    assert spec.shape[0] * spec.shape[1] > D.BLOCK_MIN_POINTS and spec.shape[0] % 32 != 0
+    blocks = D.describe(s, spec).values
+    monkeypatch.setattr(D, "BLOCK_MIN_POINTS", 10**12)
+    dense = D.describe(s, spec).values
+    assert np.abs(blocks - dense).max() < 3e-4 * dense.max()
+    assert np.abs(blocks.sum() - dense.sum()) < 1e-4 * dense.sum()
+
+
 def test_non_orthogonal_cell_translation_invariance():
     s = build_surface("calcite-104", size=(2, 1), layers=3)
     cell = s.cell[:].copy()

