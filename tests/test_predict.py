@@ -55,9 +55,14 @@ def test_tiles_are_shift_equivariant_by_whole_strides(tiny_net):
     """Rolling the descriptor by a multiple of the stride rolls the prediction exactly."""
     rng = np.random.default_rng(2)
     desc = rng.random((3, 64, 48, 16)).astype(np.float32) * 0.05
-    a = predict.tile_predict(desc, tiny_net, window=32)
-    b = predict.tile_predict(np.roll(desc, (16, 32), axis=(1, 2)), tiny_net, window=32)
+    a = predict.tile_predict(desc, tiny_net, window=32, stride=16)
+    b = predict.tile_predict(np.roll(desc, (16, 32), axis=(1, 2)), tiny_net, window=32, stride=16)
     np.testing.assert_allclose(np.roll(a, (16, 32), axis=(0, 1)), b, atol=1e-5)
+    desc = rng.random((3, 72, 48, 16)).astype(np.float32) * 0.05  # the default stride, 24: starts 0, 24, 48 / 0, 24
+    assert predict.default_stride(32) == 24
+    a = predict.tile_predict(desc, tiny_net, window=32)
+    b = predict.tile_predict(np.roll(desc, (24, 24), axis=(1, 2)), tiny_net, window=32)
+    np.testing.assert_allclose(np.roll(a, (24, 24), axis=(0, 1)), b, atol=1e-5)
     c = predict.cell_predict(desc, tiny_net, pad=16)
     d = predict.cell_predict(np.roll(desc, (8, 5), axis=(1, 2)), tiny_net, pad=16)
     np.testing.assert_allclose(np.roll(c, (8, 5), axis=(0, 1)), d, atol=1e-5)
