@@ -22,13 +22,11 @@ so input and target have comparable resolution. The paper does not state its sig
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 
 import numpy as np
 from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
-
 from threadpoolctl import threadpool_limits
 
 from .grids import Grid, GridSpec
@@ -264,9 +262,8 @@ def describe(atoms: Atoms, spec: GridSpec, sigma: float = DEFAULT_SIGMA, where: 
     pos, ch = _stack(_channel_positions(atoms, where))
     lo, hi = _bounds(spec)
     near = (pos[:, 2] >= lo[2] - CUTOFF_SIGMAS * sigma) & (pos[:, 2] <= hi[2] + CUTOFF_SIGMAS * sigma)
-    # a window-sized grid is a small matrix product: BLAS threads only add overhead there
-    small = int(np.prod(spec.shape)) <= 4 * int(np.prod(WINDOW_SHAPE))
-    with threadpool_limits(1, user_api="blas") if small else contextlib.nullcontext():
+    # window-sized products (a large grid is done in window-sized blocks): BLAS threads only add overhead
+    with threadpool_limits(1, user_api="blas"):
         values = _smear(pos[near], ch[near], len(CHANNELS), spec, sigma, atoms.cell[:]).astype(np.float32)
     return Grid(spec, values, CHANNELS, units="A^-3", sigma=sigma)
 
