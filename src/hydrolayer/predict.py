@@ -11,9 +11,10 @@ model is run on each, and the windows are blended with the weight ``blend_weight
 each axis a sin^2 ramp over the 8 overlapping points at each edge and 1 in between (for
 half-window stride, sin^2(pi (i + 1/2) / 32)). It falls to ~0 at the window edges and sums
 to exactly 1 where neighbouring windows overlap (sin^2 + cos^2 = 1); the sum is divided out
-anyway for cells that are not a multiple of the stride. Why tiles and not the network once over a periodically padded cell: the
-network was trained on isolated 10 x 10 Å windows whose borders are zero-padded, and its
-receptive field (92 grid points, about 29 Å) is larger than a window, so every training voxel saw those borders.
+anyway for cells that are not a multiple of the stride. Why tiles and not the network once
+over a periodically padded cell: the network was trained on isolated 10 x 10 Å windows
+whose borders are zero-padded, and its receptive field (92 grid points, about 29 Å) is
+larger than a window, so every training voxel saw those borders.
 Tiling shows the network exactly what it was trained on, and the blend gives most weight to
 window centres, where the border is farthest; a window's edge region, where it is least
 accurate, is down-weighted to zero, so there are no seams. ``method="cell"`` (the network
