@@ -12,7 +12,8 @@ Measures, on this machine's cores:
     same batches pre-loaded as tensors, interleaved step by step so that the machine's
     other load hits both alike; the ratio of the medians is the starvation test (<= 1.2);
   * the same pre-loaded steps with the forward pass in bfloat16 (``precision: bfloat16``),
-    interleaved too: the speed-up over float32;
+    and in float32 with the default contiguous layout instead of the channels-last one that
+    ``train.fit`` uses, interleaved too: the speed-ups;
   * validation/inference windows/s (no gradient);
   * with ``--learn EPOCHS``: a full ``train.fit`` (L1 and L2) on the rows and ``evaluate``
     on the held-out test split: the fit loop's own loading/step times, and whether the
@@ -148,8 +149,12 @@ def main(argv=None) -> dict:
 
     channels = tuple(int(c) for c in args.channels.split(","))
     torch.manual_seed(0)
-    model = build_model(args.model, channels=channels)
+    cl = torch.channels_last_3d  # the layout train.fit uses
+    model = build_model(args.model, channels=channels).to(memory_format=cl)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    torch.manual_seed(0)
+    plain = build_model(args.model, channels=channels)  # the default (contiguous NCDHW) layout, for the ratio
+    opt_plain = torch.optim.Adam(plain.parameters(), lr=1e-4)
     lossf = torch.nn.L1Loss()
     rng = np.random.default_rng(0)
     n = args.steps + 2
@@ -158,23 +163,24 @@ def main(argv=None) -> dict:
     pre = []
     for b in batches:
         x, h = bank.batch(b)
-        pre.append((torch.from_numpy(x.copy()), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))))
+        pre.append((torch.from_numpy(x.copy()).contiguous(memory_format=cl), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))))
 
-    def step(xt, yt, bf16=False):
-        opt.zero_grad(set_to_none=True)
+    def step(xt, yt, bf16=False, net=model, optim=opt):
+        optim.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # as train.fit with precision: bfloat16
-            out = model(xt)
+            out = net(xt)
         loss = lossf(out.float(), yt)
         loss.backward()
-        opt.step()
+        optim.step()
 
-    loaded, preloaded, load_only, bf16_steps = [], [], [], []
+    loaded, preloaded, load_only, bf16_steps, plain_steps = [], [], [], [], []
     model.train()
+    plain.train()
     for i, b in enumerate(batches):
         # with loading: slice the memory-mapped bank, convert, step
         t0 = time.perf_counter()
         x, h = bank.batch(b)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))
+        xt, yt = torch.from_numpy(x).contiguous(memory_format=cl), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))
         t1 = time.perf_counter()
         step(xt, yt)
         t2 = time.perf_counter()
@@ -184,11 +190,15 @@ def main(argv=None) -> dict:
         # pre-loaded tensors, bfloat16 forward pass
         step(*pre[i], bf16=True)
         t4 = time.perf_counter()
+        # pre-loaded tensors, float32, the contiguous layout
+        step(pre[i][0].contiguous(), pre[i][1], net=plain, optim=opt_plain)
+        t5 = time.perf_counter()
         if i >= 2:
             loaded.append(t2 - t0)
             load_only.append(t1 - t0)
             preloaded.append(t3 - t2)
             bf16_steps.append(t4 - t3)
+            plain_steps.append(t5 - t4)
     model.eval()
     with torch.no_grad():
         xt = pre[0][0]
@@ -218,6 +228,8 @@ def main(argv=None) -> dict:
         "train_windows_per_s": round(args.batch / med_l, 2),
         "step_bf16_preloaded_median_s": round(statistics.median(bf16_steps), 4),
         "bf16_speedup_over_float32": round(med_p / statistics.median(bf16_steps), 2),
+        "step_contiguous_float32_median_s": round(statistics.median(plain_steps), 4),
+        "channels_last_speedup_float32": round(statistics.median(plain_steps) / med_p, 2),
         "inference_windows_per_s": round(args.batch / t_inf, 2),
     }
     if args.learn:
