@@ -154,6 +154,14 @@ def test_simulations_finished_after_the_split_are_reported_as_new(runs, tmp_path
     assert "finished after the split" in groups["new simulations"]["title"]
     # identical halves: the noise floor of the new row is 0
     assert groups["new simulations"]["noise_floor"]["mae"] == 0
+    # --max-row: the database as it was before the new row: the same groups as on the old file
+    new_id = list(store.iter_rows(db2, seed=99))[0].id
+    then = evaluate([root / "unet"], db2, tmp_path / "r0", figures=False, log=lambda m: None, max_row=new_id - 1)
+    old = evaluate([root / "unet"], db, tmp_path / "r1", figures=False, log=lambda m: None)
+    assert [g["name"] for g in then["groups"]] == [g["name"] for g in old["groups"]]
+    assert [g["models"] for g in then["groups"]] == [g["models"] for g in old["groups"]]
+    assert then["command"].endswith(f"--max-row {new_id - 1} --out {tmp_path / 'r0'}")
+    assert f"rows 1-{new_id - 1}" in (tmp_path / "r0" / "report.md").read_text()
 
 
 def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):

@@ -128,9 +128,13 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
             txt = "; ".join(f"{p['z_sim']:.2f} / {p['z_pred']:.2f} Å (height {p['height_sim']:.2f} / {p['height_pred']:.2f})"
                             if p.get("z_pred") is not None else f"{p['z_sim']:.2f} / none" for p in pk)
             L.append(f"- {g['title']}: {txt or 'no peaks found'}")
-    L += ["", f"Report and figures: `{eval_dir}/report.md`. The command above reproduces these numbers from the shipped "
-          "data while the database holds the same rows; \"new simulations\" are the training-pool rows that are in none of "
-          "this model's train/validation lists, so the group grows as the data set grows (the rows are listed in the table)."]
+    if metrics.get("max_row") is not None:
+        repro = (f"The command above reproduces these numbers from the shipped data: `--max-row {metrics['max_row']}` "
+                 "evaluates the database as it was when these rows were all it held, so rows added later do not change them; ")
+    else:
+        repro = "The command above reproduces these numbers from the shipped data while the database holds the same rows; "
+    L += ["", f"Report and figures: `{eval_dir}/report.md`. " + repro + "\"new simulations\" are the training-pool rows "
+          "that are in none of this model's train/validation/test lists (the rows are listed in the table)."]
     return "\n".join(L) + "\n"
 
 

@@ -301,13 +301,15 @@ def _cmd_evaluate(sub):
     p.add_argument("--db", required=True, help="the simulation database")
     p.add_argument("--out", required=True, type=Path, help="report folder: report.md, metrics.csv, metrics.json, figures")
     p.add_argument("--no-figures", action="store_true", help="tables only")
+    p.add_argument("--max-row", type=int, default=None, metavar="N",
+                   help="use only rows 1..N of the database (the database as it was then; keeps a report reproducible)")
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args):
     from .evaluate import evaluate_command
 
-    evaluate_command(args.runs, args.db, args.out, figures=not args.no_figures)
+    evaluate_command(args.runs, args.db, args.out, figures=not args.no_figures, max_row=args.max_row)
 
 
 # --------------------------------------------------------------------------- MD: simulate, relax-bulk, db, campaign

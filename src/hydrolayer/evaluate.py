@@ -369,7 +369,9 @@ def _report(result: dict) -> str:
     lines = [
         "# hydrolayer evaluation",
         "",
-        f"Database: `{result['db']}`. Runs: {', '.join(f'`{r}`' for r in result['runs'])}.",
+        f"Database: `{result['db']}`"
+        + (f", rows 1-{result['max_row']}" if result.get("max_row") is not None else "")
+        + f". Runs: {', '.join(f'`{r}`' for r in result['runs'])}.",
         "",
         "## Table 1: mean absolute error",
         "",
@@ -451,8 +453,12 @@ def _csv(result: dict) -> str:
 
 
 # ------------------------------------------------------------------ entry points
-def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
-    """Evaluate the networks of ``runs`` on ``db``; write the report into ``out``."""
+def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: int | None = None) -> dict:
+    """Evaluate the networks of ``runs`` on ``db``; write the report into ``out``.
+
+    ``max_row``: use only database rows with id <= ``max_row`` (the database is append-only,
+    so this is the database as it was when row ``max_row`` was the newest: a report, and a
+    model card quoting it, stay reproducible while rows are added)."""
     from . import data, store
 
     from .train import check_db
@@ -483,16 +489,18 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
     cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") and Path(cfg["cache_dir"]).is_dir() else out / "cache"
 
     groups = []
-    if split and split["test"]:
-        n = len(split["test"])
-        groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", split["test"], False))
-        groups.append(("test set near defects", "test set, near defects", split["test"], True))
+    rows_then = [row for row in store.iter_rows(db) if max_row is None or int(row.id) <= int(max_row)]
+    test = [u for u in (split["test"] if split else []) if u in {row.unique_id for row in rows_then}]
+    if test:
+        n = len(test)
+        groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", test, False))
+        groups.append(("test set near defects", "test set, near defects", test, True))
         if len({str(c["run"]) for c in cols}) > 1:
             log(f"test set: the split of {run0} (the first run)")
     named: dict[str, list[str]] = {}
     in_split = set(split["train"]) | set(split["val"]) | set(split["test"]) if split else None
     new_rows = []
-    for row in store.iter_rows(db):
+    for row in rows_then:
         name = data.classify_row(row, train_surfaces)
         if name:
             named.setdefault(name, []).append(row.unique_id)
@@ -536,7 +544,9 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print) -> dict:
         "defect_radius": DEFECT_RADIUS,
         "groups": results,
         "training": training,
-        "command": f"hydrolayer evaluate {' '.join(str(r) for r in runs)} --db {db} --out {out}",
+        "max_row": max_row,
+        "command": f"hydrolayer evaluate {' '.join(str(r) for r in runs)} --db {db}"
+                   + (f" --max-row {max_row}" if max_row is not None else "") + f" --out {out}",
         "learning_curves": _learning_curves([r for r in runs if Path(r).is_dir()], figdir) if figures else None,
     }
     with atomic_output(out / "metrics.json") as tmp:
@@ -559,8 +569,8 @@ def _json_default(o):
     raise TypeError(type(o).__name__)
 
 
-def evaluate_command(runs, db, out, figures: bool = True) -> dict:
+def evaluate_command(runs, db, out, figures: bool = True, max_row: int | None = None) -> dict:
     """What ``hydrolayer evaluate`` does (the CLI only parses arguments)."""
     import sys
 
-    return evaluate(runs, db, out, figures=figures, log=lambda m: print(m, file=sys.stderr))
+    return evaluate(runs, db, out, figures=figures, log=lambda m: print(m, file=sys.stderr), max_row=max_row)
