@@ -115,7 +115,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         m = g["models"][label]
         paper = PAPER.get(model, {}).get(PAPER_ROWS.get(g["name"], g["name"]))
         f = lambda d: f"{d['mae']:.4f} ({d['mae_A3']:.2e})"  # noqa: E731
-        rows = ", ".join(str(store.get_row(db, u).id) for u in g["simulations"])
+        rows = ", ".join(str(i) for i in sorted(store.get_row(db, u).id for u in g["simulations"]))
         L.append(f"| {g['title']}: row{'s' if len(g['simulations']) > 1 else ''} {rows} | {g['windows']} | {f(g['noise_floor'])} | {f(g['baseline'])} | {f(m)} | "
                  f"{'yes' if m.get('beats_baseline') else 'no'} | {'' if paper is None else f'{paper:.2e}'} |")
     missing = [n for n in PAPER.get(model, {}) if n not in {g["name"] for g in metrics["groups"]} and n != "test set"]
