@@ -215,7 +215,7 @@ def _cmd_predict(sub):
         "and xz.png into --out. Density in rho/rho_bulk over the whole lateral cell, z from 5 Å below to 15 Å "
         "above the surface Ca plane. `hydrolayer models` lists the shipped models.",
     )
-    p.add_argument("structure", type=Path, help="any structure file ASE reads (a slab, surface normal +z, a and b orthogonal)")
+    p.add_argument("structure", type=Path, help="any structure file ASE reads: a slab with its surface normal along +z (a skewed lateral cell is predicted on an orthogonal supercell)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--model", default=None, metavar="NAME|PATH", help="shipped model name or checkpoint path (default: the best shipped U-Net)")
     p.add_argument("--method", choices=["tiles", "cell"], default="tiles", help="blend 10 x 10 Å windows (default, as trained) or run once over the periodically padded cell")
