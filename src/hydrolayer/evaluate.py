@@ -490,7 +490,8 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
 
     groups = []
     rows_then = [row for row in store.iter_rows(db) if max_row is None or int(row.id) <= int(max_row)]
-    test = [u for u in (split["test"] if split else []) if u in {row.unique_id for row in rows_then}]
+    known = {row.unique_id for row in rows_then}
+    test = [u for u in (split["test"] if split else []) if u in known]
     if test:
         n = len(test)
         groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", test, False))
