@@ -184,9 +184,9 @@ def _smear(pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma:
         return np.zeros((nchan, *spec.shape), dtype=np.float32)
     inv2s2 = 0.5 / sigma**2
     norm = (2 * np.pi * sigma**2) ** -1.5
-    orthogonal = abs(va[1]) < 1e-12 and abs(vb[0]) < 1e-12
     if nx * ny > BLOCK_MIN_POINTS:
         return _smear_blocks(p, ch, nchan, spec, sigma, cell)
+    orthogonal = abs(va[1]) < 1e-12 and abs(vb[0]) < 1e-12
     z = o[2] + dz * np.arange(nz)
     gz = np.exp(-((z[None, :] - p[:, 2:3]) ** 2) * inv2s2) * norm  # (na, nz)
     if orthogonal:  # separable in x and y
@@ -215,7 +215,8 @@ def _smear_blocks(p: np.ndarray, ch: np.ndarray, nchan: int, spec: GridSpec, sig
                   block: int = 32, workers: int = 2) -> np.ndarray:
     """:func:`_smear` of a large grid in lateral blocks of ``block`` x ``block`` points, each
     with only the atoms within the cutoff of the block (as every window is made), on
-    ``workers`` threads. ``p`` already holds every image that can reach the grid. Same
+    ``workers`` threads (the callers, :func:`describe` and :func:`describe_windows`, hold BLAS
+    at one thread). ``p`` already holds every image that can reach the grid. Same
     numbers as one dense product except the far tails (beyond ``CUTOFF_SIGMAS`` sigma of a
     block, below exp(-8) = 3e-4 of an atom's peak); 4-7x faster on a whole surface cell,
     where most atoms are far from most grid points."""
@@ -233,12 +234,11 @@ def _smear_blocks(p: np.ndarray, ch: np.ndarray, nchan: int, spec: GridSpec, sig
             out[:, i0 : i0 + bx, j0 : j0 + by] = _smear(p, ch, nchan, sub, sigma, cell, imaged=True)
 
     workers = max(1, min(int(workers), len(jobs)))
-    with threadpool_limits(1, user_api="blas"):  # small products: BLAS threads only add overhead
-        if workers == 1:
-            work(jobs)
-        else:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(work, [jobs[k::workers] for k in range(workers)]))
+    if workers == 1:
+        work(jobs)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(work, [jobs[k::workers] for k in range(workers)]))
     return out
 
 

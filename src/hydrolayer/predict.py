@@ -262,7 +262,9 @@ def resolve_precision(precision: str | None) -> str:
     return precision
 
 
+@functools.cache
 def _autocast_module():
+    """The wrapper class, defined once on first use (torch is imported only when needed)."""
     from torch import nn
 
     class BFloat16Net(nn.Module):
