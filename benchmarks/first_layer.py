@@ -5,7 +5,7 @@
 
 For both faces of the given rows, the evaluation's fixed grid of windows (as ``hydrolayer
 evaluate``: targets = mean of the two MD halves smoothed with sigma_target, pristine rows
-averaged over their unit cells), the model in float32, and:
+averaged over their unit cells), the model in float32 (or --precision bfloat16), and:
   * the lateral distribution of rho/rho_bulk in the plane nearest 2.12 Å above the surface
     Ca plane (the first peak of calcite (10-14)), averaged over +-1 grid point in z:
     mean, median, 90th and 99th percentile, max;
@@ -32,12 +32,14 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", required=True, help="comma-separated row ids")
     ap.add_argument("--model", default=None, help="shipped name or checkpoint (default: the default shipped model)")
     ap.add_argument("--cache", default=None, help="window cache folder (default: a temporary one)")
+    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
+                    help="network precision (default float32, as hydrolayer evaluate; predict's default is bfloat16 where supported)")
     args = ap.parse_args(argv)
 
     from hydrolayer import data, predict, store
     from hydrolayer.descriptors import SPACING, WINDOW_SHAPE, Z_BELOW
 
-    pred = predict.load_predictor(args.model, precision="float32")
+    pred = predict.load_predictor(args.model, precision=args.precision)
     uids = [store.get_row(args.db, int(r)).unique_id for r in args.rows.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         bank = data.build_bank(args.db, uids, args.cache or tmp, sigma=pred.sigma,
@@ -48,7 +50,7 @@ def main(argv=None) -> dict:
     model = predict._run_batches(pred.net, x, 8)
     z = -Z_BELOW + SPACING * np.arange(WINDOW_SHAPE[2])
     k = int(np.argmin(np.abs(z - 2.12)))
-    res: dict = {"model": pred.name, "rows": args.rows, "windows": len(plan), "plane_height_A": round(float(z[k]), 3),
+    res: dict = {"model": pred.name, "precision": pred.precision, "rows": args.rows, "windows": len(plan), "plane_height_A": round(float(z[k]), 3),
                  "mae": float(np.abs(model - md).mean()), "md_noise_floor": float(0.5 * np.abs(halves[:, 0] - halves[:, 1]).mean())}
     for name, a in (("md", md), ("model", model)):
         s = a[..., k - 1 : k + 2].mean(-1)
