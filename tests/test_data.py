@@ -93,7 +93,8 @@ def make_synthetic_db(folder, n_train=5, named=True, spacing=0.3, noise=0.3, see
     specs = [dict(remove=tuple(sorted(rng.choice(6, size=k % 3, replace=False).tolist()))) for k in range(n_train)]
     if named:
         specs.append(dict(remove=(2,), net_charge=2, defects="CO3 vacancy (top)"))
-        specs.append(dict(remove=(), surface="aragonite-010"))
+        # pristine: periodic in its 5 x 5 Å cell, 2 x 3 of them (averaged over in the evaluation)
+        specs.append(dict(remove=(), surface="aragonite-010", defects="pristine", structure_size="2x3"))
     for k, s in enumerate(specs):
         atoms, sites = toy_slab(remove=s["remove"], surface=s.get("surface", "calcite-104"))
         cell = np.asarray(atoms.cell)
@@ -104,6 +105,8 @@ def make_synthetic_db(folder, n_train=5, named=True, spacing=0.3, noise=0.3, see
         kvp = dict(surface=s.get("surface", "calcite-104"), defects=s.get("defects", f"{len(s['remove'])} Ca removed"),
                    rho_bulk=RHO_BULK, z_top=z_top, z_bottom=z_bottom, net_charge=s.get("net_charge", 0),
                    production_ps=100.0, seed=k)
+        if "structure_size" in s:
+            kvp["structure_size"] = s["structure_size"]
         store.write_simulation(db, atoms, h1, h2, cell, kvp, {"defect_sites": sites})
     return db
 

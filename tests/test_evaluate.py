@@ -55,6 +55,8 @@ def test_evaluate_cli_writes_the_report(runs, tmp_path):
     assert "| | windows | MD noise floor | height-only baseline | U-Net (L1) | Att U-Net (L2) |" in md
     for title in ("test set (1 simulation)", "calcite (10-14) with a CO3 2- vacancy", "aragonite (010)"):
         assert f"| {title} |" in md
+    assert "## Unit-cell averaging of the pristine references" in md
+    assert "| aragonite (010) | 2x3 |" in md
     res = json.loads((out / "metrics.json").read_text())
     names = [g["name"] for g in res["groups"]]
     # the test row is drawn at random (unique ids are random): it has a defect group iff Ca was removed from it
@@ -92,6 +94,18 @@ def test_noise_floor_baseline_and_defect_region_as_documented(runs, tmp_path):
     assert g["windows"] == len(plan) == 4
     assert g["noise_floor"]["mae"] == pytest.approx(0.5 * np.abs(h[:, 0] - h[:, 1]).mean(), rel=1e-5)
     assert g["baseline"]["mae"] == pytest.approx(np.abs(ref - np.asarray(base["profile"])).mean(), rel=1e-5)
+    # the pristine toy is averaged over its 2 x 3 unit cells; the same windows without averaging
+    u = g["unit_cell_averaging"]
+    assert list(u["unit_cells"].values()) == [[2, 3]]
+    raw = data.build_bank(db, [uid], tmp_path / "c", unit_cells=False)
+    _, rh = raw.batch(plan)
+    before = 0.5 * np.abs(rh[:, 0] - rh[:, 1]).mean()
+    assert u["noise_floor_before"]["mae"] == pytest.approx(before, rel=1e-5)
+    assert u["noise_floor_after"]["mae"] == g["noise_floor"]["mae"]
+    # independent voxel noise, smoothed over less than a 5 Å cell: close to sqrt(6) = 2.45 lower
+    assert 2.0 < before / g["noise_floor"]["mae"] < 2.7
+    # the averaged reference is the mean of the unaveraged one over the six translations
+    assert ref.mean() == pytest.approx(0.5 * (rh[:, 0] + rh[:, 1]).mean(), rel=0.02)
     # CO3-vacancy toy: only voxels within 3 Å of the recorded site, in one window centred on it
     d = groups["calcite-104 CO3 vacancy"]
     uid = d["simulations"][0]
@@ -187,3 +201,5 @@ def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):
     m = list(g["models"].values())[0]
     assert f" | {g['windows']} | {g['noise_floor']['mae']:.4f} " in text and f"| {g['title']}: row" in text
     assert f"{m['mae']:.4f} ({m['mae_A3']:.2e})" in text
+    u = {g["name"]: g for g in res["groups"]}["aragonite-010"]["unit_cell_averaging"]
+    assert f"- aragonite (010): 2x3 unit cells; noise floor {u['noise_floor_before']['mae']:.4f} -> {u['noise_floor_after']['mae']:.4f}" in text

@@ -357,8 +357,8 @@ class BankEntry:
         return tuple(self.meta["n_offsets"])
 
 
-def _bank_paths(cache_dir: Path, iface: Interface, sigma: float, sigma_target: float) -> dict:
-    stem = f"{iface.key}-s{sigma:g}-t{sigma_target:g}-v{CACHE_VERSION}"
+def _bank_paths(cache_dir: Path, iface: Interface, sigma: float, sigma_target: float, raw: bool = False) -> dict:
+    stem = f"{iface.key}-s{sigma:g}-t{sigma_target:g}-v{CACHE_VERSION}" + ("-raw" if raw else "")
     return {k: cache_dir / f"{stem}.{k}" for k in ("desc.npy", "target.npy", "json")}
 
 
@@ -516,11 +516,13 @@ class WindowBank:
 
 def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = None,
                sigma_target: float = DEFAULT_SIGMA_TARGET, faces=("top", "bottom"), grids_dir=None,
-               train_surfaces=TRAIN_SURFACES, log=None) -> WindowBank:
+               train_surfaces=TRAIN_SURFACES, log=None, unit_cells: bool = True) -> WindowBank:
     """The :class:`WindowBank` of the given rows (both faces), computing and caching what
     is missing in ``cache_dir``. Each row's density is read and smoothed once; a pristine
     row's halves are also averaged over its lateral unit cells (:func:`average_unit_cells`,
-    each half apart, so the split-half noise floor is that of the averaged reference)."""
+    each half apart, so the split-half noise floor is that of the averaged reference).
+    ``unit_cells=False``: no averaging (the evaluation uses it to show what the averaging
+    gains; cached apart)."""
     from . import descriptors, store
 
     if sigma is None:
@@ -532,15 +534,16 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
     for uid in unique_ids:
         row = store.get_row(db, uid)
         ifaces = interfaces_of_row(row, faces, train_surfaces)
-        todo = [f for f in ifaces if not _bank_paths(cache_dir, f, sigma, sigma_target)["json"].exists()]
+        reps = unit_cell_repeats(row) if unit_cells else (1, 1)
+        raw = not unit_cells and unit_cell_repeats(row) != (1, 1)
+        todo = [f for f in ifaces if not _bank_paths(cache_dir, f, sigma, sigma_target, raw)["json"].exists()]
         if todo:
             d = store.load_density(db, row, grids_dir)
-            reps = unit_cell_repeats(row)
             halves = [average_unit_cells(smooth_periodic(d[h], d["cell"], sigma_target), reps) for h in ("half1", "half2")]
             atoms = row.toatoms()
             for f in todo:
                 desc, target, meta = _compute_bank(row, atoms, halves, d["cell"], f, sigma)
-                paths = _bank_paths(cache_dir, f, sigma, sigma_target)
+                paths = _bank_paths(cache_dir, f, sigma, sigma_target, raw)
                 meta["sigma_target"] = sigma_target
                 meta["unit_cells_averaged"] = list(reps)
                 for key, arr in (("desc.npy", desc), ("target.npy", target)):
@@ -551,7 +554,7 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
                 if log:
                     log(f"cached windows of row {row.id} ({f.face} face): {desc.shape[1]}x{desc.shape[2]} lateral points")
         for f in ifaces:
-            paths = _bank_paths(cache_dir, f, sigma, sigma_target)
+            paths = _bank_paths(cache_dir, f, sigma, sigma_target, raw)
             meta = json.loads(paths["json"].read_text())
             entries.append(BankEntry(f, np.load(paths["desc.npy"], mmap_mode="r"), np.load(paths["target.npy"], mmap_mode="r"), meta))
     return WindowBank(entries, shape)
