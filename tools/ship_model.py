@@ -122,7 +122,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
     if avg:
         L += ["", "Pristine surfaces: each half-run density is averaged over the lateral unit cells of the simulated cell "
               "(exact, in Fourier space) before the comparison, which lowers the noise floor (before -> after averaging, "
-              "same voxels; this model's MAE against the unaveraged reference in the last column):", ""]
+              "same voxels), and this model's MAE against the unaveraged reference:", ""]
         for g in avg:
             u = g["unit_cell_averaging"]
             cells = ", ".join(sorted({f"{a}x{b}" for a, b in u["unit_cells"].values()}))
