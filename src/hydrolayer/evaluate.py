@@ -430,8 +430,9 @@ def _report(result: dict) -> str:
                   "A pristine slab is periodic in its surface unit cell, so each half-run density is averaged over the "
                   "na x nb lateral unit cells of the simulated cell (a projection onto the Fourier components whose lateral "
                   "indices are multiples of na and nb: the exact mean over the unit-cell translations, no resampling) "
-                  "before the halves are compared. Same windows and voxels before and after; for independent noise the "
-                  "floor would drop by sqrt(na nb) (the smoothed noise is correlated over less than a unit cell).", "",
+                  "before the halves are compared. Same windows and voxels before and after. For noise independent from "
+                  "cell to cell the floor would drop by sqrt(na nb); a difference between the halves that is the same in "
+                  "every cell (a whole layer slightly fuller in one half) is not reduced at all.", "",
                   "| | unit cells | MD noise floor before | after | ratio | sqrt(na nb) | "
                   + " | ".join(f"{l} vs unaveraged reference" for l in labels) + " |",
                   "|---|---|---|---|---|---|" + "---|" * len(labels)]
