@@ -358,12 +358,17 @@ class BankEntry:
 
 
 def _bank_paths(cache_dir: Path, iface: Interface, sigma: float, sigma_target: float, raw: bool = False) -> dict:
-    stem = f"{iface.key}-s{sigma:g}-t{sigma_target:g}-v{CACHE_VERSION}" + ("-raw" if raw else "")
-    return {k: cache_dir / f"{stem}.{k}" for k in ("desc.npy", "target.npy", "json")}
+    """Cache files of one interface. ``raw``: the targets without unit-cell averaging; the
+    descriptor does not depend on the targets, so both share one ``desc.npy``."""
+    stem = f"{iface.key}-s{sigma:g}-t{sigma_target:g}-v{CACHE_VERSION}"
+    paths = {k: cache_dir / f"{stem}{'-raw' if raw else ''}.{k}" for k in ("target.npy", "json")}
+    paths["desc.npy"] = cache_dir / f"{stem}.desc.npy"
+    return paths
 
 
-def _compute_bank(row, atoms, smoothed_halves, cell_grid, iface: Interface, sigma: float):
-    """Descriptor and target halves on the extended lattice of one interface."""
+def _compute_bank(row, atoms, smoothed_halves, cell_grid, iface: Interface, sigma: float, describe: bool = True):
+    """Descriptor and target halves on the extended lattice of one interface
+    (``describe=False``: the descriptor is already cached; it is returned as None)."""
     from . import descriptors
 
     shape, size = _window_constants()
@@ -380,11 +385,13 @@ def _compute_bank(row, atoms, smoothed_halves, cell_grid, iface: Interface, sigm
     nx, ny = max(1, math.ceil(lx / step - 1e-6)), max(1, math.ceil(ly / step - 1e-6))
     ext = (nx + shape[0] - 1, ny + shape[1] - 1)
     tx, ty = math.ceil(ext[0] / shape[0]), math.ceil(ext[1] / shape[1])
-    offsets = np.array([[p * size[0], q * size[1]] for p in range(tx) for q in range(ty)], dtype=float)
-    win = np.asarray(descriptors.describe_windows(surf, offsets, sigma=sigma, face="top"), dtype=np.float32)
-    nch = win.shape[1]
-    desc = win.reshape(tx, ty, nch, *shape).transpose(2, 0, 3, 1, 4, 5).reshape(nch, tx * shape[0], ty * shape[1], shape[2])
-    desc = np.ascontiguousarray(desc[:, : ext[0], : ext[1]])
+    desc = None
+    if describe:
+        offsets = np.array([[p * size[0], q * size[1]] for p in range(tx) for q in range(ty)], dtype=float)
+        win = np.asarray(descriptors.describe_windows(surf, offsets, sigma=sigma, face="top"), dtype=np.float32)
+        nch = win.shape[1]
+        desc = win.reshape(tx, ty, nch, *shape).transpose(2, 0, 3, 1, 4, 5).reshape(nch, tx * shape[0], ty * shape[1], shape[2])
+        desc = np.ascontiguousarray(desc[:, : ext[0], : ext[1]])
     # target: the window points of the extended lattice, in the interface frame
     xs = np.arange(ext[0]) * step
     ys = np.arange(ext[1]) * step
@@ -534,25 +541,28 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
     for uid in unique_ids:
         row = store.get_row(db, uid)
         ifaces = interfaces_of_row(row, faces, train_surfaces)
-        reps = unit_cell_repeats(row) if unit_cells else (1, 1)
-        raw = not unit_cells and unit_cell_repeats(row) != (1, 1)
+        periodic = unit_cell_repeats(row)
+        reps = periodic if unit_cells else (1, 1)
+        raw = reps != periodic  # unaveraged targets of a pristine row: cached apart
         todo = [f for f in ifaces if not _bank_paths(cache_dir, f, sigma, sigma_target, raw)["json"].exists()]
         if todo:
             d = store.load_density(db, row, grids_dir)
             halves = [average_unit_cells(smooth_periodic(d[h], d["cell"], sigma_target), reps) for h in ("half1", "half2")]
             atoms = row.toatoms()
             for f in todo:
-                desc, target, meta = _compute_bank(row, atoms, halves, d["cell"], f, sigma)
                 paths = _bank_paths(cache_dir, f, sigma, sigma_target, raw)
+                describe = not paths["desc.npy"].exists()  # written atomically: present means complete
+                desc, target, meta = _compute_bank(row, atoms, halves, d["cell"], f, sigma, describe)
                 meta["sigma_target"] = sigma_target
                 meta["unit_cells_averaged"] = list(reps)
                 for key, arr in (("desc.npy", desc), ("target.npy", target)):
-                    with atomic_output(paths[key]) as tmp:
-                        np.save(tmp, arr)
+                    if arr is not None:
+                        with atomic_output(paths[key]) as tmp:
+                            np.save(tmp, arr)
                 with atomic_output(paths["json"]) as tmp:  # last: marks the entry complete
                     tmp.write_text(json.dumps(meta))
                 if log:
-                    log(f"cached windows of row {row.id} ({f.face} face): {desc.shape[1]}x{desc.shape[2]} lateral points")
+                    log(f"cached windows of row {row.id} ({f.face} face): {target.shape[1]}x{target.shape[2]} lateral points")
         for f in ifaces:
             paths = _bank_paths(cache_dir, f, sigma, sigma_target, raw)
             meta = json.loads(paths["json"].read_text())

@@ -195,20 +195,22 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
     rho_b = np.array([bank.entries[p[0]].interface.rho_bulk for p in plan])
     z = bank.heights()
 
-    def mae(pred):
-        errs = [np.abs(pred[w] - ref[w]) for w in range(len(plan))]
-        r = _masked_mean(errs, masks)
-        a3 = _masked_mean([e * rho_b[w] for w, e in enumerate(errs)], masks)
-        return {"mae": r, "mae_A3": a3}
+    def score(errs):  # per-window absolute errors -> mean over the masked voxels, in rho/rho_bulk and Å^-3
+        return {"mae": _masked_mean(errs, masks), "mae_A3": _masked_mean([e * rho_b[w] for w, e in enumerate(errs)], masks)}
 
-    noise = [0.5 * np.abs(halves[w, 0] - halves[w, 1]) for w in range(len(plan))]
+    def mae(pred, reference=ref):
+        return score([np.abs(pred[w] - reference[w]) for w in range(len(plan))])
+
+    def noise_floor(h):
+        return score([0.5 * np.abs(h[w, 0] - h[w, 1]) for w in range(len(plan))])
+
     res: dict[str, Any] = {
         "name": name,
         "windows": len(plan),
         "voxels": int(sum(m.sum() if m is not None else ref[0].size for m in masks)),
         "simulations": sorted({bank.entries[p[0]].interface.unique_id for p in plan}),
         "region": f"within {DEFECT_RADIUS:g} A of the defect sites" if defect else "whole windows (fixed grid over the cell, both faces)",
-        "noise_floor": {"mae": _masked_mean(noise, masks), "mae_A3": _masked_mean([n * rho_b[w] for w, n in enumerate(noise)], masks)},
+        "noise_floor": noise_floor(halves),
         "models": {},
     }
     sim_prof = ref.mean(axis=(0, 1, 2))
@@ -234,17 +236,11 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
     if raw_bank is not None:
         _, rh = raw_bank.batch(plan)
         rref = 0.5 * (rh[:, 0] + rh[:, 1])
-        rnoise = [0.5 * np.abs(rh[w, 0] - rh[w, 1]) for w in range(len(plan))]
-
-        def raw_mae(pred):
-            errs = [np.abs(pred[w] - rref[w]) for w in range(len(plan))]
-            return {"mae": _masked_mean(errs, masks), "mae_A3": _masked_mean([e * rho_b[w] for w, e in enumerate(errs)], masks)}
-
         res["unit_cell_averaging"] = {
             "unit_cells": {e.interface.unique_id: e.meta.get("unit_cells_averaged", [1, 1]) for e in bank.entries},
-            "noise_floor_before": {"mae": _masked_mean(rnoise, masks), "mae_A3": _masked_mean([n * rho_b[w] for w, n in enumerate(rnoise)], masks)},
+            "noise_floor_before": noise_floor(rh),
             "noise_floor_after": res["noise_floor"],
-            "models_before": {c["label"]: raw_mae(preds[c["label"]][0]) for c in cols},
+            "models_before": {c["label"]: mae(preds[c["label"]][0], rref) for c in cols},
         }
     if figures:
         res["figures"] = _figures(name, figdir, z, ref, x, preds, res, plan, masks)
