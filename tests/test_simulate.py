@@ -115,11 +115,29 @@ def test_tiny_simulation(tiny_run, tmp_path):
     # samples in both halves, every sample_every steps
     with np.load(work / "result.npz") as r:
         assert int(r["n1"]) == int(r["n2"]) == 10
+    # the per-block face profiles (the equilibration record) agree with the binned density:
+    # the mean water-O count 0-6 Å above the top plane, two routes (the grid's z bins are
+    # nearest-point, so the band edges differ by up to half a grid step: a loose bound)
+    fp = res.data["face_profiles"]
+    prof_blocks = np.asarray(fp["mean_counts"])
+    assert prof_blocks.shape == (len(fp["block_ps"]), 2, len(fp["edges"]) - 1) and len(fp["block_ps"]) >= 2
+    assert sum(fp["block_ps"]) == pytest.approx(0.4)
+    w = np.asarray(fp["block_ps"]) / sum(fp["block_ps"])
+    mean_top = (w[:, None] * prof_blocks[:, 0]).sum(0)
+    centres = 0.5 * (np.asarray(fp["edges"])[1:] + np.asarray(fp["edges"])[:-1])
+    vox = abs(np.linalg.det(res.cell)) / h1.size
+    dens = 0.5 * (h1 + h2) * res.rho_bulk * vox  # water O per voxel per sample
+    band = ((z - zt) % lz > 0.15) & ((z - zt) % lz < 6.0)
+    via_grid = dens[:, :, band].sum()
+    via_profile = mean_top[(centres > 0.15) & (centres < 6.0)].sum()
+    assert via_profile > 1 and via_profile == pytest.approx(via_grid, rel=0.25)
+    assert "first_layer_drift" in res.info
     # store it
     row_id = store.write_simulation(tmp_path / "s.db", res.atoms, h1, h2, res.cell, res.info, res.data)
     row = store.get_row(tmp_path / "s.db", row_id)
     assert row.surface == "calcite-104" and row.production_ps == pytest.approx(0.4)
     assert row.data.lammps_settings and row.data.lammps_version
+    assert np.asarray(row.data.face_profiles["mean_counts"]).shape == prof_blocks.shape
 
 
 @pytest.mark.lammps

@@ -155,6 +155,59 @@ def test_single_vacancy_is_charged(species, charge):
     assert len(p) - len(s) == (1 if species == "Ca" else 4)
 
 
+def test_aragonite_010_pairs_come_from_the_ions_facing_the_water():
+    # the outermost carbonate plane sits ~1.2 Å above the outermost Ca plane on this facet:
+    # the layer is both planes, one Ca per carbonate (it used to find 0 cations)
+    p = S.build_surface("aragonite-010", size=(5, 4), layers=3)
+    for face, sign in (("top", 1), ("bottom", -1)):
+        layer = S.top_layer_units(p, face)
+        assert len(layer["cation"]) == len(layer["CO3"]) == 20
+        z_ca = sign * p.positions[layer["cation"], 2]
+        z_c = sign * p.positions[[c for c, _ in layer["CO3"]], 2]
+        assert 1.0 < z_c.mean() - z_ca.mean() < 1.5
+        # no other cation between the layer's cations and the carbonates above them
+        z_all = sign * p.positions[p.numbers == 20, 2]
+        assert (z_all >= z_ca.min() - 1e-6).sum() == 20
+    s = S.build_surface("aragonite-010", size=(5, 4), layers=3, pair_vacancies=6, both_faces=True, seed=1)
+    assert len(p) - len(s) == 2 * 6 * 5 and s.info["net_charge"] == 0
+    assert {x["species"] for x in S.defect_sites(s)} == {"Ca", "CO3"}
+
+
+def _mean_pair_distance(s, face="top"):
+    xy = np.array([x["position"][:2] for x in S.defect_sites(s) if x["face"] == face])
+    cell2 = s.cell[:2, :2]
+    f = (xy[:, None] - xy[None]) @ np.linalg.inv(cell2)
+    f -= np.round(f)
+    d = np.linalg.norm(f @ cell2, axis=-1)
+    return d[np.triu_indices(len(xy), 1)].mean(), d
+
+
+def test_pair_placement_adjacent_and_separated():
+    kw = dict(size=(5, 3), layers=4, pair_vacancies=4, both_faces=True)
+    spread = {}
+    for placement in ("adjacent", "separated"):
+        runs = [S.build_surface("calcite-104", seed=seed, placement=placement, **kw) for seed in (1, 2, 3)]
+        for s in runs:
+            assert s.info["net_charge"] == 0 and len(s) == 600 - 2 * 4 * 5
+            assert placement in s.info["defects"]
+        spread[placement] = np.mean([_mean_pair_distance(s)[0] for s in runs])
+        if placement == "separated":
+            # every removed Ca has a removed carbonate as its nearest removed neighbour's partner:
+            # nearest-neighbour pairs (Ca-C in-plane distance of calcite (10-14) about 3.2-4.1 Å)
+            for s in runs:
+                sites = [x for x in S.defect_sites(s) if x["face"] == "top"]
+                ca = np.array([x["position"][:2] for x in sites if x["species"] == "Ca"])
+                c = np.array([x["position"][:2] for x in sites if x["species"] == "CO3"])
+                cell2 = s.cell[:2, :2]
+                f = (ca[:, None] - c[None]) @ np.linalg.inv(cell2)
+                f -= np.round(f)
+                assert np.linalg.norm(f @ cell2, axis=-1).min(axis=1).max() < 4.2
+    # the pit is compact, the separated pairs far apart (random placement lies between)
+    assert spread["adjacent"] < 6.0 < 9.0 < spread["separated"]
+    with pytest.raises(InputError, match="placement"):
+        S.build_surface("calcite-104", size=(2, 2), pair_vacancies=1, placement="clustered")
+
+
 def test_too_many_pair_vacancies():
     with pytest.raises(InputError, match="cannot remove 9 pairs"):
         S.build_surface("calcite-104", size=(2, 2), layers=2, pair_vacancies=9)

@@ -20,7 +20,7 @@ Spec (YAML)::
         production_ps: 200
 
 Keys of a run: ``surface``, ``size`` ([A, B]), ``layers``, ``defects`` (``pristine`` or a
-dict of ``pair_vacancies``/``vacancy``/``both_faces``), ``structure_seed`` (defect placement),
+dict of ``pair_vacancies``/``vacancy``/``both_faces``/``placement``: random, adjacent or separated), ``structure_seed`` (defect placement),
 ``seed`` (MD velocities), ``production_ps``, ``equil_ps``, ``temperature``, ``spacing``,
 ``gap``, ``lattice`` (default: the force field's relaxed lattice from ``relax-bulk``).
 
@@ -74,7 +74,7 @@ DEFAULTS = {
     "size": [5, 3], "layers": 4, "defects": "pristine", "structure_seed": 0, "seed": 1,
     "production_ps": 100.0, "equil_ps": 50.0, "temperature": 300.0, "spacing": 0.3, "gap": 25.0,
 }
-DEFECT_KEYS = {"pair_vacancies", "vacancy", "both_faces"}
+DEFECT_KEYS = {"pair_vacancies", "vacancy", "both_faces", "placement"}
 
 
 @dataclasses.dataclass
@@ -131,6 +131,12 @@ def _canonical_defects(d, where):
         out["vacancy"] = d["vacancy"]
     if d.get("both_faces"):
         out["both_faces"] = True
+    if d.get("placement", "random") != "random":  # absent when random: old job keys stay valid
+        from .structures import PLACEMENTS
+
+        if d["placement"] not in PLACEMENTS or not out.get("pair_vacancies"):
+            raise InputError(f"{where}: placement must be one of {PLACEMENTS} and needs pair_vacancies, got {d!r}")
+        out["placement"] = d["placement"]
     return out or "pristine"
 
 
@@ -186,7 +192,7 @@ def build_job_structure(settings: dict):
     atoms = build_surface(
         settings["surface"], size=tuple(settings["size"]), layers=settings["layers"], lattice=lattice,
         pair_vacancies=d.get("pair_vacancies", 0), vacancy=d.get("vacancy"), both_faces=d.get("both_faces", False),
-        seed=settings["structure_seed"],
+        seed=settings["structure_seed"], placement=d.get("placement", "random"),
     )
     return atoms, lattice
 

@@ -92,6 +92,8 @@ def _cmd_surface(sub):
     b.add_argument("--pair-vacancies", type=int, default=0, metavar="K", help="remove K neutral Ca2+/CO3 2- pairs from the top face")
     b.add_argument("--vacancy", choices=["Ca", "CO3"], help="remove one Ca2+ or one CO3 2- from the top face (leaves a net charge)")
     b.add_argument("--both-faces", action="store_true", help="also remove the same number of pairs from the bottom face")
+    b.add_argument("--placement", choices=["random", "adjacent", "separated"], default="random",
+                   help="pair placement: random (default), adjacent (one compact pit) or separated (pairs spread apart)")
     b.add_argument("--vacuum", type=float, default=30.0, help="gap above the slab, Å (default 30)")
     b.add_argument("--seed", type=int, default=0, help="random seed for the defect positions (default 0)")
     b.add_argument("-o", "--output", required=True, type=Path, help="output structure file")
@@ -110,6 +112,7 @@ def _run_surface_build(args):
         both_faces=args.both_faces,
         seed=args.seed,
         vacuum=args.vacuum,
+        placement=args.placement,
     )
     write_structure(atoms, args.output)
     print(f"wrote {args.output}: {atoms.get_chemical_formula()} ({len(atoms)} atoms), net charge {atoms.info['net_charge']:+d} e")

@@ -257,6 +257,35 @@ def grid_shape(cell, spacing: float) -> tuple[int, int, int]:
     return tuple(int(2 * math.ceil(L / spacing / 2)) for L in lengths)
 
 
+PROFILE_EDGES = np.round(np.arange(0.0, 12.0 + 1e-9, 0.1), 6)  # Å above each face's cation plane
+FIRST_LAYER = (1.0, 3.0)  # Å above the outermost cation plane: the first layer's water
+
+
+def face_planes(z_cations: np.ndarray, tol: float = 1.0) -> tuple[float, float]:
+    """Top and bottom surface planes from cation heights (Å): the mean z of the cations
+    within ``tol`` Å of the highest and of the lowest one (as ``structures.surface_planes``)."""
+    z = np.asarray(z_cations, float)
+    return float(z[z >= z.max() - tol].mean()), float(z[z <= z.min() + tol].mean())
+
+
+def face_profiles(z_water: np.ndarray, z_top: float, z_bottom: float, lz: float,
+                  edges: np.ndarray = PROFILE_EDGES) -> np.ndarray:
+    """Histogram (2, len(edges) - 1) of water-O heights above the top face's plane and
+    below the bottom face's plane (Å, periodic in z with period ``lz``)."""
+    z = np.asarray(z_water, float)
+    up = np.histogram((z - z_top) % lz, bins=edges)[0]
+    down = np.histogram((z_bottom - z) % lz, bins=edges)[0]
+    return np.stack([up, down])
+
+
+def first_layer_counts(profiles: np.ndarray, edges=PROFILE_EDGES, layer=FIRST_LAYER) -> np.ndarray:
+    """Mean number of water O in the first layer (``layer`` Å above the plane) of each face,
+    per block: profiles (nblocks, 2, nbins) -> (nblocks, 2)."""
+    centres = 0.5 * (np.asarray(edges)[1:] + np.asarray(edges)[:-1])
+    sel = (centres > layer[0]) & (centres < layer[1])
+    return np.asarray(profiles)[..., sel].sum(-1)
+
+
 def bin_positions(counts: np.ndarray, positions: np.ndarray, cell) -> None:
     """Add one count per position to ``counts`` (nx, ny, nz) at the nearest grid point of
     the periodic cell (cube convention: point (i, j, k) sits at (i/nx) a + (j/ny) b + (k/nz) c)."""
@@ -297,6 +326,8 @@ def prepare(atoms, workdir, params: SimulationParams, source: str = "structure")
         # Ca and C of the slab (positions in the slab list): the dissolving check follows the
         # ion centres, not carbonate O (a carbonate turning by 120 degrees moves its O by 2.2 Å)
         "slab_centres": [k for k, i in enumerate(slab_idx) if system[i].symbol in ("Ca", "C")],
+        # cations of the slab (positions in the slab list): the face planes of the profiles
+        "slab_cations": [k for k, i in enumerate(slab_idx) if system[i].symbol in ("Ca", "Mg")],
         "ow": ow_idx,
         "masses": [ff.FORCEFIELD["masses"][ff.TYPES[t - 1]] for t in topo.types],
         "net_charge": topo.net_charge,
@@ -491,6 +522,11 @@ class _Worker:
         mass = np.asarray(self.job["masses"])[slab]
         mass = mass / mass.sum()
         centres = np.asarray(self.job["slab_centres"], int)
+        # per-block (one checkpoint interval) mean water-O height profile of each face
+        cations = np.asarray(self.job.get("slab_cations", []), int)
+        nbins = len(PROFILE_EDGES) - 1
+        block = np.zeros((2, nbins))
+        block_n = 0
         acc_file = self.dir / "accumulators.npz"
         if resumed:
             with np.load(acc_file) as f:
@@ -501,6 +537,8 @@ class _Worker:
                 com0 = f["com0"]
                 sum_pos = f["sum_pos"]
                 maxdisp = float(f["maxdisp"])
+                profiles = [p_ for p_ in f["profiles"]] if "profiles" in f.files else []
+                block_ps = [float(b) for b in f["block_ps"]] if "block_ps" in f.files else []
             step = int(self.state["prod_steps"])
             wall = float(self.state.get("prod_wall", 0.0))
         else:
@@ -512,6 +550,7 @@ class _Worker:
             com0 = None
             sum_pos = np.zeros((len(slab), 3))
             maxdisp = 0.0
+            profiles, block_ps = [], []
             step = 0
             wall = 0.0
         first = True
@@ -548,9 +587,17 @@ class _Worker:
                 h = 0 if step <= half else 1
                 bin_positions(counts[h], x[ow] - drift, cell)
                 nsamp[h] += 1
+                if len(cations):
+                    zt, zb = face_planes(frame[cations, 2])
+                    block += face_profiles(x[ow, 2] - drift[2], zt, zb, cell[2, 2])
+                    block_n += 1
             pe = self.check_finite()
             if self.rank == 0 and maxdisp > p.max_displacement:
                 raise SimulationFailed("slab_dissolving", f"a slab atom moved {maxdisp:.2f} Å (> {p.max_displacement} Å) in the slab's frame")
+            if self.rank == 0 and block_n:
+                profiles.append(block / block_n)
+                block_ps.append(n_chunk * p.timestep_fs / 1000)
+                block, block_n = np.zeros((2, nbins)), 0
             now = time.time()
             wall += now - t_chunk
             t_chunk = now
@@ -559,7 +606,8 @@ class _Worker:
             if self.rank == 0:
                 with atomic_output(acc_file) as tmp:
                     np.savez_compressed(tmp, counts1=counts[0], counts2=counts[1], n1=nsamp[0], n2=nsamp[1], prev=prev,
-                             ref=ref, com0=com0, sum_pos=sum_pos, maxdisp=maxdisp, cell=cell)
+                             ref=ref, com0=com0, sum_pos=sum_pos, maxdisp=maxdisp, cell=cell,
+                             profiles=np.asarray(profiles).reshape(-1, 2, nbins), block_ps=np.asarray(block_ps))
                 os.replace(self.dir / "prod.restart.new", self.dir / "prod.restart")
             self.save_state(stage="production", prod_steps=step, prod_wall=wall)
             # write_restart re-wraps and migrates atoms: the next run needs its full setup
@@ -574,6 +622,7 @@ class _Worker:
             with atomic_output(self.dir / "result.npz") as tmp:
                 np.savez(tmp, counts1=counts[0], counts2=counts[1], n1=nsamp[0], n2=nsamp[1], cell=cell,
                          mean_slab=sum_pos / max(1, sum(nsamp)), maxdisp=maxdisp, ns_per_day=nsd,
+                         profiles=np.asarray(profiles).reshape(-1, 2, nbins), block_ps=np.asarray(block_ps),
                          production_ps=total * p.timestep_fs / 1000, temp=self.lmp.get_thermo("temp"))
         self.save_state(stage="finished")
         self.log("production finished")
@@ -705,6 +754,17 @@ def normalise(counts1, counts2, n, cell, z_top, z_bottom):
     return halves, rho_bulk, float(gap)
 
 
+def _drift(series: np.ndarray, block_ps: np.ndarray) -> float:
+    """Relative change of a block series over production, from a least-squares line:
+    (fitted last - fitted first) / mean. 0 for fewer than 3 blocks."""
+    y = np.asarray(series, float)
+    if len(y) < 3 or y.mean() == 0:
+        return 0.0
+    t = np.cumsum(block_ps) - 0.5 * np.asarray(block_ps)
+    slope = np.polyfit(t, y, 1)[0]
+    return float(slope * (t[-1] - t[0]) / y.mean())
+
+
 def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResult:
     """Turn the worker's result into normalised half-run densities + the slab + metadata."""
     from ase.io import read
@@ -774,6 +834,12 @@ def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResu
         "frame": "slab frame: slab COM drift subtracted from water-O positions at every sample",
         "source": job.get("source"),
     }
+    if "profiles" in r and len(r["profiles"]):
+        # the equilibration record: per production block, each face's water-O height profile
+        data["face_profiles"] = {"edges": PROFILE_EDGES.tolist(), "block_ps": r["block_ps"].tolist(),
+                                 "mean_counts": r["profiles"].astype(np.float32)}
+        fl = first_layer_counts(r["profiles"])
+        info["first_layer_drift"] = float(_drift(fl.sum(1), r["block_ps"]))
     return SimulationResult(slab, halves[0], halves[1], cell, rho_bulk, float(r["ns_per_day"]), info, data)
 
 

@@ -441,6 +441,7 @@ def build_surface(
     both_faces: bool = False,
     seed: int = 0,
     vacuum: float = 30.0,
+    placement: str = "random",
 ) -> Atoms:
     """A surface slab by name (see :data:`SURFACES`), surface normal +z.
 
@@ -449,6 +450,8 @@ def build_surface(
     parameters (defaults: experiment; pass the force field's relaxed lattice for MD);
     ``pair_vacancies``: K neutral Ca2+/CO3 2- pairs removed at random (``seed``) from the
     outermost layer of the top face (and the bottom face with ``both_faces``);
+    ``placement``: how the pairs are placed (``random``, ``adjacent``: one compact pit,
+    ``separated``: nearest-neighbour pairs spread apart; see :func:`add_pair_vacancies`);
     ``vacancy``: "Ca" or "CO3" removes one ion of that kind (a charged slab; the net charge
     is recorded); ``vacuum``: the gap between the slab and its periodic image (Å).
 
@@ -493,7 +496,7 @@ def build_surface(
     if pair_vacancies:
         faces = ("top", "bottom") if both_faces else ("top",)
         for face in faces:
-            slab = add_pair_vacancies(slab, pair_vacancies, rng=rng, face=face)
+            slab = add_pair_vacancies(slab, pair_vacancies, rng=rng, face=face, placement=placement)
     if vacancy:
         faces = ("top", "bottom") if both_faces else ("top",)
         for face in faces:
@@ -653,8 +656,12 @@ def surface_planes(atoms: Atoms, tol: float = 1.0) -> tuple[float, float]:
 def top_layer_units(atoms: Atoms, face: str = "top", depth: float | None = None) -> dict:
     """Ions of the outermost layer of a face: ``{"Ca": [idx...], "CO3": [(c, [o...]), ...]}``.
 
-    The layer is every cation and carbonate C within ``depth`` Å of the outermost one
-    (default: half the spacing between the two outermost cation planes, at least 1 Å).
+    The layer is anchored on the outermost cation plane: every cation within ``depth`` Å
+    of the outermost cation (default: half the spacing between the two outermost cation
+    planes, at least 1 Å), and every carbonate C above the plane ``depth`` Å below it. On
+    calcite (10-14) the carbonates sit in the cation plane; on aragonite (010) the
+    outermost carbonate plane is about 1.2 Å above the outermost Ca plane, and those two
+    planes together are the ions that face the water.
     """
     sym = np.array(atoms.get_chemical_symbols())
     solid = _solid(atoms)
@@ -666,10 +673,10 @@ def top_layer_units(atoms: Atoms, face: str = "top", depth: float | None = None)
         zc = np.sort(np.unique(np.round(z[cat], 1)))[::-1]
         below = zc[zc < zc[0] - 1.0]
         depth = max(1.0, 0.5 * (zc[0] - below[0])) if len(below) else 1.0
-    ztop = max(z[cat].max(), max((z[c] for c, _ in carb), default=-np.inf))
+    zcat = z[cat].max()
     return {
-        "cation": [int(i) for i in cat if z[i] >= ztop - depth],
-        "CO3": [c for c in carb if z[c[0]] >= ztop - depth],
+        "cation": [int(i) for i in cat if z[i] >= zcat - depth],
+        "CO3": [c for c in carb if z[c[0]] >= zcat - depth],
     }
 
 
@@ -700,24 +707,70 @@ def _remove(atoms: Atoms, cations: list[int], carbonates: list[tuple[int, list[i
     return out
 
 
-def add_pair_vacancies(atoms: Atoms, k: int, rng=None, face: str = "top", sites=None) -> Atoms:
+PLACEMENTS = ("random", "adjacent", "separated")
+
+
+def _lateral_distances(atoms: Atoms, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Minimum-image lateral distances (Å) between the atoms ``a`` and ``b`` (index arrays)."""
+    cell2 = atoms.cell[:2, :2]
+    f = (atoms.positions[a, None, :2] - atoms.positions[None, b, :2]) @ np.linalg.inv(cell2)
+    f -= np.round(f)
+    return np.linalg.norm(f @ cell2, axis=-1)
+
+
+def _placed_sites(atoms: Atoms, layer: dict, k: int, placement: str, rng) -> tuple[list[int], list[int]]:
+    """Indices into the layer's cation and carbonate lists for ``k`` pairs placed as asked.
+
+    ``adjacent``: one compact pit, the ``k`` cations and ``k`` carbonates nearest to a
+    random cation. ``separated``: each pair a cation and its nearest free carbonate, the
+    cations spread by farthest-point sampling (each next one as far as possible from those
+    already taken) from a random start."""
+    cat = np.asarray(layer["cation"])
+    co3 = np.asarray([c for c, _ in layer["CO3"]])
+    start = int(rng.integers(len(cat)))
+    d_cc = _lateral_distances(atoms, cat, cat)
+    d_co = _lateral_distances(atoms, cat, co3)
+    if placement == "adjacent":
+        return sorted(np.argsort(d_cc[start], kind="stable")[:k].tolist()), sorted(np.argsort(d_co[start], kind="stable")[:k].tolist())
+    ci = [start]
+    while len(ci) < k:
+        far = d_cc[:, ci].min(axis=1)
+        far[ci] = -1.0
+        ci.append(int(np.argmax(far)))
+    oi: list[int] = []
+    for i in ci:
+        order = [j for j in np.argsort(d_co[i], kind="stable").tolist() if j not in oi]
+        oi.append(order[0])
+    return sorted(ci), sorted(oi)
+
+
+def add_pair_vacancies(atoms: Atoms, k: int, rng=None, face: str = "top", sites=None, placement: str = "random") -> Atoms:
     """Remove ``k`` cations and ``k`` carbonate ions (neutral pairs) from the outermost
     layer of ``face``, chosen by ``rng`` (a seed or ``numpy.random.Generator``), or the
-    given ``sites`` = (cation indices, carbonate C indices) into that layer's lists."""
+    given ``sites`` = (cation indices, carbonate C indices) into that layer's lists.
+
+    ``placement``: ``random`` (cations and carbonates drawn independently), ``adjacent``
+    (one compact pit) or ``separated`` (nearest-neighbour pairs spread over the face)."""
     layer = top_layer_units(atoms, face)
     ncat, nco3 = len(layer["cation"]), len(layer["CO3"])
     if k < 0 or k > min(ncat, nco3):
         raise InputError(f"cannot remove {k} pairs: the {face} layer has {ncat} cations and {nco3} carbonates")
+    if placement not in PLACEMENTS:
+        raise InputError(f"placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     if k == 0:
         return atoms.copy()
     if sites is None:
         rng = np.random.default_rng(rng)
-        ci = sorted(rng.choice(ncat, size=k, replace=False).tolist())
-        oi = sorted(rng.choice(nco3, size=k, replace=False).tolist())
+        if placement == "random":
+            ci = sorted(rng.choice(ncat, size=k, replace=False).tolist())
+            oi = sorted(rng.choice(nco3, size=k, replace=False).tolist())
+        else:
+            ci, oi = _placed_sites(atoms, layer, k, placement, rng)
     else:
         ci, oi = sites
+    how = "" if placement == "random" or sites is not None else f", {placement}"
     return _remove(atoms, [layer["cation"][i] for i in ci], [layer["CO3"][i] for i in oi], face,
-                   f"{k} pair vacanc{'y' if k == 1 else 'ies'} ({face})")
+                   f"{k} pair vacanc{'y' if k == 1 else 'ies'} ({face}{how})")
 
 
 def add_vacancy(atoms: Atoms, species: str, rng=None, face: str = "top") -> Atoms:
