@@ -155,7 +155,7 @@ def _from_workdir(workdir: Path):
     store.load_density, row-like metadata)."""
     from ase.io import read
 
-    from hydrolayer.simulate import normalise
+    from hydrolayer.density import normalise
     from hydrolayer.structures import surface_planes
 
     workdir = Path(workdir)
@@ -187,7 +187,8 @@ SIGMAS = (0.0, 0.3, 0.4, 0.5)  # 0.4: the training targets' smoothing
 
 def validate(args):
     from hydrolayer import store
-    from hydrolayer.simulate import WATER_DENSITY, split_half_noise
+    from hydrolayer.conventions import WATER_NUMBER_DENSITY as WATER_DENSITY
+    from hydrolayer.density import split_half_noise
 
     if args.workdir:
         d, row = _from_workdir(args.workdir)

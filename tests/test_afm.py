@@ -9,11 +9,12 @@ import pytest
 from ase import Atoms
 
 from hydrolayer import afm
+from hydrolayer.conventions import KB, RHO_BULK
 from hydrolayer.grids import Grid, GridSpec
 from hydrolayer.util import InputError
 
 T = 300.0
-KT = afm.KB_EV_PER_K * T
+KT = KB * T
 
 
 def _grid_from_u(spec: GridSpec, u_func, atoms=None, units="rho/rho_bulk") -> Grid:
@@ -96,7 +97,7 @@ def test_rescaling_density_does_not_change_force_and_floor_zeroes_solid():
     f1 = afm.sta_force(grid, temperature=T).values
     assert np.all(np.isfinite(f1))
     assert np.all(f1[..., :9] == 0.0)  # flat W under the floor: no force
-    dens = Grid(spec, grid.values * afm.RHO_BULK_A3, ("rho",), units="A^-3")
+    dens = Grid(spec, grid.values * RHO_BULK, ("rho",), units="A^-3")
     f2 = afm.sta_force(dens, temperature=T).values
     np.testing.assert_allclose(f1, f2, atol=1e-5)
 

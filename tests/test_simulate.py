@@ -8,18 +8,17 @@ import pytest
 from ase.neighborlist import neighbor_list
 
 from hydrolayer import store
+from hydrolayer.conventions import WATER_NUMBER_DENSITY as WATER_DENSITY
+from hydrolayer.density import bin_positions, split_half_noise
 from hydrolayer.simulate import (
-    WATER_DENSITY,
     SimulationFailed,
     SimulationParams,
-    _finish,
-    bin_positions,
+    finish,
     prepare,
     run_simulation,
     run_worker,
     simulate,
     solvate,
-    split_half_noise,
 )
 from hydrolayer.structures import build_surface, find_waters, surface_planes
 
@@ -145,7 +144,7 @@ def test_failures_are_detected(tiny_run, tmp_path):
     slab, work, res, _ = tiny_run
     # gap density off bulk (tolerance made impossible): refused, nothing to store
     with pytest.raises(SimulationFailed, match="gap_density"):
-        _finish(work, slab, tiny_params(gap_tolerance=1e-6))
+        finish(work, slab, tiny_params(gap_tolerance=1e-6))
     # slab "dissolving": restart production from the equilibrated state with a 0.01 Å limit
     d = tmp_path / "dissolve"
     shutil.copytree(work, d, ignore=shutil.ignore_patterns("result.npz", "prod.restart", "accumulators.npz", "*.lock"))

@@ -11,7 +11,7 @@ on it follow from the water density alone (Watkins & Reischl, J. Chem. Phys. 138
 Conventions fixed here:
 
 * ``rho`` is water density as rho/rho_bulk (what ``hydrolayer predict`` writes). A grid
-  whose units are ``"A^-3"`` (an MD number density) is divided by ``RHO_BULK_A3`` first;
+  whose units are ``"A^-3"`` (an MD number density) is divided by ``conventions.RHO_BULK`` first;
   only the floor depends on rho_bulk, the force does not (a constant drops out of grad).
 * The floor: rho is clipped at ``floor * rho_bulk`` (default ``DEFAULT_FLOOR`` = 1e-3,
   i.e. W <= 6.9 k_B T) so that W stays finite inside the solid; where rho is clipped W is
@@ -43,13 +43,11 @@ from typing import Sequence
 
 import numpy as np
 
+from .conventions import KB, NN_PER_EV_PER_A, RHO_BULK, Z_BELOW, grid_peaks, heights_above, surface_planes
 from .grids import Grid, GridSpec
 from .util import InputError, atomic_output
 
 __all__ = [
-    "KB_EV_PER_K",
-    "NN_PER_EV_PER_A",
-    "RHO_BULK_A3",
     "DEFAULT_FLOOR",
     "DEFAULT_TEMPERATURE",
     "free_energy",
@@ -62,13 +60,8 @@ __all__ = [
     "afm_maps",
 ]
 
-KB_EV_PER_K = 8.617333262e-5  # Boltzmann constant, eV/K
-NN_PER_EV_PER_A = 1.602176634  # 1 eV/Å in nN
-RHO_BULK_A3 = 0.0334  # bulk water-O number density, Å^-3 (SPC/Fw, 300 K, ~1 g/cm^3)
 DEFAULT_FLOOR = 1e-3  # rho is clipped at this fraction of rho_bulk
 DEFAULT_TEMPERATURE = 300.0  # K
-WINDOW_BELOW = 5.0  # Å: hydrolayer grids start this far below the surface plane
-HYDRATION_RANGE = 10.0  # Å: default image heights are density peaks up to this height
 
 
 # --------------------------------------------------------------------------- basics
@@ -89,13 +82,13 @@ def _normalised_density(grid: Grid, rho_bulk: float | None, what: str) -> tuple[
     if rho_bulk is None:
         units = (grid.units or "").replace("Å", "A").strip()
         if units in ("A^-3", "A-3", "1/A^3"):
-            rho_bulk = RHO_BULK_A3
+            rho_bulk = RHO_BULK
         else:
             rho_bulk = 1.0
             if not units and np.nanmax(rho) < 0.5:
                 warnings.warn(
                     f"{what}: no units in the file and the density never exceeds 0.5; if it is a "
-                    f"number density in Å^-3 pass rho_bulk={RHO_BULK_A3} (--rho-bulk), "
+                    f"number density in Å^-3 pass rho_bulk={RHO_BULK:.5f} (--rho-bulk), "
                     "otherwise the floor is applied at the wrong level",
                     stacklevel=3,
                 )
@@ -109,7 +102,7 @@ def _normalised_density(grid: Grid, rho_bulk: float | None, what: str) -> tuple[
 def free_energy(rho: np.ndarray, temperature: float = DEFAULT_TEMPERATURE, floor: float = DEFAULT_FLOOR) -> np.ndarray:
     """W = -k_B T ln(max(rho, floor)) in eV, for ``rho`` already in units of rho_bulk."""
     _check_params(temperature, floor)
-    return -KB_EV_PER_K * temperature * np.log(np.maximum(rho, floor))
+    return -KB * temperature * np.log(np.maximum(rho, floor))
 
 
 def _check_params(temperature, floor):
@@ -194,13 +187,9 @@ def sta_force(
 
 # --------------------------------------------------------------------------- geometry
 def _surface_plane_atoms(atoms) -> float | None:
-    """z_s of the top face: the mean z of the outermost cation layer (Ca or Mg within 1 Å of
-    the topmost one, water ignored): ``structures.surface_planes``, the package's one
-    definition. ``None`` without atoms or cations."""
+    """z_s of the top face (``conventions.surface_planes``); ``None`` without atoms or cations."""
     if atoms is None or len(atoms) == 0:
         return None
-    from .structures import surface_planes
-
     try:
         return float(surface_planes(atoms)[0])
     except ValueError:  # no cations
@@ -216,23 +205,19 @@ def surface_z_of(grid: Grid, surface_z: float | None = None, what: str = "densit
         return zs, "mean z of the top Ca layer of the atoms in the file"
     if isinstance(grid.meta, dict) and grid.meta.get("surface_z") is not None:
         return float(grid.meta["surface_z"]), "grid metadata"
-    zs = float(grid.spec.origin[2] + WINDOW_BELOW)
+    zs = float(grid.spec.origin[2] + Z_BELOW)
     warnings.warn(
         f"{what}: no Ca atoms in the file, so the surface plane is taken as the grid bottom + "
-        f"{WINDOW_BELOW:g} Å (z = {zs:.2f} Å, the hydrolayer grid convention); pass surface_z "
+        f"{Z_BELOW:g} Å (z = {zs:.2f} Å, the hydrolayer grid convention); pass surface_z "
         "(--surface-z) if that is wrong",
         stacklevel=2,
     )
-    return zs, f"grid bottom + {WINDOW_BELOW:g} Å (assumed)"
-
-
-def _z_axis(spec: GridSpec) -> np.ndarray:
-    return spec.origin[2] + np.arange(spec.shape[2]) * spec.cell[2, 2] / spec.shape[2]
+    return zs, f"grid bottom + {Z_BELOW:g} Å (assumed)"
 
 
 def _interp_z(values: np.ndarray, spec: GridSpec, z: float, what: str) -> np.ndarray:
     """Linear interpolation of a (nx, ny, nz) field at height z (Å)."""
-    zs = _z_axis(spec)
+    zs = spec.z_values()
     if not zs[0] - 1e-9 <= z <= zs[-1] + 1e-9:
         raise InputError(f"{what}: height z = {z:.2f} Å is outside the grid ({zs[0]:.2f} to {zs[-1]:.2f} Å)")
     t = (z - zs[0]) / (zs[1] - zs[0]) if len(zs) > 1 else 0.0
@@ -244,17 +229,10 @@ def _interp_z(values: np.ndarray, spec: GridSpec, z: float, what: str) -> np.nda
 
 
 def hydration_peaks(grid: Grid, surface_z: float, n: int = 3, rho_bulk: float | None = None) -> list[float]:
-    """Heights (Å above ``surface_z``) of up to ``n`` peaks of the laterally averaged density,
-    between 0.5 Å and ``HYDRATION_RANGE`` (the grid's top 1 Å is ignored)."""
-    from scipy.signal import find_peaks
-
+    """Heights (Å above ``surface_z``) of up to ``n`` hydration-layer maxima of the laterally
+    averaged density (``conventions.hydration_peaks``)."""
     rho, _ = _normalised_density(grid, rho_bulk, "density grid")
-    prof = rho.mean(axis=(0, 1))
-    h = _z_axis(grid.spec) - surface_z
-    peaks, _ = find_peaks(prof, prominence=0.05)
-    # hydration layers: 0.5-10 Å above the surface plane, away from the grid's top edge
-    peaks = [int(p) for p in peaks if 0.5 < h[p] <= HYDRATION_RANGE and h[p] < h[-1] - 1.0]
-    return [float(h[p]) for p in peaks[:n]]
+    return grid_peaks(rho, grid.spec, surface_z, n=n)
 
 
 def _lateral_frac(xy: np.ndarray, spec: GridSpec) -> np.ndarray:
@@ -306,7 +284,7 @@ def surface_sites(grid: Grid, surface_z: float, max_sites: int | None = None, rh
     rho, _ = _normalised_density(grid, rho_bulk, "density grid")
     peaks = hydration_peaks(grid, surface_z, n=1, rho_bulk=rho_bulk)
     h0 = peaks[0] if peaks else 3.0
-    plane = _interp_z(rho, grid.spec, float(np.clip(surface_z + h0, *_z_axis(grid.spec)[[0, -1]])), "density grid")
+    plane = _interp_z(rho, grid.spec, float(np.clip(surface_z + h0, *grid.spec.z_values()[[0, -1]])), "density grid")
     size = max(3, int(round(1.5 / max(grid.spec.spacing[0], 1e-9))) | 1)
     is_max = (plane == maximum_filter(plane, size=size, mode="wrap")) & (plane > plane.mean())
     ii, jj = np.nonzero(is_max)
@@ -326,7 +304,7 @@ def force_distance(fz: np.ndarray, spec: GridSpec, xy: np.ndarray, surface_z: fl
     """F_z(z) above lateral points ``xy`` (n, 2): returns ``(h, curves (n, nz))``, h in Å above z_s."""
     frac = _lateral_frac(xy, spec)
     curves = _bilinear_periodic(fz, frac)  # (n, nz)
-    return _z_axis(spec) - surface_z, np.atleast_2d(curves)
+    return heights_above(spec, surface_z), np.atleast_2d(curves)
 
 
 # --------------------------------------------------------------------------- pictures

