@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -134,13 +136,13 @@ def test_pair_vacancies_counts_neutral_reproducible():
     other = S.build_surface("calcite-104", **{**kw, "seed": 8})
     assert not (len(other) == len(s) and np.allclose(other.positions, s.positions))
     sites = S.defect_sites(s)
-    assert len(sites) == 4 and {x["species"] for x in sites} == {"Ca", "CO3"}
-    assert all(abs(x["position"][2] - s.info["z_top"]) < 1.0 for x in sites)  # outermost layer
+    assert len(sites) == 4 and {x.species for x in sites} == {"Ca", "CO3"}
+    assert all(abs(x.position[2] - s.info["z_top"]) < 1.0 for x in sites)  # outermost layer
 
 
 def test_pair_vacancies_both_faces():
     s = S.build_surface("calcite-104", size=(4, 2), layers=3, pair_vacancies=1, both_faces=True, seed=1)
-    faces = [x["face"] for x in S.defect_sites(s)]
+    faces = [x.face for x in S.defect_sites(s)]
     assert faces.count("top") == 2 and faces.count("bottom") == 2
     assert s.info["net_charge"] == 0
 
@@ -150,7 +152,7 @@ def test_single_vacancy_is_charged(species, charge):
     s = S.build_surface("calcite-104", size=(3, 2), vacancy=species, seed=3)
     assert s.info["net_charge"] == charge
     (site,) = S.defect_sites(s)
-    assert site["species"] == species
+    assert site.species == species
     p = S.build_surface("calcite-104", size=(3, 2))
     assert len(p) - len(s) == (1 if species == "Ca" else 4)
 
@@ -170,11 +172,11 @@ def test_aragonite_010_pairs_come_from_the_ions_facing_the_water():
         assert (z_all >= z_ca.min() - 1e-6).sum() == 20
     s = S.build_surface("aragonite-010", size=(5, 4), layers=3, pair_vacancies=6, both_faces=True, seed=1)
     assert len(p) - len(s) == 2 * 6 * 5 and s.info["net_charge"] == 0
-    assert {x["species"] for x in S.defect_sites(s)} == {"Ca", "CO3"}
+    assert {x.species for x in S.defect_sites(s)} == {"Ca", "CO3"}
 
 
 def _mean_pair_distance(s, face="top"):
-    xy = np.array([x["position"][:2] for x in S.defect_sites(s) if x["face"] == face])
+    xy = np.array([x.position[:2] for x in S.defect_sites(s) if x.face == face])
     cell2 = s.cell[:2, :2]
     f = (xy[:, None] - xy[None]) @ np.linalg.inv(cell2)
     f -= np.round(f)
@@ -195,9 +197,9 @@ def test_pair_placement_adjacent_and_separated():
             # every removed Ca has a removed carbonate as its nearest removed neighbour's partner:
             # nearest-neighbour pairs (Ca-C in-plane distance of calcite (10-14) about 3.2-4.1 Å)
             for s in runs:
-                sites = [x for x in S.defect_sites(s) if x["face"] == "top"]
-                ca = np.array([x["position"][:2] for x in sites if x["species"] == "Ca"])
-                c = np.array([x["position"][:2] for x in sites if x["species"] == "CO3"])
+                sites = [x for x in S.defect_sites(s) if x.face == "top"]
+                ca = np.array([x.position[:2] for x in sites if x.species == "Ca"])
+                c = np.array([x.position[:2] for x in sites if x.species == "CO3"])
                 cell2 = s.cell[:2, :2]
                 f = (ca[:, None] - c[None]) @ np.linalg.inv(cell2)
                 f -= np.round(f)
@@ -226,7 +228,7 @@ def test_enumerate_pair_vacancies_up_to_translation():
     seen = []
     for ci, oi in reps:
         d = S.add_pair_vacancies(s, 1, sites=(ci, oi))
-        seen.append(np.array([x["position"] for x in S.defect_sites(d)]))
+        seen.append(np.array([x.position for x in S.defect_sites(d)]))
     for a in range(len(seen)):
         for b in range(a):  # no representative is a lattice translate of another
             for t in lattice_shifts:
@@ -304,3 +306,104 @@ def test_read_structure_bad_content(tmp_path):
     bulkish.positions[:, 2] -= s.positions[:, 2].min() - 1.0
     with pytest.raises(InputError, match="not a slab"):
         S.read_structure(_write(tmp_path, bulkish, "d.extxyz"))
+
+
+# ----------------------------------------------------------------------------- defect sites
+def test_defect_site_record_and_stored_format():
+    s = S.build_surface("calcite-104", size=(3, 2), layers=2, pair_vacancies=1, both_faces=True, seed=4)
+    sites = S.defect_sites(s)
+    assert all(isinstance(x, S.DefectSite) for x in sites) and len(sites) == 4
+    # the stored form is unchanged: a JSON string of dicts with exactly these keys, in this order
+    raw = json.loads(s.info["defect_sites"])
+    assert [list(d) for d in raw] == [["species", "position", "face"]] * 4
+    assert [x.to_dict() for x in sites] == raw
+    assert s.info["defect_sites"] == json.dumps(raw)
+    assert [S.DefectSite.from_dict(d) for d in raw] == sites
+    # an already parsed list (a database row's data) reads the same as the JSON string
+    assert S.parse_defect_sites(raw) == sites
+    site = sites[0]
+    assert site.mirrored().mirrored() == site and site.mirrored().face != site.face
+    assert site.shifted([1.0, 0.0, -2.0]).position == (site.position[0] + 1.0, site.position[1], site.position[2] - 2.0)
+    with pytest.raises(Exception):  # frozen
+        site.face = "bottom"
+
+
+BAD_SITES = {  # info["defect_sites"] -> the problem the one-line error must name
+    "positions (JSON)": ("[[1.0, 2.0, 20.0], [3.0, 4.0, 20.0]]", "item 0: [1.0, 2.0, 20.0] is not a record"),
+    "positions (array)": (np.array([[1.0, 2.0, 20.0]]), "an array of numbers"),
+    "not JSON": ("Ca at the top", "is not JSON"),
+    "a number": (3, "not a list of records"),
+    "missing key": ('[{"species": "Ca", "position": [1, 2, 20]}]', "missing key(s) face"),
+    "extra key": ('[{"species": "Ca", "position": [1, 2, 20], "face": "top", "xyz": 1}]', "unexpected key(s) xyz"),
+    "species": ('[{"species": "Na", "position": [1, 2, 20], "face": "top"}]', "unknown species 'Na'"),
+    "face": ('[{"species": "Ca", "position": [1, 2, 20], "face": "up"}]', "unknown face 'up'"),
+    "position": ('[{"species": "Ca", "position": [1, 2], "face": "top"}]', "not three finite numbers"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SITES))
+def test_bad_defect_sites_are_one_line_input_errors(tmp_path, case):
+    value, msg = BAD_SITES[case]
+    s = S.build_surface("calcite-104", size=(2, 1), layers=2)
+    s.info["defect_sites"] = value
+    path = _write(tmp_path, s)
+    with pytest.raises(InputError) as err:
+        S.read_structure(path)
+    text = str(err.value)
+    assert text.startswith(f"{path}: info defect_sites") and msg in text and "\n" not in text, text
+    with pytest.raises(InputError, match="info defect_sites"):
+        S.defect_sites(s)
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("frame_shift", "[1.0, 2.0]", "frame_shift must be three numbers"),
+    ("z_top", "high", "z_top must be a number"),
+    ("net_charge", "plus two", "net_charge must be a number"),
+    ("surface", 104, "surface must be a name"),
+])
+def test_other_parsed_info_is_checked_on_reading(tmp_path, key, value, msg):
+    s = S.build_surface("calcite-104", size=(2, 1), layers=2)
+    s.info[key] = value
+    with pytest.raises(InputError, match=msg) as err:
+        S.read_structure(_write(tmp_path, s))
+    assert "\n" not in str(err.value)
+
+
+def _hand_made_aragonite(tmp_path, defect_sites):
+    """An aragonite (010) slab as a user would write it: geometry and one info key."""
+    s = S.build_surface("aragonite-010", size=(2, 2), layers=3)
+    a = Atoms(s.get_chemical_symbols(), positions=s.positions, cell=s.cell, pbc=True)
+    a.info["defect_sites"] = defect_sites
+    return _write(tmp_path, a, "hand-made.extxyz"), s.info["z_top"]
+
+
+@pytest.mark.parametrize("form", ["json", "array"])
+def test_simulate_refuses_a_plain_list_of_positions_before_any_md(tmp_path, capsys, monkeypatch, form):
+    # found by a user: such a file ran 60 ps + 300 ps of MD, then died in simulate._finish
+    # with "TypeError: list indices must be integers or slices, not str" and stored nothing
+    from hydrolayer import cli, simulate
+
+    def no_md(*args, **kwargs):
+        raise AssertionError("MD started")
+
+    for name in ("solvate", "prepare", "run_worker"):
+        monkeypatch.setattr(simulate, name, no_md, raising=False)
+    positions = [[1.0, 2.0, 20.0], [3.0, 4.0, 20.0]]
+    path, _ = _hand_made_aragonite(tmp_path, json.dumps(positions) if form == "json" else positions)
+    before = set(tmp_path.rglob("*"))
+    code = cli.main(["simulate", str(path), "--db", str(tmp_path / "sims.db"), "--ps", "300", "--equil-ps", "60"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and str(path) in err[0] and "info defect_sites" in err[0] and "Traceback" not in err[0], err
+    assert "record" in err[0] or "array of numbers" in err[0]
+    assert set(tmp_path.rglob("*")) == before  # no database, no grids, no job folder
+
+
+def test_prepare_checks_the_info_of_in_memory_atoms(tmp_path):
+    from hydrolayer.simulate import SimulationParams, prepare
+
+    s = S.build_surface("aragonite-010", size=(2, 2), layers=3)
+    s.info["defect_sites"] = json.dumps([[1.0, 2.0, 20.0]])
+    with pytest.raises(InputError, match="my-slab: info defect_sites item 0"):
+        prepare(s, tmp_path / "job", SimulationParams(), source="my-slab")
+    assert not (tmp_path / "job").exists()

@@ -11,7 +11,7 @@ structure is still P3_221 at 1e-3 Å. A P3_221 minimum (Demichelis et al.) needs
 carbonate rotations than this start explores.
 
 1. the P6_522 model (Sci. Rep. 6, 36799 (2016), Table 1) broken down to P3_221
-   (``structures._vaterite_p3221``: a displacement field invariant under exactly the P3_221
+   (``structures.vaterite.vaterite_p3221``: a displacement field invariant under exactly the P3_221
    operations, ideal carbonate ions, Ca-O clashes pushed apart);
 2. a 2 x 2 x 1 supercell minimised with the Raiteri 2015 force field, positions and the
    triclinic cell together (``fix box/relax tri 0``, conjugate gradients, serial LAMMPS);

@@ -54,7 +54,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import time
 import warnings
 from pathlib import Path
@@ -669,16 +668,14 @@ def peak_heights(grid: Grid, z_s: float, n: int = 3) -> list[float]:
 
 def _site_for_xz(atoms, z_s: float) -> tuple[float, str]:
     """A y for the xz slice: through the first recorded defect, else the first top Ca."""
-    info = getattr(atoms, "info", {}) or {}
+    from .structures import defect_sites
+
     try:
-        sites = json.loads(info.get("defect_sites", "[]"))
-    except (TypeError, ValueError):
+        sites = defect_sites(atoms) if hasattr(atoms, "info") else []
+    except InputError:  # an unchecked in-memory Atoms: the slice goes through a Ca instead
         sites = []
-    for s in sites:
-        p = s.get("position") or s.get("positions") or s.get("xyz")
-        if p is not None:
-            p = np.asarray(p, float).reshape(-1, 3)[0]
-            return float(p[1]), f"through the {s.get('species', 'defect')} vacancy"
+    if sites:
+        return float(sites[0].position[1]), f"through the {sites[0].species} vacancy"
     sym = np.array(atoms.get_chemical_symbols())
     z = atoms.positions[:, 2]
     top = np.nonzero((sym == "Ca") & (z >= z_s - 1.0))[0]
