@@ -184,14 +184,14 @@ def _placed_sites(atoms: Atoms, layer: dict, k: int, placement: str, rng) -> tup
 
 def add_pair_vacancies(atoms: Atoms, k: int, rng=None, face: str = "top", sites=None, placement: str = "random") -> Atoms:
     """Remove ``k`` cations and ``k`` carbonate ions (neutral pairs) from the outermost
-    layer of ``face`` ("top" or "bottom"), chosen by ``rng`` (a seed or
-    ``numpy.random.Generator``), or the given ``sites`` = (cation indices, carbonate C
-    indices) into that layer's lists (:func:`~hydrolayer.structures.top_layer_units`).
+    layer of ``face`` ("top" or "bottom") of the slab ``atoms`` (positions in Å), chosen by
+    ``rng`` (a seed or ``numpy.random.Generator``), or the given ``sites`` = (cation
+    indices, carbonate C indices) into that layer's lists
+    (:func:`~hydrolayer.structures.top_layer_units`).
 
     ``k``: a number of pairs; ``placement``: ``random`` (cations and carbonates drawn
     independently), ``adjacent`` (one compact pit) or ``separated`` (nearest-neighbour
-    pairs spread over the face). Positions are not parameters: lengths are those of
-    ``atoms`` (Å)."""
+    pairs spread over the face). The removed ions are recorded as :class:`DefectSite`."""
     layer = top_layer_units(atoms, face)
     ncat, nco3 = len(layer["cation"]), len(layer["CO3"])
     if k < 0 or k > min(ncat, nco3):
@@ -216,7 +216,7 @@ def add_pair_vacancies(atoms: Atoms, k: int, rng=None, face: str = "top", sites=
 
 def add_vacancy(atoms: Atoms, species: str, rng=None, face: str = "top") -> Atoms:
     """Remove one Ca2+ (``species="Ca"``) or one CO3 2- (``"CO3"``) from the outermost layer
-    of ``face`` ("top" or "bottom"), chosen by ``rng`` (a seed or
+    of ``face`` ("top" or "bottom") of the slab ``atoms`` (positions in Å), chosen by ``rng`` (a seed or
     ``numpy.random.Generator``): a charged slab (net charge -2 or +2 e, recorded in
     ``info['net_charge']``)."""
     layer = top_layer_units(atoms, face)

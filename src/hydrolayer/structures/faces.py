@@ -1,6 +1,7 @@
 """The two faces of a slab: their surface planes and their outermost ions.
 
-:func:`surface_planes` is the package's one definition of the surface plane z_s.
+``surface_planes`` is :func:`hydrolayer.conventions.surface_planes`, the package's one
+definition of the surface plane z_s (heights in Å), re-exported here.
 """
 
 from __future__ import annotations
@@ -8,20 +9,10 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
+from ..conventions import surface_planes
 from .molecules import find_carbonates, solid_mask
 
 __all__ = ["surface_planes", "top_layer_units"]
-
-
-def surface_planes(atoms: Atoms, tol: float = 1.0) -> tuple[float, float]:
-    """Heights (Å) of the top and bottom surface planes: the mean z of the outermost cation
-    layer of each face (cations within ``tol`` Å of the outermost one). Water is ignored;
-    the slab must be contiguous in z inside the cell."""
-    cat = np.flatnonzero(np.isin(atoms.numbers, (20, 12)) & solid_mask(atoms))  # Ca, Mg
-    if len(cat) == 0:
-        raise ValueError("no Ca or Mg atoms: cannot place the surface plane")
-    z = atoms.positions[cat, 2]
-    return float(z[z >= z.max() - tol].mean()), float(z[z <= z.min() + tol].mean())
 
 
 def top_layer_units(atoms: Atoms, face: str = "top", depth: float | None = None) -> dict:
