@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+from hydrolayer.cli import main
 from hydrolayer.structures import build_surface, write_structure
 
 
@@ -84,3 +85,14 @@ def test_bad_arguments_are_one_line(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stderr
     r = run("describe", slab, "-o", "d.npz", "--sigma", "-1", cwd=tmp_path)
     assert r.returncode == 2 and "--sigma" in r.stderr and not (tmp_path / "d.npz").exists()
+
+
+def test_relax_bulk_dry_run_runs_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    from hydrolayer import simulate
+
+    before = simulate.LATTICES_FILE.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    assert main(["relax-bulk", "calcite", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing run" in out and "1440 atoms" in out
+    assert simulate.LATTICES_FILE.read_bytes() == before and not list(tmp_path.iterdir())

@@ -108,7 +108,7 @@ def test_two_mpi_ranks_relax_bulk(tmp_path):
     from hydrolayer.simulate import SimulationParams, relax_bulk
 
     p = SimulationParams(production_ps=0.2, equil_ps=0.1, mode="mpi", ranks=2)
-    entry = relax_bulk("calcite", tmp_path / "bulk", p, min_length=9.0, progress=None, write=False)
+    entry = relax_bulk("calcite", tmp_path / "bulk", p, min_length=9.0, progress=None)
     assert 4.8 < entry["lattice"]["a"] < 5.1 and 16.5 < entry["lattice"]["c"] < 17.8
     log = (tmp_path / "bulk" / "log.lammps").read_text()
     assert "on 2 procs" in log

@@ -9,7 +9,7 @@ from ase.neighborlist import neighbor_list
 
 from hydrolayer import store
 from hydrolayer.conventions import WATER_NUMBER_DENSITY as WATER_DENSITY
-from hydrolayer.density import bin_positions, split_half_noise
+from hydrolayer.density import bin_positions, first_layer_counts, split_half_noise
 from hydrolayer.simulate import (
     SimulationFailed,
     SimulationParams,
@@ -137,6 +137,13 @@ def test_tiny_simulation(tiny_run, tmp_path):
     assert row.surface == "calcite-104" and row.production_ps == pytest.approx(0.4)
     assert row.data.lammps_settings and row.data.lammps_version
     assert np.asarray(row.data.face_profiles["mean_counts"]).shape == prof_blocks.shape
+    # hydrolayer db show: the first-layer count of each face per block, from the stored profiles
+    shown = store.format_row(tmp_path / "s.db", row_id).splitlines()
+    i = next(k for k, line in enumerate(shown) if line.strip().startswith("t (ps)"))
+    table = [[float(v) for v in line.split()] for line in shown[i + 1 :]]
+    expected = first_layer_counts(prof_blocks)
+    np.testing.assert_allclose([r[1:] for r in table], expected, atol=0.05)
+    np.testing.assert_allclose([r[0] for r in table], np.cumsum(fp["block_ps"]), atol=0.05)
 
 
 @pytest.mark.lammps

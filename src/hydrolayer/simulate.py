@@ -59,7 +59,8 @@ __all__ = [
     "relax_bulk",
     "load_lattices",
     "default_lattice",
-    "split_half_noise",
+    "store_lattice",
+    "bulk_supercell",
 ]
 
 EXCLUDED = 1.2  # Å per face, see solvate()
@@ -629,34 +630,40 @@ def simulate(atoms, db, params: SimulationParams | None = None, workdir=None, gr
 
 
 # =========================================================================== bulk lattice
-def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, min_length: float = 18.0,
-               progress=print, write: bool = True) -> dict:
-    """NPT (300 K, 1 bar, anisotropic, orthogonal cell) of bulk ``polymorph`` with the force
-    field; returns the lattice parameters (a, c for calcite/vaterite; a, b, c for aragonite)
-    and, with ``write``, stores them in ``data/lattices.json``."""
+def bulk_supercell(polymorph: str, min_length: float = 18.0):
+    """The orthogonal bulk supercell of ``polymorph`` whose edges are all at least
+    ``min_length`` Å: (supercell Atoms, repeats of the orthogonal cell, hexagonal?)."""
     from ase.build import make_supercell
 
-    from . import forcefield as ff
     from .structures import POLYMORPHS, bulk
 
     if polymorph not in POLYMORPHS:
         raise InputError(f"{polymorph}: unknown polymorph (known: {', '.join(sorted(POLYMORPHS))})")
-    params = params or SimulationParams(production_ps=10.0, equil_ps=10.0)
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     conv = bulk(polymorph)
-    cellpar = conv.cell.cellpar()
-    hexagonal = abs(cellpar[5] - 120) < 1e-3
-    if hexagonal:
-        ortho = make_supercell(conv, [[1, 0, 0], [1, 2, 0], [0, 0, 1]])
-    else:
-        ortho = conv.copy()
+    hexagonal = abs(conv.cell.cellpar()[5] - 120) < 1e-3
+    ortho = make_supercell(conv, [[1, 0, 0], [1, 2, 0], [0, 0, 1]]) if hexagonal else conv.copy()
     lengths = np.linalg.norm(ortho.cell[:], axis=1)
     reps = [max(1, int(math.ceil(min_length / L))) for L in lengths]
     sc = ortho * reps
     # LAMMPS orientation: a along x, b along y (orthogonal cell)
     if not np.allclose(sc.cell[:] - np.diag(np.diag(sc.cell[:])), 0, atol=1e-6):
         raise RuntimeError(f"relax_bulk: {polymorph} cell is not orthogonal after conversion")
+    return sc, reps, hexagonal
+
+
+def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, min_length: float = 18.0,
+               progress=print, lattices_file=None) -> dict:
+    """NPT (300 K, 1 bar, anisotropic, orthogonal cell) of bulk ``polymorph`` with the force
+    field; returns its entry: the lattice parameters (Å: a, c for calcite/vaterite; a, b, c
+    for aragonite) with how they were made. With ``lattices_file`` the entry is merged into
+    that JSON file (``LATTICES_FILE`` is the package's own, which the MD stage reads)."""
+    from . import forcefield as ff
+    from .structures import POLYMORPHS
+
+    params = params or SimulationParams(production_ps=10.0, equil_ps=10.0)
+    sc, reps, hexagonal = bulk_supercell(polymorph, min_length)
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     topo = ff.type_atoms(sc, source=polymorph)
     ff.write_data(sc, topo, workdir / "system.data", title=f"bulk {polymorph}")
     job = {"kind": "bulk", "params": params.to_dict(), "slab": [], "ow": [], "masses": [],
@@ -666,92 +673,32 @@ def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, 
     (workdir / "state.json").unlink(missing_ok=True)
     run_worker(workdir, params, progress=progress)
     res = json.loads((workdir / "bulk.json").read_text())
-    mean = np.array(res["mean"]) / np.array(reps)
-    sd = np.array(res["sd"]) / np.array(reps)
+    mean, sd = np.array(res["mean"]) / np.array(reps), np.array(res["sd"]) / np.array(reps)
     if hexagonal:
-        a = 0.5 * (mean[0] + mean[1] / math.sqrt(3))
-        lattice = {"a": round(float(a), 4), "c": round(float(mean[2]), 4)}
+        lattice = {"a": round(float(0.5 * (mean[0] + mean[1] / math.sqrt(3))), 4), "c": round(float(mean[2]), 4)}
     else:
         lattice = {"a": round(float(mean[0]), 4), "b": round(float(mean[1]), 4), "c": round(float(mean[2]), 4)}
-    exp = {k: v for k, v in POLYMORPHS[polymorph].lattice.items()}
     entry = {
-        "lattice": lattice,
-        "experiment": exp,
-        "temperature": params.temperature,
-        "pressure_bar": params.pressure,
-        "npt_ps": params.production_ps,
-        "equil_ps": params.equil_ps,
-        "supercell": [int(r) for r in reps],
-        "orthogonal_cell_sd": sd.round(4).tolist(),
-        "n_atoms": len(sc),
-        "forcefield": ff.FORCEFIELD["name"],
-        "lammps_version": ff.lammps_version(),
-        "date": time.strftime("%Y-%m-%d"),
+        "lattice": lattice, "experiment": dict(POLYMORPHS[polymorph].lattice), "temperature": params.temperature,
+        "pressure_bar": params.pressure, "npt_ps": params.production_ps, "equil_ps": params.equil_ps,
+        "supercell": [int(r) for r in reps], "orthogonal_cell_sd": sd.round(4).tolist(), "n_atoms": len(sc),
+        "forcefield": ff.FORCEFIELD["name"], "lammps_version": ff.lammps_version(), "date": time.strftime("%Y-%m-%d"),
     }
-    if write:
-        LATTICES_FILE.parent.mkdir(exist_ok=True)
-        data = load_lattices()
-        data[polymorph] = entry
-        with atomic_output(LATTICES_FILE) as tmp:
-            tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-            os.chmod(tmp, 0o644)
+    if lattices_file is not None:
+        store_lattice(polymorph, entry, lattices_file)
     return entry
 
 
-# =========================================================================== CLI entry points
-def _parallel(ranks=None, threads=None) -> dict:
-    from .forcefield import DEFAULT_PARALLEL
-
-    if threads:
-        return {"mode": "omp", "ranks": 1, "threads": int(threads)}
-    return {"mode": DEFAULT_PARALLEL["mode"], "ranks": int(ranks or DEFAULT_PARALLEL["ranks"]), "threads": DEFAULT_PARALLEL["threads"]}
-
-
-def simulate_file(structure, db, production_ps=100.0, equil_ps=50.0, seed=1, temperature=300.0, spacing=0.3,
-                  workdir=None, grids_dir=None, ranks=None, threads=None, progress=print) -> int:
-    """``hydrolayer simulate``: read a slab file, run, store; returns the row id."""
-    from .structures import read_structure
-
-    for name, v in (("--ps", production_ps), ("--equil-ps", equil_ps), ("--temperature", temperature), ("--spacing", spacing)):
-        if not v > 0:
-            raise InputError(f"{structure}: {name} must be positive, got {v}")
-    atoms = read_structure(structure)
-    params = SimulationParams(production_ps=production_ps, equil_ps=equil_ps, seed=seed, temperature=temperature,
-                              spacing=spacing, **_parallel(ranks, threads))
-    if workdir is None:
-        # default: a job folder beside the database named by the input and the settings, so
-        # that running the same command again resumes instead of starting over
-        from .store import is_url
-
-        if is_url(str(db)):
-            raise InputError(f"{structure}: with a PostgreSQL database give --workdir")
-        import hashlib
-
-        h = hashlib.sha256(Path(structure).read_bytes())
-        h.update(json.dumps({k: getattr(params, k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")}, sort_keys=True).encode())
-        workdir = Path(db).resolve().parent / "work" / f"simulate-{h.hexdigest()[:16]}"
-        workdir.parent.mkdir(exist_ok=True)
-        progress(f"job folder {workdir} (run the same command again to resume)")
-    if workdir is not None and (Path(workdir) / "job.json").exists():
-        old = json.loads((Path(workdir) / "job.json").read_text())["params"]
-        if {k: old.get(k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")} != \
-                {k: getattr(params, k) for k in ("production_ps", "equil_ps", "seed", "temperature", "spacing")}:
-            raise InputError(f"{workdir}: holds a run with other settings; resume it with the same options or use a new --workdir")
-        params = SimulationParams(**{**old, **_parallel(ranks, threads)})
-    try:
-        return simulate(atoms, db, params, workdir=workdir, grids_dir=grids_dir, progress=progress, source=str(structure))
-    except SimulationFailed as err:
-        raise InputError(f"{structure}: simulation failed, nothing stored ({err}); job folder {workdir}") from None
-
-
-def relax_bulk_cli(polymorph, production_ps=10.0, equil_ps=10.0, temperature=300.0, workdir=None, write=True,
-                   ranks=None, threads=None, progress=print) -> dict:
-    """``hydrolayer relax-bulk``."""
-    import tempfile
-
-    params = SimulationParams(production_ps=production_ps, equil_ps=equil_ps, temperature=temperature, **_parallel(ranks, threads))
-    workdir = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix=f"hydrolayer-bulk-{polymorph}-"))
-    return relax_bulk(polymorph, workdir, params, progress=progress, write=write)
+def store_lattice(polymorph: str, entry: dict, path=LATTICES_FILE) -> Path:
+    """Merge ``entry`` under ``polymorph`` into the lattices JSON file ``path``."""
+    path = Path(path)
+    data = load_lattices(path) if path.exists() else {}
+    data[polymorph] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        os.chmod(tmp, 0o644)
+    return path
 
 
 if __name__ == "__main__":

@@ -361,7 +361,8 @@ def orphan_grids(db, grids_dir=None) -> list[Path]:
     return sorted(p for p in folder.glob("*.npz") if p.name not in used)
 
 
-LIST_COLUMNS = ("id", "surface", "defects", "production_ps", "temperature", "seed", "rho_bulk", "ns_per_day", "net_charge", "status")
+LIST_COLUMNS = ("id", "surface", "defects", "production_ps", "temperature", "seed", "rho_bulk", "ns_per_day", "net_charge",
+                "first_layer_drift", "status")
 
 
 def format_table(db, columns=LIST_COLUMNS, **selection) -> str:
@@ -373,7 +374,7 @@ def format_table(db, columns=LIST_COLUMNS, **selection) -> str:
         for c in columns:
             v = r.id if c == "id" else r.get(c, "")
             if isinstance(v, float):
-                v = f"{v:.5f}" if c == "rho_bulk" else f"{v:g}"
+                v = f"{v:.5f}" if c == "rho_bulk" else f"{v:+.3f}" if c == "first_layer_drift" else f"{v:g}"
             cells.append(str(v))
         cells[columns.index("defects")] = cells[columns.index("defects")][:40] if "defects" in columns else ""
         rows.append(cells)
@@ -382,6 +383,38 @@ def format_table(db, columns=LIST_COLUMNS, **selection) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
     line = lambda cells: "  ".join(s.ljust(w) for s, w in zip(cells, widths)).rstrip()
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def first_layer_series(row) -> dict | None:
+    """A row's first-layer water over production: ``{"t_ps": block ends, "top": counts,
+    "bottom": counts}`` (mean number of water O 1-3 Å above each face's plane per block;
+    ``conventions.FIRST_LAYER``), or None for rows made before it was recorded."""
+    import numpy as np
+
+    from .density import first_layer_counts
+
+    fp = (row.data or {}).get("face_profiles")
+    if not fp:
+        return None
+    counts = first_layer_counts(np.asarray(fp["mean_counts"], float), np.asarray(fp["edges"], float))
+    return {"t_ps": np.cumsum(fp["block_ps"]).tolist(), "top": counts[:, 0].tolist(), "bottom": counts[:, 1].tolist()}
+
+
+def format_row(db, row_id) -> str:
+    """One row as text for ``hydrolayer db show``: its key-value pairs and, where recorded,
+    the first-layer water count of each face per production block."""
+    row = get_row(db, row_id)
+    lines = [f"row {row.id} of {_redact(_name(db))}"]
+    lines += [f"  {k}: {v}" for k, v in sorted(row.key_value_pairs.items())]
+    series = first_layer_series(row)
+    if series is None:
+        lines.append("first-layer water per block: not recorded (rows made before data set v1)")
+        return "\n".join(lines)
+    lines.append(f"first-layer water (water O 1-3 Å above each face's Ca plane), per block; relative drift over "
+                 f"production {row.get('first_layer_drift', 0.0):+.3f}:")
+    lines.append("  t (ps)    top  bottom")
+    lines += [f"  {t:6.1f}  {a:5.1f}  {b:6.1f}" for t, a, b in zip(series["t_ps"], series["top"], series["bottom"])]
+    return "\n".join(lines)
 
 
 def export_cube(db, row_id, output, grids_dir=None) -> list[Path]:
