@@ -28,8 +28,23 @@ def test_build_and_describe(tmp_path):
 
 
 def test_vacancy_and_formats(tmp_path):
-    r = run("surface", "build", "calcite-104", "--size", "3x2", "--vacancy", "CO3", "-o", "v.cif", cwd=tmp_path)
+    from hydrolayer.structures import read_structure
+
+    r = run("surface", "build", "calcite-104", "--size", "3x2", "--layers", "3", "--vacancy", "CO3", "--seed", "5", "-o", "v.cif", cwd=tmp_path)
     assert r.returncode == 0 and "net charge +2 e" in r.stdout
+    # the CIF holds the slab the library builds: same atoms, species, cell and positions
+    back = read_structure(tmp_path / "v.cif")
+    ref = build_surface("calcite-104", size=(3, 2), layers=3, vacancy="CO3", seed=5)
+    assert len(back) == len(ref) == len(build_surface("calcite-104", size=(3, 2), layers=3)) - 4  # C + 3 O gone
+    assert sorted(back.get_chemical_symbols()) == sorted(ref.get_chemical_symbols())
+    np.testing.assert_allclose(back.cell.cellpar(), ref.cell.cellpar(), atol=1e-3)
+    # CIF keeps fractional coordinates (atoms may be re-wrapped): match every atom modulo the cell
+    d = back.get_scaled_positions()[:, None, :] - ref.get_scaled_positions()[None, :, :]
+    d = (d - np.round(d)) @ ref.cell[:]
+    dist = np.linalg.norm(d, axis=-1)
+    same = np.array(back.get_chemical_symbols())[:, None] == np.array(ref.get_chemical_symbols())[None, :]
+    dist[~same] = np.inf
+    assert dist.min(axis=1).max() < 1e-3 and len(set(dist.argmin(axis=1))) == len(ref)
 
 
 @pytest.mark.parametrize("cmd", [[], ["surface", "build"], ["describe"]])

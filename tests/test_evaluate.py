@@ -100,8 +100,16 @@ def test_noise_floor_baseline_and_defect_region_as_documented(runs, tmp_path):
     raw = data.build_bank(db, [uid], tmp_path / "c", unit_cells=False)
     _, rh = raw.batch(plan)
     before = 0.5 * np.abs(rh[:, 0] - rh[:, 1]).mean()
+    after = 0.5 * np.abs(h[:, 0] - h[:, 1]).mean()  # the averaged bank's halves, computed here
     assert u["noise_floor_before"]["mae"] == pytest.approx(before, rel=1e-5)
-    assert u["noise_floor_after"]["mae"] == g["noise_floor"]["mae"]
+    assert u["noise_floor_after"]["mae"] == pytest.approx(after, rel=1e-5)
+    # the report's unit-cell averaging table shows these two numbers, in this order, and their ratio
+    rows = [r for r in (tmp_path / "r" / "report.md").read_text().splitlines() if r.startswith(f"| {g['title']} | 2x3 |")]
+    assert len(rows) == 1, rows
+    cols = [c.strip() for c in rows[0].strip().strip("|").split("|")]
+    assert float(cols[2].split()[0]) == pytest.approx(before, abs=1e-4)
+    assert float(cols[3].split()[0]) == pytest.approx(after, abs=1e-4)
+    assert float(cols[4]) == pytest.approx(before / after, abs=0.01)
     # independent voxel noise, smoothed over less than a 5 Å cell: close to sqrt(6) = 2.45 lower
     assert 2.0 < before / g["noise_floor"]["mae"] < 2.7
     # the averaged reference is the mean of the unaveraged one over the six translations
