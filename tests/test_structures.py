@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -324,7 +325,7 @@ def test_defect_site_record_and_stored_format():
     site = sites[0]
     assert site.mirrored().mirrored() == site and site.mirrored().face != site.face
     assert site.shifted([1.0, 0.0, -2.0]).position == (site.position[0] + 1.0, site.position[1], site.position[2] - 2.0)
-    with pytest.raises(Exception):  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
         site.face = "bottom"
 
 

@@ -26,27 +26,43 @@ from .defects import (
     set_defect_sites,
 )
 from .faces import surface_planes, top_layer_units
-from .io import SUPPORTED_ELEMENTS, read_structure, validate_info, validate_structure, write_structure
+from .io import (
+    SUPPORTED_ELEMENTS,
+    read_structure,
+    validate_info,
+    validate_structure,
+    write_structure,
+)
 from .molecules import find_carbonates, find_waters, water_mask
 from .slabs import build_surface
 from .vaterite import CO_BOND
 
+# every name the single module structures.py had, plus the defect-site record and the info check
 __all__ = [
+    "CO_BOND",
+    "FORMAL_CHARGE",
+    "PLACEMENTS",
     "POLYMORPHS",
-    "SURFACES",
     "SUPPORTED_ELEMENTS",
-    "bulk",
-    "build_surface",
+    "SURFACES",
+    "DefectSite",
+    "Polymorph",
+    "SurfaceDef",
     "add_pair_vacancies",
     "add_vacancy",
+    "build_surface",
+    "bulk",
+    "defect_sites",
     "enumerate_pair_vacancies",
     "find_carbonates",
     "find_waters",
+    "parse_defect_sites",
+    "read_structure",
+    "set_defect_sites",
     "surface_planes",
     "top_layer_units",
-    "read_structure",
-    "write_structure",
-    "defect_sites",
-    "DefectSite",
     "validate_info",
+    "validate_structure",
+    "water_mask",
+    "write_structure",
 ]

@@ -22,7 +22,7 @@ from ase import Atoms
 
 from .vaterite import vaterite_p3221
 
-__all__ = ["FORMAL_CHARGE", "Polymorph", "POLYMORPHS", "SurfaceDef", "SURFACES", "bulk"]
+__all__ = ["FORMAL_CHARGE", "POLYMORPHS", "SURFACES", "Polymorph", "SurfaceDef", "bulk"]
 
 FORMAL_CHARGE = {"Ca": 2, "Mg": 2, "CO3": -2}  # e, of each rigid ion
 

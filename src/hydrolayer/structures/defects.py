@@ -25,12 +25,12 @@ __all__ = [
     "FACES",
     "PLACEMENTS",
     "DefectSite",
-    "defect_sites",
-    "parse_defect_sites",
-    "set_defect_sites",
     "add_pair_vacancies",
     "add_vacancy",
+    "defect_sites",
     "enumerate_pair_vacancies",
+    "parse_defect_sites",
+    "set_defect_sites",
 ]
 
 DEFECT_SPECIES = ("Ca", "Mg", "CO3")  # the ions a vacancy removes

@@ -20,7 +20,7 @@ from ..util import InputError, atomic_output
 from .defects import parse_defect_sites
 from .molecules import water_mask
 
-__all__ = ["SUPPORTED_ELEMENTS", "read_structure", "validate_structure", "validate_info", "write_structure"]
+__all__ = ["SUPPORTED_ELEMENTS", "read_structure", "validate_info", "validate_structure", "write_structure"]
 
 SUPPORTED_ELEMENTS = ("Ca", "Mg", "C", "O", "H")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ase import Atoms
 
-__all__ = ["find_carbonates", "find_waters", "water_mask", "solid_mask"]
+__all__ = ["find_carbonates", "find_waters", "solid_mask", "water_mask"]
 
 
 def find_carbonates(atoms: Atoms, cutoff: float = 1.6) -> list[tuple[int, list[int]]]:

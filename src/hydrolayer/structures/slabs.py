@@ -25,7 +25,7 @@ from .defects import add_pair_vacancies, add_vacancy
 from .faces import surface_planes
 from .molecules import find_carbonates
 
-__all__ = ["RigidIons", "rigid_ions", "build_surface"]
+__all__ = ["RigidIons", "build_surface", "rigid_ions"]
 
 
 # ============================================================================ rigid ions
