@@ -124,3 +124,64 @@ def test_sigkill_and_resume(tmp_path):
     out = _campaign(spec, db).communicate(timeout=120)[0]
     assert "0 stored, 0 failed, 2 already done" in out
     assert len(list(store.iter_rows(db))) == 2
+
+
+# --------------------------------------------------------------------------- clusters (no LAMMPS)
+def test_cluster_section_checked(tmp_path):
+    from hydrolayer.campaign import cluster_options, run_campaign
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text("cluster:\n  kind: slurm\n  partition: short\n  cores: 4\n  extra: --qos=low\n"
+                    "runs:\n  - surface: calcite-104\n")
+    opts = cluster_options(load_spec(spec), {"cores": 8, "memory": None, "walltime": "01:00:00"})
+    assert opts == {"kind": "slurm", "partition": "short", "cores": 8, "walltime": "01:00:00", "extra": ["--qos=low"]}
+    # the job keys ignore the cluster section: moving a spec to SLURM keeps its finished rows
+    plain = tmp_path / "p.yaml"
+    plain.write_text("runs:\n  - surface: calcite-104\n")
+    assert [j.key for j in expand(load_spec(spec))] == [j.key for j in expand(load_spec(plain))]
+    for text, msg in [("cluster:\n  nodes: 3\n", "unknown keys"), ("cluster:\n  kind: pbs\n", "kind must be"),
+                      ("cluster:\n  cores: 0\n", "positive integer")]:
+        spec.write_text(text + "runs:\n  - surface: calcite-104\n")
+        with pytest.raises(InputError, match=msg):
+            run_campaign(spec, tmp_path / "x.db")
+    # a SLURM job smaller than one simulation's ranks is refused before anything is submitted
+    spec.write_text("runs:\n  - surface: calcite-104\n")
+    with pytest.raises(InputError, match="cannot hold one simulation"):
+        run_campaign(spec, tmp_path / "x.db", slurm=True, ranks=2, slurm_options={"cores": 1})
+
+
+def test_campaign_command_class(tmp_path, capsys):
+    from hydrolayer.commands.campaign import CLICommand, build_parser, main
+
+    assert CLICommand.name == "campaign" and CLICommand.__doc__.splitlines()[0].startswith("many simulations")
+    p = build_parser()
+    a = p.parse_args(["run", "s.yaml", "--db", "x.db", "--slurm", "--partition", "p", "--cores", "4", "--jobs", "2"])
+    assert a.slurm is True and a.cores == 4 and a.jobs == 2 and a.func.__name__ == "_run"
+    assert p.parse_args(["run", "s.yaml", "--db", "x.db", "--local"]).slurm is False
+    assert p.parse_args(["run", "s.yaml", "--db", "x.db"]).slurm is None
+    with pytest.raises(SystemExit):
+        p.parse_args(["run", "s.yaml", "--db", "x.db", "--slurm", "--local"])
+    with pytest.raises(SystemExit):
+        p.parse_args(["run", "--help"])
+    assert "--slurm --partition compute" in capsys.readouterr().out  # the worked example
+    assert main(["status", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "x.db")]) == 2
+
+
+def test_status_shows_where_progress_and_last_line(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("runs:\n  - surface: calcite-104\n    production_ps: 20\n")
+    (job,) = expand(load_spec(spec))
+    d = tmp_path / "work" / job.key
+    d.mkdir(parents=True)
+    (d / "state.json").write_text(json.dumps({"stage": "production", "prod_steps": 7500}))
+    (d / "where.json").write_text(json.dumps({"host": "node7", "pid": 42, "worker": "tcp://10.0.0.7:4000",
+                                              "slurm_job_id": "1234"}))
+    (d / "progress.log").write_text("08:00:00 minimised\n08:10:00 production 7.5/20.0 ps  9.1 ns/day\n\n")
+    (st,) = campaign_status(spec, tmp_path / "sims.db")
+    assert st["state"] == "interrupted (production)" and (st["ps_done"], st["ps_total"]) == (7.5, 20.0)
+    assert st["where"]["slurm_job_id"] == "1234" and st["last"].endswith("9.1 ns/day")
+    from hydrolayer.campaign import format_status
+
+    table = format_status(spec, tmp_path / "sims.db")
+    assert "7.5/20" in table and "last ran on: slurm job 1234 worker tcp://10.0.0.7:4000 (node7, pid 42)" in table
+    assert "last: 08:10:00 production 7.5/20.0 ps" in table

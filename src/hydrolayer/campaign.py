@@ -33,21 +33,37 @@ return results, they never touch the index. A SIGKILL at any moment loses no fin
 (the worker's ``result.npz`` stays in its work folder and is stored on the next run) and
 leaves no corrupt row (grid file first, then one row transaction).
 
-On a SLURM cluster (optional extra ``pip install 'hydrolayer[slurm]'``, dask-jobqueue), one
-SLURM job per Dask worker, each worker running one simulation on ``ranks`` cores::
+On a cluster (README, "On a cluster"): ``--scheduler tcp://HOST:PORT`` runs the jobs on an
+existing Dask cluster (``dask scheduler`` + ``dask worker`` processes, anywhere);
+``--slurm`` (optional extra ``pip install 'hydrolayer[slurm]'``, dask-jobqueue) starts a
+``dask_jobqueue.SLURMCluster`` itself: one SLURM job per Dask worker, one node each, each
+job ``cores`` CPUs (default: the MPI ranks of one simulation) running ``cores // ranks``
+simulations side by side. Its options come from the command line or from the spec's
+``cluster:`` section (the command line wins)::
 
-    from dask_jobqueue import SLURMCluster
-    from hydrolayer.campaign import run_campaign
+    cluster:
+      kind: slurm          # run on SLURM without --slurm (--local or --scheduler overrides)
+      partition: compute
+      account: proj42
+      cores: 4             # CPUs per SLURM job: 2 simulations of 2 ranks each
+      memory: 8GB          # per SLURM job
+      walltime: "24:00:00" # per SLURM job; a job that reaches it resumes in a new one
+      jobs: 8              # at most this many SLURM jobs at once
+      extra: ["--qos=normal"]          # more #SBATCH lines
+      prologue: ["module load gcc"]    # shell lines before the worker starts
 
-    cluster = SLURMCluster(cores=2, processes=1, memory="4GB", walltime="24:00:00",
-                           job_extra_directives=["--ntasks=2"])
-    cluster.scale(jobs=8)
-    run_campaign("examples/dataset-v0.yaml", "data/simulations.db", scheduler=cluster)
-
-or start the cluster elsewhere and pass its address: ``hydrolayer campaign run SPEC --db DB
---scheduler tcp://HOST:8786``. The work folders (``work/`` beside the database, or
-``--workdir``) must be on a file system the workers share; only the process that called
-``run_campaign`` writes the database.
+Inside a SLURM job the MPI ranks of a simulation are started by the wheel's ``mpiexec`` with
+the fork launcher (``HYDRA_LAUNCHER=fork``): they are children of the Dask worker, inside the
+job's allocation (its CPUs, its process tracking: ``scancel`` ends them), never a second
+``srun`` step; a job whose CPUs cannot hold ``ranks`` x simulations is refused. A SLURM job
+that ends early (``scancel``, walltime, node failure) is replaced while the campaign runs and
+its simulation resumes from its last checkpoint; if the campaign itself was stopped, the
+next run of the same command resumes it. The work folders (``work/`` beside the database,
+or ``--workdir``) must be on a file system the workers share; the grids folder too when the
+database is PostgreSQL. Only the process that called :func:`run_campaign` writes the
+database. ``run_job`` records where it runs (host, pid, Dask worker, SLURM job id) in
+``where.json`` in its job folder; ``campaign status`` shows it with the job's progress and
+its last log line.
 """
 
 from __future__ import annotations
@@ -244,12 +260,26 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, 
             log.write(time.strftime("%H:%M:%S ") + line + "\n")
             log.flush()
 
+        where = _record_where(workdir, params)
+        progress("running on " + describe_where(where))
+        if where.get("refused"):
+            progress(f"FAILED {where['refused']}")
+            log.close()
+            return ("failed", where["refused"])
         try:
             for attempt in range(3):
                 try:
                     res = run_simulation(atoms, workdir, params, progress=progress, source=f"job {job_key}")
                     break
                 except SimulationInterrupted as err:  # stopped from outside: resume from the checkpoint
+                    if where.get("slurm_job_id"):
+                        # scancel, walltime, preemption: this SLURM job is ending. Not here: Dask
+                        # gives the job to another worker, which resumes from the checkpoint
+                        progress(f"INTERRUPTED {err}; SLURM job {where['slurm_job_id']} is ending, "
+                                 "the job resumes on another worker")
+                        from dask.distributed import Reschedule
+
+                        raise Reschedule() from None
                     if attempt == 2:
                         progress(f"INTERRUPTED {err}; giving up after 3 attempts")
                         return ("failed", str(err))
@@ -268,6 +298,57 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, 
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)
         lock.close()
+
+
+def _record_where(workdir: Path, params) -> dict:
+    """Write ``where.json`` (host, pid, Dask worker address, SLURM job id, CPUs) in the job
+    folder. Inside a SLURM job, make the wheel's mpiexec start the ranks with the fork
+    launcher (children of this worker, inside the allocation) and refuse a job whose CPUs
+    cannot hold the ranks of every simulation this worker runs at once (``refused``)."""
+    import socket
+
+    where = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+             "ranks": params.ranks if params.mode == "mpi" else 1, "threads": params.threads if params.mode == "omp" else 1}
+    slots = 1
+    try:
+        from dask.distributed import get_worker
+
+        w = get_worker()
+        where["worker"] = w.address
+        slots = int(getattr(w.state, "nthreads", None) or getattr(w, "nthreads", 1) or 1)
+    except (ImportError, ValueError, AttributeError):
+        pass
+    where["slots"] = slots
+    try:
+        where["cpus"] = len(os.sched_getaffinity(0))
+    except AttributeError:
+        where["cpus"] = os.cpu_count() or 1
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if job_id:
+        where["slurm_job_id"] = job_id
+        os.environ.setdefault("HYDRA_LAUNCHER", "fork")  # never an srun step of its own
+        where["launcher"] = os.environ["HYDRA_LAUNCHER"]
+        alloc = int(os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("SLURM_CPUS_ON_NODE") or where["cpus"])
+        where["slurm_cpus"] = alloc
+        need = slots * where["ranks"] * where["threads"]
+        if need > alloc:
+            where["refused"] = (f"SLURM job {job_id} has {alloc} CPUs for {slots} simulation(s) of "
+                                f"{where['ranks'] * where['threads']} cores each: it would oversubscribe "
+                                "(raise --cores or lower --ranks)")
+    tmp = workdir / ".where.json.tmp"
+    tmp.write_text(json.dumps(where, indent=1))
+    os.replace(tmp, workdir / "where.json")
+    return where
+
+
+def describe_where(where: dict) -> str:
+    """``slurm job 12 on vm`` / ``worker tcp://10.0.0.5:40123 (vm, pid 77)``."""
+    if not where:
+        return ""
+    txt = f"slurm job {where['slurm_job_id']} " if where.get("slurm_job_id") else ""
+    if where.get("worker"):
+        txt += f"worker {where['worker']} "
+    return txt + f"({where.get('host')}, pid {where.get('pid')})"
 
 
 # --------------------------------------------------------------------------- campaign
@@ -302,12 +383,127 @@ def _retire_failed(workdir: Path):
         os.replace(workdir, workdir.with_name(f"{workdir.name}.failed-{n}"))
 
 
+# --------------------------------------------------------------------------- SLURM
+CLUSTER_KEYS = {"kind", "partition", "account", "cores", "memory", "walltime", "jobs", "extra", "prologue"}
+
+
+def cluster_options(spec: dict, overrides: dict | None = None) -> dict:
+    """The spec's ``cluster:`` section, checked, with ``overrides`` (the command line; None
+    values ignored) on top."""
+    where = spec.get("_path", "spec")
+    sec = spec.get("cluster") or {}
+    if not isinstance(sec, dict):
+        raise InputError(f"{where}: 'cluster' must be a mapping of {sorted(CLUSTER_KEYS)}")
+    unknown = set(sec) - CLUSTER_KEYS
+    if unknown:
+        raise InputError(f"{where}: cluster: unknown keys {sorted(unknown)} (known: {sorted(CLUSTER_KEYS)})")
+    if sec.get("kind", "local") not in ("local", "slurm"):
+        raise InputError(f"{where}: cluster: kind must be local or slurm, got {sec['kind']!r}")
+    opts = dict(sec)
+    opts.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for k in ("cores", "jobs"):
+        if k in opts and (not isinstance(opts[k], int) or opts[k] < 1):
+            raise InputError(f"{where}: cluster: {k} must be a positive integer, got {opts[k]!r}")
+    for k in ("extra", "prologue"):
+        if isinstance(opts.get(k), str):
+            opts[k] = [opts[k]]
+    return opts
+
+
+def slurm_cluster(opts: dict, per_job: int, name: str, log_dir: Path, max_jobs: int):
+    """A ``dask_jobqueue.SLURMCluster`` for simulations of ``per_job`` cores: one worker per
+    SLURM job (one node), ``cores // per_job`` simulations side by side in it. Returns
+    ``(cluster, jobs)``; the cluster is not scaled yet."""
+    import sys
+
+    cores = int(opts.get("cores") or per_job)
+    if cores < per_job:
+        raise InputError(f"--slurm: {cores} cores per SLURM job cannot hold one simulation of {per_job} cores "
+                         "(raise --cores or lower --ranks)")
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError:
+        raise InputError("--slurm needs dask-jobqueue: pip install 'hydrolayer[slurm]'") from None
+    if shutil.which("sbatch") is None:
+        raise InputError("--slurm: sbatch not found on PATH (run the campaign on a SLURM login node)")
+    slots = cores // per_job
+    memory = str(opts.get("memory") or f"{2 * slots}GB")
+    jobs = max(1, min(int(opts.get("jobs") or 16), max_jobs))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    cluster = SLURMCluster(
+        cores=slots,  # Dask threads: simulations at once in one SLURM job
+        job_cpu=cores,  # --cpus-per-task: what those simulations' ranks need
+        processes=1,
+        memory=memory,
+        walltime=str(opts.get("walltime") or "24:00:00"),
+        queue=opts.get("partition"),
+        account=opts.get("account"),
+        job_name=f"hl-{name}"[:40],
+        job_extra_directives=["--nodes=1", "--ntasks=1"] + list(opts.get("extra") or []),
+        job_script_prologue=list(opts.get("prologue") or []) + ["export HYDRA_LAUNCHER=fork", "export OMP_NUM_THREADS=1"],
+        python=sys.executable,
+        log_directory=str(log_dir),
+        scheduler_options={"dashboard_address": ":0"},  # never 8787: another campaign may have it
+        worker_extra_args=["--no-nanny"],  # the worker is the job's process: scancel ends it with its simulations
+    )
+    # a job SLURM would refuse (partition, account, memory, ...) fails here, not as a silent hang
+    import subprocess
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", prefix="hl-worker-", delete=False) as f:
+        f.write(cluster.job_script())
+    try:
+        check = subprocess.run(["sbatch", "--test-only", f.name], capture_output=True, text=True, timeout=60)
+    finally:
+        os.unlink(f.name)
+    if check.returncode != 0:
+        cluster.close()
+        err = [l for l in check.stderr.splitlines() if l.strip()] or [f"exit code {check.returncode}"]
+        raise InputError(f"--slurm: SLURM refuses the worker job: {err[-1].strip()}")
+    return cluster, jobs, slots
+
+
+def _live_slurm_jobs() -> set | None:
+    """Ids of this user's SLURM jobs that are pending or running (None: squeue failed)."""
+    import getpass
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-o", "%i", "-u", getpass.getuser()], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return {line.strip() for line in out.stdout.split() if line.strip()}
+
+
+def _replace_ended_jobs(cluster, target: int, log) -> None:
+    """Forget the SLURM jobs of ``cluster`` that ended (scancel, walltime, node failure) and
+    submit new ones up to ``target``; their simulations resume from their checkpoints."""
+    live = _live_slurm_jobs()
+    if live is None:
+        return
+    for name, job in list(cluster.workers.items()):
+        job_id = getattr(job, "job_id", None)
+        if job_id and str(job_id) not in live:
+            log(f"slurm: job {job_id} ended; its simulation resumes from its checkpoint in a new job")
+            cluster.worker_spec.pop(name, None)
+            cluster.workers.pop(name, None)
+    if len(cluster.worker_spec) < target:
+        cluster.scale(jobs=target)
+
+
 def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, threads=None, grids_dir=None,
-                 workdir=None, log=print) -> dict:
+                 workdir=None, log=print, slurm=None, slurm_options=None) -> dict:
     """Run every unfinished job of the spec on Dask; store each result as it arrives.
 
-    ``scheduler``: address of an existing Dask scheduler (default: a LocalCluster with
-    ``cores // ranks`` single-threaded workers). ``ranks``: MPI ranks per job; ``threads``:
+    ``scheduler``: address of an existing Dask scheduler, or a cluster object (default: a
+    LocalCluster with ``cores // ranks`` single-threaded workers). ``slurm``: True: start a
+    ``dask_jobqueue.SLURMCluster``; None: SLURM when the spec says ``cluster: {kind: slurm}``
+    and no scheduler is given; False: never. ``slurm_options``: ``partition``, ``account``,
+    ``cores``, ``memory``, ``walltime``, ``jobs``, ``extra``, ``prologue`` on top of the
+    spec's ``cluster:`` section (None values ignored). ``ranks``: MPI ranks per job; ``threads``:
     OpenMP threads per job instead of ranks. Returns counts of done/failed/skipped jobs.
     """
     from dask.distributed import Client, LocalCluster, as_completed
@@ -317,6 +513,7 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
 
     spec = load_spec(spec_path)
     jobs = expand(spec)
+    cluster_options(spec)  # a bad cluster: section fails before anything runs
     if threads:
         mode, ranks, per_job = "omp", 1, threads
     else:
@@ -335,6 +532,14 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
     for j in todo:
         _retire_failed(root / j.key)
     cluster = None
+    use_slurm = bool(slurm)
+    if slurm is None and scheduler is None and (spec.get("cluster") or {}).get("kind") == "slurm":
+        use_slurm = True
+    if use_slurm:
+        if scheduler is not None:
+            raise InputError("--slurm and --scheduler exclude each other")
+        return _run_on_slurm(spec, spec_path, db, todo, counts, root, mode, ranks, threads, per_job, grids_dir, log,
+                             slurm_options)
     if scheduler is not None and not isinstance(scheduler, str):
         client = Client(scheduler)  # a cluster object, e.g. dask_jobqueue.SLURMCluster
     elif scheduler:
@@ -350,21 +555,7 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
             fut = client.submit(run_job, j.key, j.settings, str(root), mode, ranks, threads, key=f"md-{j.key}", pure=False)
             futures[fut] = j
         for fut in as_completed(futures):
-            j = futures[fut]
-            try:
-                status, payload = fut.result()
-            except Exception as err:  # worker crash, pickling, ...
-                status, payload = "failed", f"{type(err).__name__}: {err}"
-            if status == "done":
-                if j.key in _done_keys(db):  # stored meanwhile by another run
-                    continue
-                row = store.write_simulation(db, payload["atoms"], payload["half1"], payload["half2"], payload["cell"],
-                                             payload["kvp"], payload["data"], grids_dir=grids_dir)
-                counts["done"] += 1
-                log(f"done   {j.key} {j.label} -> row {row} ({payload['kvp']['ns_per_day']:.1f} ns/day)")
-            else:
-                counts["failed"] += 1
-                log(f"FAILED {j.key} {j.label}: {payload}")
+            _store_result(fut, futures[fut], db, grids_dir, counts, log)
     finally:
         client.close()
         if cluster is not None:
@@ -372,9 +563,92 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
     return counts
 
 
+def _store_result(fut, j: Job, db, grids_dir, counts: dict, log) -> None:
+    """The single writer: store one finished job's result (unless a row has it already)."""
+    from . import store
+
+    try:
+        status, payload = fut.result()
+    except Exception as err:  # worker crash, pickling, ...
+        status, payload = "failed", f"{type(err).__name__}: {err}"
+    if status == "done":
+        if j.key in _done_keys(db):  # stored meanwhile by another run
+            return
+        row = store.write_simulation(db, payload["atoms"], payload["half1"], payload["half2"], payload["cell"],
+                                     payload["kvp"], payload["data"], grids_dir=grids_dir)
+        counts["done"] += 1
+        log(f"done   {j.key} {j.label} -> row {row} ({payload['kvp']['ns_per_day']:.1f} ns/day)")
+    else:
+        counts["failed"] += 1
+        log(f"FAILED {j.key} {j.label}: {payload}")
+
+
+def _run_on_slurm(spec, spec_path, db, todo, counts, root, mode, ranks, threads, per_job, grids_dir, log, overrides):
+    """run_campaign on a SLURMCluster started here; SLURM jobs that end early are replaced."""
+    import asyncio
+    import math
+    import signal
+    import threading
+
+    from dask.distributed import Client, wait
+
+    opts = cluster_options(spec, overrides)
+    name = spec.get("name", Path(spec_path).stem)
+    cluster, max_jobs, slots = slurm_cluster(opts, per_job, name, root.parent / "slurm-logs", len(todo))
+    target = lambda n: max(1, min(max_jobs, math.ceil(n / slots)))  # noqa: E731
+    old_term = None
+    term = {"storing": False, "pending": False}
+    if threading.current_thread() is threading.main_thread():
+        def _term(signum, frame):  # SIGTERM as Ctrl-C: close the cluster (scancel its jobs) on the way out
+            if term["storing"]:  # never between a grid file and its row
+                term["pending"] = True
+                return
+            raise KeyboardInterrupt
+
+        old_term = signal.signal(signal.SIGTERM, _term)
+    client = None
+    try:
+        client = Client(cluster)
+        cluster.scale(jobs=target(len(todo)))
+        log(f"slurm: {target(len(todo))} job(s) of {int(opts.get('cores') or per_job)} CPUs, "
+            f"{slots} simulation(s) of {per_job} cores each per job")
+        futures = {}
+        for j in todo:
+            fut = client.submit(run_job, j.key, j.settings, str(root), mode, ranks, threads, key=f"md-{j.key}", pure=False)
+            futures[fut] = j
+        pending = set(futures)
+        while pending:
+            try:
+                wait(list(pending), timeout=SLURM_POLL_S, return_when="FIRST_COMPLETED")
+            except (TimeoutError, asyncio.TimeoutError):
+                pass
+            for fut in [f for f in pending if f.done()]:
+                pending.discard(fut)
+                term["storing"] = True
+                try:
+                    _store_result(fut, futures[fut], db, grids_dir, counts, log)
+                finally:
+                    term["storing"] = False
+                if term["pending"]:
+                    raise KeyboardInterrupt
+            if pending:
+                _replace_ended_jobs(cluster, target(len(pending)), log)
+    finally:
+        if client is not None:
+            client.close()
+        cluster.close()  # scancel of every job still queued or running
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    return counts
+
+
+SLURM_POLL_S = 5.0
+
+
 def campaign_status(spec_path, db, workdir=None) -> list[dict]:
     """One dict per job: key, label, state (done/running/queued/failed/interrupted), row id,
-    ps of production done."""
+    ps of production done and in all, where it runs or ran (``where``: the job folder's
+    ``where.json``, see :func:`describe_where`) and the last line of its progress log."""
     spec = load_spec(spec_path)
     jobs = expand(spec)
     done = _done_keys(db)
@@ -382,21 +656,21 @@ def campaign_status(spec_path, db, workdir=None) -> list[dict]:
     out = []
     for j in jobs:
         d = root / j.key
-        st = {"key": j.key, "label": j.label, "row": done.get(j.key), "ps_done": None, "state": "queued"}
+        st = {"key": j.key, "label": j.label, "row": done.get(j.key), "ps_done": None,
+              "ps_total": j.settings["production_ps"], "state": "queued", "where": {}, "last": ""}
+        if d.exists():
+            st["where"] = _read_json(d / "where.json")
+            st["last"] = _last_line(d / "progress.log")
         if j.key in done:
             st["state"] = "done"
+            st["ps_done"] = st["ps_total"]
         elif d.exists():
-            state = {}
-            if (d / "state.json").exists():
-                try:
-                    state = json.loads((d / "state.json").read_text())
-                except json.JSONDecodeError:
-                    pass
+            state = _read_json(d / "state.json")
             if "prod_steps" in state:
                 st["ps_done"] = state["prod_steps"] / 1000.0
             if (d / "failed.json").exists():
                 st["state"] = "failed"
-                st["reason"] = json.loads((d / "failed.json").read_text()).get("message")
+                st["reason"] = _read_json(d / "failed.json").get("message")
             elif _locked(d / "lock"):
                 st["state"] = "running"
             elif (d / "result.npz").exists():
@@ -405,6 +679,24 @@ def campaign_status(spec_path, db, workdir=None) -> list[dict]:
                 st["state"] = f"interrupted ({state.get('stage', 'start')})"
         out.append(st)
     return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def _last_line(path: Path, tail: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - tail))
+            lines = [l for l in f.read().decode(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1].strip() if lines else ""
 
 
 def _locked(path: Path) -> bool:
@@ -420,12 +712,19 @@ def _locked(path: Path) -> bool:
 
 
 def format_status(spec_path, db, workdir=None) -> str:
-    """``campaign status`` as a table."""
+    """``campaign status`` as a table; under every job that is not done, where it runs (or
+    ran: the Dask worker, the SLURM job) and its last log line."""
     rows = campaign_status(spec_path, db, workdir)
-    lines = [f"{'key':16}  {'state':22}  {'row':>4}  {'ps':>7}  job"]
+    lines = [f"{'key':16}  {'state':22}  {'row':>4}  {'production ps':>13}  job"]
     for r in rows:
-        ps = "" if r["ps_done"] is None else f"{r['ps_done']:.1f}"
-        lines.append(f"{r['key']:16}  {r['state'][:22]:22}  {r['row'] or '':>4}  {ps:>7}  {r['label']}")
+        ps = "" if r["ps_done"] is None else f"{r['ps_done']:g}/{r['ps_total']:g}"
+        lines.append(f"{r['key']:16}  {r['state'][:22]:22}  {r['row'] or '':>4}  {ps:>13}  {r['label']}")
+        if r["state"] != "done":
+            if r["where"]:
+                verb = "runs on" if r["state"] == "running" else "last ran on"
+                lines.append(f"{'':16}  {verb}: {describe_where(r['where'])}")
+            if r["last"]:
+                lines.append(f"{'':16}  last: {r['last'][:150]}")
         if r.get("reason"):
             lines.append(f"{'':16}  reason: {r['reason']}")
     n = {s: sum(r["state"] == s for r in rows) for s in ("done", "running", "failed")}
