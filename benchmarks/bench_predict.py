@@ -148,6 +148,7 @@ def main(argv=None) -> dict:
 
     from hydrolayer import predict
     from hydrolayer.descriptors import describe_window
+    from hydrolayer.inference import run_batches
     from hydrolayer.structures import build_surface
 
     res: dict = {
@@ -188,14 +189,14 @@ def main(argv=None) -> dict:
             win = describe_window(slab, 0.0, 0.0, sigma=pred.sigma)
 
             def net_window():
-                predict._run_batches(pred.net, win.values[None], 8)
+                run_batches(pred.net, win.values[None], 8)
 
             def full_window():
                 w = describe_window(slab, 0.0, 0.0, sigma=pred.sigma)
-                predict._run_batches(pred.net, w.values[None], 8)
+                run_batches(pred.net, w.values[None], 8)
 
             def batch_of_8():
-                predict._run_batches(pred.net, np.repeat(win.values[None], 8, axis=0), 8)
+                run_batches(pred.net, np.repeat(win.values[None], 8, axis=0), 8)
 
             r["window_network"] = _timeit(net_window, args.repeats, warmup=2)
             r["window_descriptor_plus_network"] = _timeit(full_window, args.repeats)

@@ -28,6 +28,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from hydrolayer import data, store
+    from hydrolayer.conventions import noise_floor
     from hydrolayer.evaluate import DEFECT_RADIUS
 
     ids = {int(r) for r in args.rows.split(",")}
@@ -45,12 +46,12 @@ def main(argv=None) -> dict:
             _, h = bank.batch([p])
             h1, h2 = h[0, 0], h[0, 1]
             w = {"all": {"voxels": int(mask.sum()), "half1": float(h1[mask].mean()), "half2": float(h2[mask].mean()),
-                         "noise_floor": float(0.5 * np.abs(h1 - h2)[mask].mean())}}
+                         "noise_floor": noise_floor(h1, h2, mask)}}
             for lo, hi in BANDS:
                 m = mask & ((z >= lo) & (z < hi))[None, None, :]
                 if m.any():
                     w[f"{lo:g}..{hi:g} A"] = {"voxels": int(m.sum()), "half1": float(h1[m].mean()), "half2": float(h2[m].mean()),
-                                              "noise_floor": float(0.5 * np.abs(h1 - h2)[m].mean())}
+                                              "noise_floor": noise_floor(h1, h2, m)}
             res["windows"].append(w)
         out[row.id] = res
         print(f"row {row.id} ({res['defects']}):")

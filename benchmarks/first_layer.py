@@ -37,7 +37,8 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from hydrolayer import data, predict, store
-    from hydrolayer.descriptors import SPACING, WINDOW_SHAPE, Z_BELOW
+    from hydrolayer.conventions import SPACING, WINDOW_SHAPE, Z_BELOW, noise_floor
+    from hydrolayer.inference import run_batches
 
     pred = predict.load_predictor(args.model, precision=args.precision)
     uids = [store.get_row(args.db, int(r)).unique_id for r in args.rows.split(",")]
@@ -47,11 +48,11 @@ def main(argv=None) -> dict:
         plan = bank.grid_plan()
         x, halves = bank.batch(plan)
     md = 0.5 * (halves[:, 0] + halves[:, 1])
-    model = predict._run_batches(pred.net, x, 8)
+    model = run_batches(pred.net, x, 8)
     z = -Z_BELOW + SPACING * np.arange(WINDOW_SHAPE[2])
     k = int(np.argmin(np.abs(z - 2.12)))
     res: dict = {"model": pred.name, "precision": pred.precision, "rows": args.rows, "windows": len(plan), "plane_height_A": round(float(z[k]), 3),
-                 "mae": float(np.abs(model - md).mean()), "md_noise_floor": float(0.5 * np.abs(halves[:, 0] - halves[:, 1]).mean())}
+                 "mae": float(np.abs(model - md).mean()), "md_noise_floor": noise_floor(halves[:, 0], halves[:, 1])}
     for name, a in (("md", md), ("model", model)):
         s = a[..., k - 1 : k + 2].mean(-1)
         res[f"{name}_plane"] = {"mean": float(s.mean()), "median": float(np.median(s)), "p90": float(np.percentile(s, 90)),

@@ -19,16 +19,16 @@ pytest.importorskip("hydrolayer.descriptors")
 from test_data import RHO_BULK, analytic_density, make_synthetic_db, toy_slab  # noqa: E402
 
 from hydrolayer import data  # noqa: E402
-from hydrolayer.evaluate import find_peaks_1d  # noqa: E402
+from hydrolayer.conventions import hydration_peaks  # noqa: E402
 from hydrolayer.train import TrainConfig, fit  # noqa: E402
 from hydrolayer.util import InputError  # noqa: E402
 
 
-def test_find_peaks_1d_sub_grid():
+def test_hydration_peaks_sub_grid():
     z = -5 + np.arange(64) * 0.3125
     prof = 1 + 2.4 * np.exp(-((z - 2.07) ** 2) / (2 * 0.3**2)) + 0.8 * np.exp(-((z - 3.38) ** 2) / (2 * 0.3**2))
     prof[z < 1] = 0
-    peaks = find_peaks_1d(z, prof)
+    peaks = hydration_peaks(z, prof)
     assert [round(p["z"], 1) for p in peaks] == [2.1, 3.4]
     assert abs(peaks[0]["z"] - 2.07) < 0.03 and abs(peaks[0]["height"] - 3.4) < 0.05
 

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hydrolayer import predict
+from hydrolayer.inference import run_batches
 from hydrolayer.util import InputError
 
 torch = pytest.importorskip("torch")
@@ -167,11 +168,11 @@ def test_unknown_facet_and_far_from_training_warn(slab, predictor):
 
 def test_orthogonal_supercell_search():
     hexa = np.array([[1.0, 0.0], [-0.5, np.sqrt(3) / 2]])
-    M = predict._orthogonal_supercell(hexa)
+    M = predict.orthogonal_supercell(hexa)
     assert round(np.linalg.det(M)) == 2 and tuple(M[0]) == (1, 0)
     v = M @ hexa
     assert abs(v[0] @ v[1]) < 1e-9
-    assert predict._orthogonal_supercell(np.array([[4.991, 0.0], [1.2345678, 8.0]])) is None
+    assert predict.orthogonal_supercell(np.array([[4.991, 0.0], [1.2345678, 8.0]])) is None
 
 
 def test_non_orthogonal_cell_predicted_via_supercell(tmp_path, slab, predictor):
@@ -202,7 +203,6 @@ def test_outputs_and_cli(tmp_path, slab, predictor, capsys):
 
     from ase.io.cube import read_cube_data
 
-    from hydrolayer import cli
     from hydrolayer.structures import write_structure
 
     grid = predict.predict_density(slab, model=predictor, method="cell")
@@ -213,10 +213,13 @@ def test_outputs_and_cli(tmp_path, slab, predictor, capsys):
     assert len(atoms) == len(slab)
 
     path = write_structure(slab, tmp_path / "slab.extxyz")
+    from hydrolayer.commands import models, predict as predict_command
+
     parser = argparse.ArgumentParser(prog="hydrolayer")
     sub = parser.add_subparsers(dest="command", required=True)
-    cli._cmd_predict(sub)
-    cli._cmd_models(sub)
+    for command in (predict_command.CLICommand, models.CLICommand):
+        command.add_arguments(sub.add_parser(command.name))
+        sub.choices[command.name].set_defaults(func=command.run)
     args = parser.parse_args(["predict", str(path), "--model", str(predictor.source), "--out", str(tmp_path / "cli")])
     args.func(args)
     out = capsys.readouterr().out
@@ -246,7 +249,7 @@ def test_optimised_network_gives_the_same_numbers(tmp_path, tiny_net):
     b = predict.tile_predict(desc, plain.net)
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
     one = desc[None, :, :32, :32]
-    np.testing.assert_allclose(predict._run_batches(fast.net, one, 8), predict._run_batches(plain.net, one, 8), atol=1e-5)
+    np.testing.assert_allclose(run_batches(fast.net, one, 8), run_batches(plain.net, one, 8), atol=1e-5)
 
 
 def test_precision_choices(tmp_path, tiny_net):

@@ -16,6 +16,7 @@ import pytest
 pytest.importorskip("torch")
 
 from hydrolayer import predict  # noqa: E402
+from hydrolayer.conventions import heights_above  # noqa: E402
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "calcite-co3-vacancy.extxyz"
 SHIPPED = predict.list_models()
@@ -49,7 +50,7 @@ def test_default_model_on_the_bundled_example():
     grid = predict.predict_density(atoms)
     rho = grid.values[0]
     assert np.isfinite(rho).all() and rho.min() >= 0
-    h = predict._z_rel(grid, float(grid.meta["surface_z"]))  # height above the surface Ca plane
+    h = heights_above(grid.spec, float(grid.meta["surface_z"]))  # height above the surface Ca plane
     prof = rho.mean(axis=(0, 1))
     far = (h > 11) & (h < 14.5)
     assert prof[far].mean() == pytest.approx(1.0, abs=0.1)  # bulk water, rho/rho_bulk

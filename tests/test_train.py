@@ -23,7 +23,7 @@ pytest.importorskip("hydrolayer.descriptors")
 from test_data import make_synthetic_db  # noqa: E402
 
 from hydrolayer.models import load_model  # noqa: E402
-from hydrolayer.train import TrainConfig, fit, load_config, train_command  # noqa: E402
+from hydrolayer.train import TrainConfig, fit, load_config  # noqa: E402
 from hydrolayer.util import InputError  # noqa: E402
 
 
@@ -119,12 +119,23 @@ def test_config_file_and_errors(toy, tmp_path):
     with pytest.raises(InputError, match="neg.yaml.*epochs"):
         load_config(tmp_path / "neg.yaml")
     with pytest.raises(InputError, match="database not found"):
-        train_command(tmp_path / "missing.db", tmp_path / "r")
+        _train_command(["--db", str(tmp_path / "missing.db"), "--out", str(tmp_path / "r")])
     assert not (tmp_path / "missing.db").exists()
     with pytest.raises(InputError, match="nothing to resume"):
-        train_command(db, tmp_path / "none", resume=True)
+        _train_command(["--db", str(db), "--out", str(tmp_path / "none"), "--resume"])
     with pytest.raises(InputError, match="only --epochs"):
-        train_command(db, tmp_path / "none", resume=True, model="unet")
+        _train_command(["--db", str(db), "--out", str(tmp_path / "none"), "--resume", "--model", "unet"])
+
+
+def _train_command(argv):
+    """``hydrolayer train ARGV`` through its command class, errors raised (not printed)."""
+    import argparse
+
+    from hydrolayer.commands.train import CLICommand
+
+    parser = argparse.ArgumentParser(prog="hydrolayer train")
+    CLICommand.add_arguments(parser)
+    return CLICommand.run(parser.parse_args(argv))
 
 
 def test_cli_train_attention_unet(toy, tmp_path):

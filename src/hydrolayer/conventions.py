@@ -53,7 +53,7 @@ __all__ = [
     "KB", "NN_PER_EV_PER_A", "WATER_NUMBER_DENSITY", "SPCFW_DENSITY", "RHO_BULK", "CATIONS", "PLANE_TOL",
     "SPACING", "WINDOW_SHAPE", "WINDOW_SIZE", "Z_BELOW", "HYDRATION_RANGE", "PEAK_MIN_HEIGHT", "PEAK_PROMINENCE",
     "FIRST_LAYER", "surface_planes", "planes_from_heights", "grid_peaks", "window_heights", "heights_above", "hydration_peaks",
-    "split_half_difference", "noise_floor",
+    "split_half_difference", "noise_floor", "noise_floor_map",
 ]
 
 # ------------------------------------------------------------------ units and bulk water
@@ -157,3 +157,10 @@ def split_half_difference(half1, half2, mask=None) -> float:
 def noise_floor(half1, half2, mask=None) -> float:
     """The MD noise floor of the mean of two halves: 0.5 mean|h1 - h2| (rho/rho_bulk)."""
     return 0.5 * split_half_difference(half1, half2, mask)
+
+
+def noise_floor_map(half1, half2) -> np.ndarray:
+    """The per-voxel noise floor 0.5 |h1 - h2| (rho/rho_bulk), in the halves' own dtype: its
+    mean over any set of voxels is :func:`noise_floor` over them (for masks that differ from
+    window to window, e.g. near defects, where the means must be pooled over windows)."""
+    return 0.5 * np.abs(np.asarray(half1) - np.asarray(half2))

@@ -46,41 +46,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .conventions import hydration_peaks, noise_floor_map
+from .inference import run_batches
+from .scoring import score_windows
 from .util import InputError, atomic_output
 
-__all__ = ["evaluate", "evaluate_command", "find_peaks_1d", "DEFECT_RADIUS"]
+__all__ = ["evaluate", "DEFECT_RADIUS"]
 
 DEFECT_RADIUS = 3.0  # Å, as the paper
 MODEL_LABELS = {"unet": "U-Net", "attention-unet": "Att U-Net"}
+PREDICT_BATCH = 4  # windows per network call
 
 
 # ------------------------------------------------------------------ peaks
-def find_peaks_1d(z: np.ndarray, profile: np.ndarray, zmin: float = 0.5, prominence: float = 0.05, n: int = 3) -> list[dict]:
-    """The first ``n`` maxima of a 1D profile above ``zmin`` (Å over the surface plane), with
-    parabolic sub-grid refinement: ``[{"z": Å, "height": rho/rho_bulk}, ...]`` by height z."""
-    from scipy.signal import find_peaks
-
-    profile = np.asarray(profile, dtype=float)
-    idx, _ = find_peaks(profile, prominence=prominence)
-    out = []
-    dz = float(z[1] - z[0])
-    for i in idx:
-        if z[i] < zmin or i == 0 or i == len(profile) - 1:
-            continue
-        y0, y1, y2 = profile[i - 1 : i + 2]
-        if min(y0, y1, y2) > 0:  # parabola through log(y): exact for a Gaussian peak
-            l0, l1, l2 = np.log([y0, y1, y2])
-            den = l0 - 2 * l1 + l2
-            s = 0.5 * (l0 - l2) / den if den < 0 else 0.0
-            h = float(np.exp(l1 - 0.25 * (l0 - l2) * s))
-        else:
-            den = y0 - 2 * y1 + y2
-            s = 0.5 * (y0 - y2) / den if den < 0 else 0.0
-            h = float(y1 - 0.25 * (y0 - y2) * s)
-        out.append({"z": float(z[i] + s * dz), "height": h})
-    return out[:n]
-
-
 def _match_peaks(sim: list[dict], pred: list[dict], tol: float = 0.6) -> list[dict]:
     rows = []
     for p in sim:
@@ -153,36 +131,6 @@ def _group_windows(bank, defect: bool) -> tuple[list, list]:
     return plan, masks
 
 
-def _predict(net, x: np.ndarray, attention: bool, batch: int = 4):
-    import torch
-
-    preds, atts = [], []
-    with torch.no_grad():
-        for k in range(0, len(x), batch):
-            xb = torch.from_numpy(np.ascontiguousarray(x[k : k + batch]))
-            if attention:
-                y, a = net(xb, return_attention=True)
-                atts.append([t.numpy()[:, 0] for t in a])
-            else:
-                y = net(xb)
-            preds.append(y.numpy()[:, 0])
-    pred = np.concatenate(preds)
-    att = [np.concatenate([a[s] for a in atts]) for s in range(3)] if attention else None
-    return pred, att
-
-
-def _masked_mean(arr_list, masks) -> float:
-    s, n = 0.0, 0
-    for a, m in zip(arr_list, masks):
-        if m is None:
-            s += float(a.sum())
-            n += a.size
-        else:
-            s += float(a[m].sum())
-            n += int(m.sum())
-    return s / max(n, 1)
-
-
 def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_bank=None) -> dict:
     """MAE of every model, the noise floor and the baseline on one group. ``raw_bank``: the
     same rows without unit-cell averaging (pristine rows); the noise floor and the models'
@@ -195,14 +143,11 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
     rho_b = np.array([bank.entries[p[0]].interface.rho_bulk for p in plan])
     z = bank.heights()
 
-    def score(errs):  # per-window absolute errors -> mean over the masked voxels, in rho/rho_bulk and Å^-3
-        return {"mae": _masked_mean(errs, masks), "mae_A3": _masked_mean([e * rho_b[w] for w, e in enumerate(errs)], masks)}
-
     def mae(pred, reference=ref):
-        return score([np.abs(pred[w] - reference[w]) for w in range(len(plan))])
+        return score_windows([np.abs(pred[w] - reference[w]) for w in range(len(plan))], rho_b, masks)
 
     def noise_floor(h):
-        return score([0.5 * np.abs(h[w, 0] - h[w, 1]) for w in range(len(plan))])
+        return score_windows([noise_floor_map(h[w, 0], h[w, 1]) for w in range(len(plan))], rho_b, masks)
 
     res: dict[str, Any] = {
         "name": name,
@@ -214,21 +159,19 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
         "models": {},
     }
     sim_prof = ref.mean(axis=(0, 1, 2))
-    sim_peaks = find_peaks_1d(z, sim_prof)
+    sim_peaks = hydration_peaks(z, sim_prof)
     res["profile"] = {"height": z.tolist(), "simulated": sim_prof.tolist()}
     res["peaks_simulated"] = sim_peaks
     if baseline is not None:
         bp = np.interp(z, baseline["height"], baseline["profile"])
         res["baseline"] = mae(np.broadcast_to(bp, ref.shape))
         res["profile"]["baseline"] = bp.tolist()
-    preds = {}
+    preds = _predict_columns(cols, x)
     for c in cols:
-        attention = c["meta"]["model"] == "attention-unet"
-        pred, att = _predict(c["net"], x, attention)
-        preds[c["label"]] = (pred, att)
+        pred = preds[c["label"]][0]
         m = mae(pred)
         prof = pred.mean(axis=(0, 1, 2))
-        m["peaks"] = _match_peaks(sim_peaks, find_peaks_1d(z, prof))
+        m["peaks"] = _match_peaks(sim_peaks, hydration_peaks(z, prof))
         if baseline is not None:
             m["beats_baseline"] = bool(m["mae"] < res["baseline"]["mae"])
         res["models"][c["label"]] = m
@@ -247,6 +190,17 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
     return res
 
 
+def _predict_columns(cols: list[dict], x: np.ndarray) -> dict:
+    """``{label: (prediction (N, X, Y, Z), attention maps or None)}`` of every column on ``x``."""
+    preds = {}
+    for c in cols:
+        if c["meta"]["model"] == "attention-unet":
+            preds[c["label"]] = run_batches(c["net"], x, PREDICT_BATCH, attention=True)
+        else:
+            preds[c["label"]] = (run_batches(c["net"], x, PREDICT_BATCH), None)
+    return preds
+
+
 # ------------------------------------------------------------------ figures
 def _slug(name: str) -> str:
     import re
@@ -255,22 +209,38 @@ def _slug(name: str) -> str:
 
 
 def _figures(name, figdir: Path, z, ref, x, preds, res, plan, masks) -> list[str]:
+    """The figures of one group (file names in ``figdir``): the 1D profile, an xz and xy slices
+    of the window with the most counted voxels (MD and the first model), the attention maps."""
     import matplotlib
 
     matplotlib.use("Agg")
+    slug = _slug(name)
+    w = int(np.argmax([m.sum() if m is not None else 0 for m in masks])) if masks[0] is not None else 0
+    first = next(iter(preds))
+    files = [
+        _save_figure(_profile_figure(name, z, preds, res), figdir, f"profile_{slug}.png"),
+        _save_figure(_xz_figure(name, z, ref[w], preds[first][0][w], first), figdir, f"xz_{slug}.png"),
+        _save_figure(_slices_figure(name, z, ref[w], preds[first][0][w], first, res["peaks_simulated"]), figdir, f"slices_{slug}.png"),
+    ]
+    for label, (pred, att) in preds.items():
+        if att is not None:
+            files.append(_save_figure(_attention_figure(name, z, x, label, att), figdir, f"attention_{slug}_{_slug(label)}.png"))
+    return files
+
+
+def _save_figure(fig, figdir: Path, fname: str) -> str:
     import matplotlib.pyplot as plt
 
-    slug = _slug(name)
-    files = []
+    with atomic_output(figdir / fname) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return fname
 
-    def save(fig, fname):
-        path = figdir / fname
-        with atomic_output(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        files.append(fname)
 
-    # 1D mean density along z
+def _profile_figure(name, z, preds, res):
+    """1D mean density along z: MD, every model, the baseline."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 3.6), layout="constrained")
     ax.plot(z, res["profile"]["simulated"], "k-", lw=2, label="MD (reference)")
     for label in preds:
@@ -281,62 +251,70 @@ def _figures(name, figdir: Path, z, ref, x, preds, res, plan, masks) -> list[str
     ax.set_ylabel("mean water density ρ/ρ_bulk")
     ax.set_title(f"{name}: 1D mean density")
     ax.legend(fontsize=8)
-    save(fig, f"profile_{slug}.png")
+    return fig
 
-    w = int(np.argmax([m.sum() if m is not None else 0 for m in masks])) if masks[0] is not None else 0
-    first = next(iter(preds))
-    pred0 = preds[first][0]
+
+def _xz_figure(name, z, ref_w, pred_w, first):
+    """xz mean density (over y) of one window: MD against the first model."""
+    import matplotlib.pyplot as plt
+
     ext_x = (0, 10.0, z[0], z[-1] + (z[1] - z[0]))
-    vmax = float(max(ref[w].mean(1).max(), pred0[w].mean(1).max()))
+    vmax = float(max(ref_w.mean(1).max(), pred_w.mean(1).max()))
     fig, axs = plt.subplots(1, 2, figsize=(8, 4.2), sharey=True, layout="constrained")
-    for ax, arr, t in ((axs[0], ref[w], "MD"), (axs[1], pred0[w], first)):
+    for ax, arr, t in ((axs[0], ref_w, "MD"), (axs[1], pred_w, first)):
         im = ax.imshow(arr.mean(1).T, origin="lower", extent=ext_x, aspect="auto", vmin=0, vmax=vmax, cmap="viridis")
         ax.set_title(t)
         ax.set_xlabel("x (Å, window)")
     axs[0].set_ylabel("z - z_s (Å)")
     fig.colorbar(im, ax=axs, label="ρ/ρ_bulk (mean over y)")
     fig.suptitle(f"{name}: xz mean density")
-    save(fig, f"xz_{slug}.png")
+    return fig
 
-    peaks = res["peaks_simulated"] or [{"z": 2.0}]
+
+def _slices_figure(name, z, ref_w, pred_w, first, peaks):
+    """xy slices of one window at the simulated peaks: MD above, the first model below."""
+    import matplotlib.pyplot as plt
+
+    peaks = peaks or [{"z": 2.0}]
     fig, axs = plt.subplots(2, len(peaks), figsize=(3.6 * len(peaks) + 0.8, 6.6), squeeze=False, layout="constrained")
     for j, p in enumerate(peaks):
         k = int(np.argmin(np.abs(z - p["z"])))
-        vmax = float(max(ref[w][:, :, k].max(), pred0[w][:, :, k].max()))
-        for i, (arr, t) in enumerate(((ref[w], "MD"), (pred0[w], first))):
+        vmax = float(max(ref_w[:, :, k].max(), pred_w[:, :, k].max()))
+        for i, (arr, t) in enumerate(((ref_w, "MD"), (pred_w, first))):
             im = axs[i, j].imshow(arr[:, :, k].T, origin="lower", extent=(0, 10, 0, 10), vmin=0, vmax=vmax, cmap="viridis")
             axs[i, j].set_title(f"{t}, z - z_s = {z[k]:.2f} Å", fontsize=9)
             axs[i, j].set_xlabel("x (Å)")
             axs[i, j].set_ylabel("y (Å)")
         fig.colorbar(im, ax=axs[:, j], label="ρ/ρ_bulk", shrink=0.8)
     fig.suptitle(f"{name}: xy slices at the simulated peaks")
-    save(fig, f"slices_{slug}.png")
+    return fig
 
-    for label, (pred, att) in preds.items():
-        if att is None:
-            continue
-        fig, axs = plt.subplots(1, 2, figsize=(10, 4.0), layout="constrained")
-        for s, a in enumerate(att):
-            nz = a.shape[-1]
-            zs = z[0] + (np.arange(nz) + 0.5) * (z[-1] - z[0] + (z[1] - z[0])) / nz
-            axs[0].plot(zs, a.mean(axis=(0, 1, 2)), label=f"scale {s} ({a.shape[1]}x{a.shape[2]}x{nz})")
-        axs[0].set_xlabel("z - z_s (Å)")
-        axs[0].set_ylabel("mean attention coefficient")
-        axs[0].set_title("attention along z per pooling scale")
-        axs[0].legend(fontsize=8)
-        a0 = att[0]
-        for c, el in enumerate(("C", "O", "Ca")):
-            d = x[:, c]
-            wsum = d.sum(axis=(0, 1, 2))
-            prof = np.where(wsum > 1e-6 * wsum.max(), (a0 * d).sum(axis=(0, 1, 2)) / np.maximum(wsum, 1e-30), np.nan)
-            axs[1].plot(z, prof, label=el)
-        axs[1].set_xlabel("z - z_s (Å)")
-        axs[1].set_ylabel("atom-density-weighted attention (scale 0)")
-        axs[1].set_title("attention weighted by C, O, Ca density")
-        axs[1].legend(fontsize=8)
-        fig.suptitle(f"{name}: {label}")
-        save(fig, f"attention_{slug}_{_slug(label)}.png")
-    return files
+
+def _attention_figure(name, z, x, label, att):
+    """Mean attention along z per pooling scale, and weighted by the C, O, Ca densities."""
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 2, figsize=(10, 4.0), layout="constrained")
+    for s, a in enumerate(att):
+        nz = a.shape[-1]
+        zs = z[0] + (np.arange(nz) + 0.5) * (z[-1] - z[0] + (z[1] - z[0])) / nz
+        axs[0].plot(zs, a.mean(axis=(0, 1, 2)), label=f"scale {s} ({a.shape[1]}x{a.shape[2]}x{nz})")
+    axs[0].set_xlabel("z - z_s (Å)")
+    axs[0].set_ylabel("mean attention coefficient")
+    axs[0].set_title("attention along z per pooling scale")
+    axs[0].legend(fontsize=8)
+    a0 = att[0]
+    for c, el in enumerate(("C", "O", "Ca")):
+        d = x[:, c]
+        wsum = d.sum(axis=(0, 1, 2))
+        prof = np.where(wsum > 1e-6 * wsum.max(), (a0 * d).sum(axis=(0, 1, 2)) / np.maximum(wsum, 1e-30), np.nan)
+        axs[1].plot(z, prof, label=el)
+    axs[1].set_xlabel("z - z_s (Å)")
+    axs[1].set_ylabel("atom-density-weighted attention (scale 0)")
+    axs[1].set_title("attention weighted by C, O, Ca density")
+    axs[1].legend(fontsize=8)
+    fig.suptitle(f"{name}: {label}")
+    return fig
 
 
 def _learning_curves(runs: Sequence[Path], figdir: Path) -> str | None:
@@ -380,6 +358,12 @@ def _fmt(m: dict | None) -> str:
 
 
 def _report(result: dict) -> str:
+    """report.md: Table 1, unit-cell averaging, verdicts, peaks, training."""
+    lines = _table1(result) + _averaging(result) + _verdicts(result) + _peaks(result) + _training(result)
+    return "\n".join(lines) + "\n"
+
+
+def _table1(result: dict) -> list[str]:
     labels = result["models"]
     lines = [
         "# hydrolayer evaluation",
@@ -410,6 +394,11 @@ def _report(result: dict) -> str:
             cells.append(f"**{s}**" if l == best and len(labels) > 1 else s)
         lines.append(f"| {g['title']} | {g['windows']} | {_fmt(g['noise_floor'])} | {_fmt(g.get('baseline'))} | " + " | ".join(cells) + " |")
     lines += ["", "Regions: " + "; ".join(f"{g['title']}: {g.get('region', '-')}" for g in result["groups"]) + ".", ""]
+    return lines
+
+
+def _verdicts(result: dict) -> list[str]:
+    labels = result["models"]
     verdicts = []
     for g in result["groups"]:
         for l in labels:
@@ -420,6 +409,12 @@ def _report(result: dict) -> str:
             if m and m["mae"] < g["noise_floor"]["mae"]:
                 verdicts.append(f"- {l} on {g['title']} is below the MD noise floor ({m['mae']:.4f} < {g['noise_floor']['mae']:.4f}): "
                                 "the reference is too noisy to rank models there.")
+    return ["## Verdicts", ""] + (verdicts or ["- Every model beats the height-only baseline on every row."]) + [""]
+
+
+def _averaging(result: dict) -> list[str]:
+    labels = result["models"]
+    lines = []
     avg = [g for g in result["groups"] if g.get("unit_cell_averaging")]
     if avg:
         lines += ["## Unit-cell averaging of the pristine references", "",
@@ -441,8 +436,12 @@ def _report(result: dict) -> str:
                          f"{before['mae'] / after['mae']:.2f} | {math.sqrt(min(n)):.2f}{'' if min(n) == max(n) else f'-{math.sqrt(max(n)):.2f}'} | "
                          + " | ".join(_fmt(u["models_before"].get(l)) for l in labels) + " |")
         lines.append("")
-    lines += ["## Verdicts", ""] + (verdicts or ["- Every model beats the height-only baseline on every row."]) + [""]
-    lines += ["## Peaks of the 1D mean profile (height above z_s in Å, density in rho/rho_bulk)", ""]
+    return lines
+
+
+def _peaks(result: dict) -> list[str]:
+    labels = result["models"]
+    lines = ["## Peaks of the 1D mean profile (height above z_s in Å, density in rho/rho_bulk)", ""]
     for g in result["groups"]:
         if not g.get("windows"):
             continue
@@ -460,7 +459,11 @@ def _report(result: dict) -> str:
         for f in g.get("figures", []):
             lines.append(f"![{f}](figures/{f})")
         lines.append("")
-    lines += ["## Training (validation MAE per loss, from the runs' summaries)", ""]
+    return lines
+
+
+def _training(result: dict) -> list[str]:
+    lines = ["## Training (validation MAE per loss, from the runs' summaries)", ""]
     for r, s in result["training"].items():
         if s:
             lines.append(f"- `{r}`: " + ", ".join(f"{k}: best val MAE {v['best_val_mae']:.4f} at epoch {v['best_epoch']}" for k, v in s["losses"].items())
@@ -469,7 +472,7 @@ def _report(result: dict) -> str:
         lines += ["", f"![learning curves](figures/{result['learning_curves']})"]
     lines.append("")
     lines.append(f"Regenerate: `{result['command']}`")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _csv(result: dict) -> str:
@@ -495,7 +498,7 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
     ``max_row``: use only database rows with id <= ``max_row`` (the database is append-only,
     so this is the database as it was when row ``max_row`` was the newest: a report, and a
     model card quoting it, stay reproducible while rows are added)."""
-    from . import data, store
+    from . import data
 
     from .train import check_db
 
@@ -504,12 +507,43 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
     check_db(db)
     cols = _columns(runs)
     _load_columns(cols)
+    st = _run_settings(cols)
+    out.mkdir(parents=True, exist_ok=True)
+    figdir = out / "figures"
+    figdir.mkdir(exist_ok=True)
+    # reuse a shared window cache of the training if there is one; never write into the run
+    cfg = st["train_config"]
+    cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") and Path(cfg["cache_dir"]).is_dir() else out / "cache"
+    bank_kw = dict(sigma=st["sigma"], sigma_target=st["sigma_target"], train_surfaces=st["train_surfaces"])
+
+    results = []
+    for name, title, uids, defect in _groups(db, cols, st, max_row, log):
+        log(f"evaluating {title}: {len(uids)} simulation{'s' if len(uids) > 1 else ''}")
+        bank = data.build_bank(db, uids, cache, **bank_kw)
+        raw_bank = None
+        if not defect and any(tuple(e.meta.get("unit_cells_averaged", (1, 1))) != (1, 1) for e in bank.entries):
+            raw_bank = data.build_bank(db, uids, cache, unit_cells=False, **bank_kw)
+        g = _evaluate_group(name, bank, defect, cols, st["baseline"], figdir, figures, raw_bank)
+        if name.endswith(" near defects") and not g["windows"]:
+            log(f"  (no defect sites in {title}: left out)")
+            continue
+        g["title"] = title
+        results.append(g)
+    result = _result(runs, db, out, cols, st, results, max_row, figdir if figures else None)
+    _write(out, result)
+    log(f"wrote {out / 'report.md'}, metrics.csv, metrics.json" + (f" and {sum(len(g.get('figures', [])) for g in results)} figures" if figures else ""))
+    return result
+
+
+def _run_settings(cols: list[dict]) -> dict:
+    """From the first column's run (or checkpoint): split, baseline, training config, the
+    descriptor and target sigmas (every column must share them) and the training surfaces."""
+    from . import data
+
     run0 = cols[0]["run"]
     training0 = cols[0]["meta"].get("training") or {}
     split_path = run0 / "split.json"
-    split = data.load_split(split_path) if split_path.exists() else training0.get("split")
     base_path = run0 / "baseline.json"
-    baseline = json.loads(base_path.read_text()) if base_path.exists() else training0.get("baseline")
     meta0 = cols[0]["meta"]
     cfg = meta0.get("train_config", {}) or {}
     sigma = (meta0.get("descriptor") or {}).get("sigma")
@@ -517,13 +551,22 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
     for c in cols[1:]:
         if (c["meta"].get("descriptor") or {}).get("sigma") != sigma or c["meta"].get("sigma_target") != sigma_target:
             raise InputError(f"{c['path']}: descriptor sigma / sigma_target differ from {cols[0]['path']}; evaluate them separately")
-    train_surfaces = tuple(cfg.get("train_surfaces", data.TRAIN_SURFACES))
-    out.mkdir(parents=True, exist_ok=True)
-    figdir = out / "figures"
-    figdir.mkdir(exist_ok=True)
-    # reuse a shared window cache of the training if there is one; never write into the run
-    cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") and Path(cfg["cache_dir"]).is_dir() else out / "cache"
+    return {
+        "run0": run0,
+        "split": data.load_split(split_path) if split_path.exists() else training0.get("split"),
+        "baseline": json.loads(base_path.read_text()) if base_path.exists() else training0.get("baseline"),
+        "train_config": cfg,
+        "sigma": sigma,
+        "sigma_target": sigma_target,
+        "train_surfaces": tuple(cfg.get("train_surfaces", data.TRAIN_SURFACES)),
+    }
 
+
+def _groups(db, cols: list[dict], st: dict, max_row: int | None, log) -> list[tuple]:
+    """The rows of the report: (name, title, unique ids, near defects only)."""
+    from . import data, store
+
+    split = st["split"]
     groups = []
     rows_then = [row for row in store.iter_rows(db) if max_row is None or int(row.id) <= int(max_row)]
     known = {row.unique_id for row in rows_then}
@@ -533,12 +576,12 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
         groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", test, False))
         groups.append(("test set near defects", "test set, near defects", test, True))
         if len({str(c["run"]) for c in cols}) > 1:
-            log(f"test set: the split of {run0} (the first run)")
+            log(f"test set: the split of {st['run0']} (the first run)")
     named: dict[str, list[str]] = {}
     in_split = set(split["train"]) | set(split["val"]) | set(split["test"]) if split else None
     new_rows = []
     for row in rows_then:
-        name = data.classify_row(row, train_surfaces)
+        name = data.classify_row(row, st["train_surfaces"])
         if name:
             named.setdefault(name, []).append(row.unique_id)
         elif in_split is not None and row.unique_id not in in_split:
@@ -554,50 +597,40 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
             groups.append((name, data.NAMED_TESTS.get(name, name), sorted(named[name]), "vacancy" in name))
     if not groups:
         raise InputError(f"{db}: nothing to evaluate (no test split and no named test surfaces)")
+    return groups
 
-    results = []
-    for name, title, uids, defect in groups:
-        log(f"evaluating {title}: {len(uids)} simulation{'s' if len(uids) > 1 else ''}")
-        bank = data.build_bank(db, uids, cache, sigma=sigma, sigma_target=sigma_target, train_surfaces=train_surfaces)
-        raw_bank = None
-        if not defect and any(tuple(e.meta.get("unit_cells_averaged", (1, 1))) != (1, 1) for e in bank.entries):
-            raw_bank = data.build_bank(db, uids, cache, sigma=sigma, sigma_target=sigma_target,
-                                       train_surfaces=train_surfaces, unit_cells=False)
-        g = _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_bank)
-        if name.endswith(" near defects") and not g["windows"]:
-            log(f"  (no defect sites in {title}: left out)")
-            continue
-        g["title"] = title
-        results.append(g)
 
+def _result(runs, db, out, cols, st, results, max_row, figdir) -> dict:
+    """metrics.json's content."""
     training = {}
     for r in runs:
         s = Path(r) / "summary.json"
         training[str(r)] = json.loads(s.read_text()) if s.exists() else None
-    result = {
+    return {
         "db": str(db),
         "runs": [str(r) for r in runs],
         "models": [c["label"] for c in cols],
         "checkpoints": {c["label"]: str(c["path"]) for c in cols},
         "kept": {c["label"]: c["kept"] for c in cols},
-        "sigma": sigma,
-        "sigma_target": sigma_target,
+        "sigma": st["sigma"],
+        "sigma_target": st["sigma_target"],
         "defect_radius": DEFECT_RADIUS,
         "groups": results,
         "training": training,
         "max_row": max_row,
         "command": f"hydrolayer evaluate {' '.join(str(r) for r in runs)} --db {db}"
                    + (f" --max-row {max_row}" if max_row is not None else "") + f" --out {out}",
-        "learning_curves": _learning_curves([r for r in runs if Path(r).is_dir()], figdir) if figures else None,
+        "learning_curves": _learning_curves([r for r in runs if Path(r).is_dir()], figdir) if figdir is not None else None,
     }
+
+
+def _write(out: Path, result: dict) -> None:
     with atomic_output(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
     with atomic_output(out / "metrics.csv") as tmp:
         tmp.write_text(_csv(result))
     with atomic_output(out / "report.md") as tmp:
         tmp.write_text(_report(result))
-    log(f"wrote {out / 'report.md'}, metrics.csv, metrics.json" + (f" and {sum(len(g.get('figures', [])) for g in results)} figures" if figures else ""))
-    return result
 
 
 def _json_default(o):
@@ -608,10 +641,3 @@ def _json_default(o):
     if isinstance(o, float) and math.isnan(o):
         return None
     raise TypeError(type(o).__name__)
-
-
-def evaluate_command(runs, db, out, figures: bool = True, max_row: int | None = None) -> dict:
-    """What ``hydrolayer evaluate`` does (the CLI only parses arguments)."""
-    import sys
-
-    return evaluate(runs, db, out, figures=figures, log=lambda m: print(m, file=sys.stderr), max_row=max_row)

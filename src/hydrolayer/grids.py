@@ -25,7 +25,7 @@ import numpy as np
 
 from .util import InputError, atomic_output
 
-__all__ = ["GridSpec", "Grid", "read_grid", "write_channel_cubes"]
+__all__ = ["GridSpec", "Grid", "read_grid", "write_channel_cubes", "bilinear_periodic"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +241,29 @@ def write_channel_cubes(grid: Grid, path) -> list[Path]:
     """One cube file per channel, named ``<stem>.<channel>.cube`` beside ``path``."""
     path = Path(path)
     return [grid.write_cube(path.with_name(f"{path.stem}.{c}.cube"), i) for i, c in enumerate(grid.channels)]
+
+
+def bilinear_periodic(field2d: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """Periodic bilinear interpolation of a lateral field (nx, ny[, nz]) on the cube grid
+    convention (point (i, j) at fractional (i/nx, j/ny)) at fractional points ``frac`` (n, 2);
+    returns (n[, nz])."""
+    nx, ny = field2d.shape[:2]
+    u = frac[:, 0] * nx
+    v = frac[:, 1] * ny
+    i0 = np.floor(u).astype(int)
+    j0 = np.floor(v).astype(int)
+    wu = (u - i0)[:, None] if field2d.ndim == 3 else u - i0
+    wv = (v - j0)[:, None] if field2d.ndim == 3 else v - j0
+    i0 %= nx
+    j0 %= ny
+    i1 = (i0 + 1) % nx
+    j1 = (j0 + 1) % ny
+    return (
+        (1 - wu) * (1 - wv) * field2d[i0, j0]
+        + wu * (1 - wv) * field2d[i1, j0]
+        + (1 - wu) * wv * field2d[i0, j1]
+        + wu * wv * field2d[i1, j1]
+    )
 
 
 def read_grid(path) -> Grid:

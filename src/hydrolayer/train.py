@@ -39,9 +39,11 @@ from typing import Any
 
 import numpy as np
 
+from .conventions import WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW
 from .util import InputError, atomic_output
 
-__all__ = ["TrainConfig", "load_config", "fit", "LOSSES"]
+__all__ = ["TrainConfig", "TrainState", "Training", "CheckpointIO", "FitContext", "load_config", "fit", "validation_score",
+           "checkpoint_extra", "check_db", "d4", "LOSSES"]
 
 LOSSES = ("l1", "l2")
 
@@ -243,11 +245,9 @@ def _write_jsonl(path: Path, records):
 
 def window_spec_dict() -> dict:
     """The GridSpec of a window, origin relative to (x0, y0, z_s)."""
-    from .data import Z_BELOW, _window_constants
     from .grids import GridSpec
 
-    shape, size = _window_constants()
-    return GridSpec.orthogonal(size, shape, origin=(0.0, 0.0, -Z_BELOW)).to_dict()
+    return GridSpec.orthogonal(WINDOW_SIZE, WINDOW_SHAPE, origin=(0.0, 0.0, -Z_BELOW)).to_dict()
 
 
 def checkpoint_extra(cfg: TrainConfig, loss: str, db=None, split: dict | None = None, baseline: dict | None = None) -> dict:
@@ -274,26 +274,6 @@ def checkpoint_extra(cfg: TrainConfig, loss: str, db=None, split: dict | None = 
     }
 
 
-def _predict_mae(model, bank, plan, batch_size, torch, dist: _Dist) -> tuple[float, float, int]:
-    """Mean absolute error over the windows of ``plan`` (rho/rho_bulk and Å^-3)."""
-    mine = plan[dist.rank :: dist.world]
-    s_abs, s_abs_a3, n = 0.0, 0.0, 0
-    model.eval()
-    with torch.no_grad():
-        for k in range(0, len(mine), batch_size):
-            part = mine[k : k + batch_size]
-            x, halves = bank.batch(part)
-            y = torch.from_numpy(0.5 * (halves[:, 0:1] + halves[:, 1:2]))
-            pred = model(torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d))
-            err = (pred - y).abs().mean(dim=(1, 2, 3, 4)).double().numpy()
-            rho = np.array([bank.entries[p[0]].interface.rho_bulk for p in part])
-            s_abs += float(err.sum())
-            s_abs_a3 += float((err * rho).sum())
-            n += len(part)
-    s_abs, s_abs_a3, n = dist.all_sum([s_abs, s_abs_a3, float(n)])
-    return s_abs / max(n, 1), s_abs_a3 / max(n, 1), int(n)
-
-
 def _progress(prefix, done, total, rate, loss, tty):
     if not tty:
         return
@@ -303,7 +283,153 @@ def _progress(prefix, done, total, rate, loss, tty):
     sys.stderr.flush()
 
 
+# ------------------------------------------------------------------ the state of a training
+@dataclasses.dataclass
+class TrainState:
+    """Progress of one loss's training, plain JSON types; saved in every checkpoint.
+
+    ``epoch``: epochs finished; ``best_val_mae`` (rho/rho_bulk) and ``best_epoch``: the best
+    validation so far; ``bad_epochs``: epochs since then (early stopping); ``done`` and ``why``
+    ("epochs" or "early stopping"); ``history``: one record per epoch (metrics.jsonl)."""
+
+    epoch: int = 0
+    best_val_mae: float = math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    done: bool = False
+    why: str | None = None
+    history: list = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if d["why"] is None:
+            del d["why"]
+        return json.loads(json.dumps(d))  # plain types for torch.load(weights_only=True)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def end_epoch(self, val_mae: float, cfg: TrainConfig) -> bool:
+        """Count a finished epoch with its validation MAE; return whether it is the best so far."""
+        improved = val_mae < self.best_val_mae
+        self.epoch += 1
+        if improved:
+            self.best_val_mae, self.best_epoch, self.bad_epochs = val_mae, self.epoch, 0
+        else:
+            self.bad_epochs += 1
+        if self.bad_epochs >= cfg.patience:
+            self.done, self.why = True, "early stopping"
+        elif self.epoch >= cfg.epochs:
+            self.done, self.why = True, "epochs"
+        return improved
+
+    def result(self, folder: Path) -> dict:
+        return {
+            "best_val_mae": self.best_val_mae,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epoch,
+            "why_stopped": self.why,
+            "checkpoint": str(folder / "best.pt"),
+        }
+
+
+@dataclasses.dataclass
+class Training:
+    """What one loss trains: the network, its Adam optimiser and LR schedule, its state."""
+
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    state: TrainState
+
+    @classmethod
+    def build(cls, cfg: TrainConfig) -> "Training":
+        """A fresh network from ``cfg`` (seeded with ``cfg.seed``), Adam and ReduceLROnPlateau."""
+        import torch
+
+        from .models import build_model
+
+        torch.manual_seed(cfg.seed)
+        # channels-last (NDHWC) weights and inputs: oneDNN's fast 3D layout on CPU, ~1.8x faster
+        # per step; the same arithmetic up to summation order (benchmarks/RESULTS.md)
+        model = build_model(cfg.model, **cfg.model_kwargs()).to(memory_format=torch.channels_last_3d)
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        return cls(model, opt, sched, TrainState())
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+
+class CheckpointIO:
+    """The files of one loss's folder: ``checkpoint.pt`` (everything :class:`Training` needs to
+    continue exactly: weights, optimiser, schedule, torch RNG, state), ``best.pt`` (the best
+    epoch, ``models.save_checkpoint`` format) and ``metrics.jsonl`` (one line per epoch)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.checkpoint = self.folder / "checkpoint.pt"
+        self.metrics = self.folder / "metrics.jsonl"
+
+    def save(self, training: Training, extra: dict, improved: bool) -> None:
+        """After an epoch: best.pt if it ``improved``, checkpoint.pt, its metrics line."""
+        import torch
+
+        from .models import checkpoint_payload, save_checkpoint
+
+        if improved:
+            save_checkpoint(self.folder / "best.pt", training.model, extra)
+        payload = checkpoint_payload(training.model, extra)
+        payload.update(optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
+                       torch_rng=torch.get_rng_state(), train_state=training.state.to_dict())
+        with atomic_output(self.checkpoint) as tmp:
+            torch.save(payload, tmp)
+        with open(self.metrics, "a") as fh:
+            fh.write(json.dumps(training.state.history[-1]) + "\n")
+
+    def restore(self, training: Training, cfg: TrainConfig, rank: int = 0) -> None:
+        """Load checkpoint.pt into ``training``; metrics.jsonl is rewritten from its history
+        (dropping lines of an epoch that never reached its checkpoint). More ``cfg.epochs``
+        than the run had reopens a run that ended on its number of epochs."""
+        import torch
+
+        ck = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        training.model.load_state_dict(ck["state_dict"])
+        training.optimizer.load_state_dict(ck["optimizer"])
+        training.scheduler.load_state_dict(ck["scheduler"])
+        torch.set_rng_state(ck["torch_rng"])
+        state = training.state = TrainState.from_dict(ck["train_state"])
+        if state.done and state.epoch < cfg.epochs and state.why == "epochs":
+            state.done = False  # extended with --epochs
+        if rank == 0:
+            _write_jsonl(self.metrics, state.history)
+
+
 # ------------------------------------------------------------------ fit
+@dataclasses.dataclass
+class FitContext:
+    """Everything the losses of one run share: the settings, the data and the run options."""
+
+    db: Any
+    out: Path
+    cfg: TrainConfig
+    dist: _Dist
+    split: dict | None = None
+    baseline: dict | None = None
+    train_bank: Any = None
+    val_bank: Any = None
+    val_plan: list = dataclasses.field(default_factory=list)
+    resume: bool = False
+    progress: bool = True
+    stop_after: int | None = None  # end after this many epochs of this call (tests: a "kill")
+
+    def log(self, msg: str) -> None:
+        _log(msg, self.dist.rank)
+
+
 def fit(db, out, config: TrainConfig | None = None, resume: bool = False, epochs: int | None = None,
         progress: bool = True, stop_after: int | None = None) -> dict:
     """Train (or resume) a run in ``out``; return the summary (also ``out/summary.json``).
@@ -314,56 +440,71 @@ def fit(db, out, config: TrainConfig | None = None, resume: bool = False, epochs
     """
     import torch
 
-    from . import data
-    from .models import build_model, checkpoint_payload, save_checkpoint
-
     out = Path(out)
     check_db(db)
     dist = _Dist()
+    cfg = _run_config(out, config, resume, epochs, dist)
+    if cfg.batch_size % dist.world:
+        raise InputError(f"{out}: batch_size {cfg.batch_size} is not divisible by the {dist.world} processes")
+    if cfg.threads:
+        torch.set_num_threads(int(cfg.threads))
+    dist.init()
+    try:
+        ctx = FitContext(db, out, cfg, dist, resume=resume, progress=progress, stop_after=stop_after)
+        return _fit(ctx)
+    finally:
+        dist.close()
+
+
+def _run_config(out: Path, config: TrainConfig | None, resume: bool, epochs: int | None, dist: _Dist) -> TrainConfig:
+    """The run's settings: its own config.json when resuming (only the number of epochs may
+    change), else ``config``; descriptor and target sigmas resolved to numbers."""
+    from . import data
+
     cfg_path = out / "config.json"
     if resume:
         if not cfg_path.exists():
             raise InputError(f"{out}: nothing to resume (no config.json)")
-        saved = json.loads(cfg_path.read_text())
-        cfg = TrainConfig(**saved)  # the run's own settings; only the number of epochs may change
-        if epochs is not None:
-            cfg.epochs = int(epochs)
+        cfg = TrainConfig(**json.loads(cfg_path.read_text()))
     else:
         cfg = config or TrainConfig()
-        if epochs is not None:
-            cfg.epochs = int(epochs)
         if out.exists() and any(out.iterdir()) and dist.rank == 0:
             if cfg_path.exists():
                 raise InputError(f"{out}: a run is already there; use --resume to continue it or choose another --out")
             raise InputError(f"{out}: folder is not empty; choose another --out")
-
+    if epochs is not None:
+        cfg.epochs = int(epochs)
     if cfg.sigma is None:
         from .descriptors import DEFAULT_SIGMA
 
         cfg.sigma = float(DEFAULT_SIGMA)
     if cfg.sigma_target is None:
         cfg.sigma_target = float(data.DEFAULT_SIGMA_TARGET)
-    if cfg.batch_size % dist.world:
-        raise InputError(f"{out}: batch_size {cfg.batch_size} is not divisible by the {dist.world} processes")
-
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
-    dist.init()
-    try:
-        return _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_model, checkpoint_payload, save_checkpoint)
-    finally:
-        dist.close()
+    return cfg
 
 
-def _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_model, checkpoint_payload, save_checkpoint):
-    from . import store
+def _fit(ctx: FitContext) -> dict:
+    if ctx.dist.rank == 0:
+        ctx.out.mkdir(parents=True, exist_ok=True)
+        _write_json(ctx.out / "config.json", ctx.cfg.to_dict())
+    _prepare_split(ctx)
+    _prepare_banks(ctx)
+    _prepare_baseline(ctx)
+    results = {}
+    for loss_name in ctx.cfg.losses:
+        results[loss_name] = _fit_one(ctx, loss_name)
+        if results[loss_name].get("stopped"):
+            return {"stopped": True, "losses": results}
+    return _conclude(ctx, results)
 
-    rank = dist.rank
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _write_json(out / "config.json", cfg.to_dict())
-    split_path = out / "split.json"
-    if rank == 0 and not split_path.exists():
+
+def _prepare_split(ctx: FitContext) -> None:
+    """split.json: an earlier run's (``cfg.split_file``) or a new one; read back on every process."""
+    from . import data, store
+
+    cfg, db = ctx.cfg, ctx.db
+    split_path = ctx.out / "split.json"
+    if ctx.dist.rank == 0 and not split_path.exists():
         rows = list(store.iter_rows(db))
         if not rows:
             raise InputError(f"{db}: no finished simulations in the database")
@@ -378,211 +519,209 @@ def _fit(db, out, cfg, resume, progress, stop_after, dist, torch, data, build_mo
                                     fractions=cfg.split_fractions, train_surfaces=cfg.train_surfaces)
         split["db"] = str(db)
         data.save_split(split, split_path)
-        _log(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test simulations; "
-             f"held out by name: {', '.join(f'{k} ({len(v)})' for k, v in split['named'].items()) or 'none'}", rank)
-    dist.barrier()
-    split = data.load_split(split_path)
-    cache = Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
-    bank_kw = dict(sigma=cfg.sigma, sigma_target=cfg.sigma_target, grids_dir=cfg.grids_dir, train_surfaces=cfg.train_surfaces)
+        ctx.log(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test simulations; "
+                f"held out by name: {', '.join(f'{k} ({len(v)})' for k, v in split['named'].items()) or 'none'}")
+    ctx.dist.barrier()
+    ctx.split = data.load_split(split_path)
+
+
+def _prepare_banks(ctx: FitContext) -> None:
+    """The training and validation window banks (rank 0 fills the cache, the others read it)."""
+    from . import data
+
+    cfg, rank = ctx.cfg, ctx.dist.rank
+    cache = Path(cfg.cache_dir) if cfg.cache_dir else ctx.out / "cache"
+    kw = dict(sigma=cfg.sigma, sigma_target=cfg.sigma_target, grids_dir=cfg.grids_dir, train_surfaces=cfg.train_surfaces)
     t0 = time.perf_counter()
     if rank == 0:
-        train_bank = data.build_bank(db, split["train"], cache, log=lambda m: _log(m, rank), **bank_kw)
-        val_bank = data.build_bank(db, split["val"], cache, log=lambda m: _log(m, rank), **bank_kw)
-    dist.barrier()
+        ctx.train_bank = data.build_bank(ctx.db, ctx.split["train"], cache, log=ctx.log, **kw)
+        ctx.val_bank = data.build_bank(ctx.db, ctx.split["val"], cache, log=ctx.log, **kw)
+    ctx.dist.barrier()
     if rank != 0:
-        train_bank = data.build_bank(db, split["train"], cache, **bank_kw)
-        val_bank = data.build_bank(db, split["val"], cache, **bank_kw)
-    _log(f"window bank ready in {time.perf_counter() - t0:.1f} s: {len(train_bank)} training and {len(val_bank)} validation interfaces", rank)
-    baseline_path = out / "baseline.json"
-    if rank == 0 and not baseline_path.exists():
-        _write_json(baseline_path, {
-            "what": "height-only baseline: mean training target (rho/rho_bulk) per height above the surface plane",
-            "height": train_bank.heights().tolist(),
-            "profile": train_bank.mean_profile().tolist(),
-            "sigma_target": cfg.sigma_target,
-        })
-    dist.barrier()
-    baseline = json.loads(baseline_path.read_text())
-    val_plan = val_bank.grid_plan()
+        ctx.train_bank = data.build_bank(ctx.db, ctx.split["train"], cache, **kw)
+        ctx.val_bank = data.build_bank(ctx.db, ctx.split["val"], cache, **kw)
+    ctx.log(f"window bank ready in {time.perf_counter() - t0:.1f} s: {len(ctx.train_bank)} training and "
+            f"{len(ctx.val_bank)} validation interfaces")
+    ctx.val_plan = ctx.val_bank.grid_plan()
     if cfg.max_val_windows:
-        val_plan = val_plan[: cfg.max_val_windows]
+        ctx.val_plan = ctx.val_plan[: cfg.max_val_windows]
 
-    results = {}
-    for loss_name in cfg.losses:
-        results[loss_name] = _fit_one(out / loss_name, db, split, baseline, cfg, loss_name, train_bank, val_bank, val_plan, resume,
-                                      progress, stop_after, dist, torch, build_model, checkpoint_payload, save_checkpoint)
-        if results[loss_name].get("stopped"):
-            return {"stopped": True, "losses": results}
 
+def _prepare_baseline(ctx: FitContext) -> None:
+    """baseline.json: the height-only baseline (mean training target per height)."""
+    path = ctx.out / "baseline.json"
+    if ctx.dist.rank == 0 and not path.exists():
+        _write_json(path, {
+            "what": "height-only baseline: mean training target (rho/rho_bulk) per height above the surface plane",
+            "height": ctx.train_bank.heights().tolist(),
+            "profile": ctx.train_bank.mean_profile().tolist(),
+            "sigma_target": ctx.cfg.sigma_target,
+        })
+    ctx.dist.barrier()
+    ctx.baseline = json.loads(path.read_text())
+
+
+def _conclude(ctx: FitContext, results: dict) -> dict:
+    """model.pt = the better loss on validation MAE; summary.json."""
     best = min(results, key=lambda k: results[k]["best_val_mae"])
     summary = {
-        "model": cfg.model,
+        "model": ctx.cfg.model,
         "losses": results,
         "kept": best,
         "why": f"lower validation MAE ({results[best]['best_val_mae']:.4g} rho/rho_bulk)" if len(results) > 1 else "only loss trained",
         "split": "split.json",
     }
-    if rank == 0:
-        with atomic_output(out / "model.pt") as tmp:
-            shutil.copyfile(out / best / "best.pt", tmp)
-        _write_json(out / "summary.json", summary)
-        _log(f"kept {best}: " + ", ".join(f"{k} best val MAE {v['best_val_mae']:.4g} (epoch {v['best_epoch']})" for k, v in results.items())
-             + f" -> {out / 'model.pt'}", rank)
+    if ctx.dist.rank == 0:
+        with atomic_output(ctx.out / "model.pt") as tmp:
+            shutil.copyfile(ctx.out / best / "best.pt", tmp)
+        _write_json(ctx.out / "summary.json", summary)
+        ctx.log(f"kept {best}: " + ", ".join(f"{k} best val MAE {v['best_val_mae']:.4g} (epoch {v['best_epoch']})"
+                                             for k, v in results.items()) + f" -> {ctx.out / 'model.pt'}")
     return summary
 
 
-def _fit_one(folder: Path, db, split, baseline, cfg, loss_name, train_bank, val_bank, val_plan, resume, progress, stop_after, dist,
-             torch, build_model, checkpoint_payload, save_checkpoint) -> dict:
+def _fit_one(ctx: FitContext, loss_name: str) -> dict:
+    """Train one loss to its end (or ``ctx.stop_after`` epochs), a checkpoint every epoch."""
+    import torch
     from torch.nn.parallel import DistributedDataParallel
 
-    rank, world = dist.rank, dist.world
-    ckpt_path = folder / "checkpoint.pt"
-    if rank == 0:
-        folder.mkdir(parents=True, exist_ok=True)
+    cfg, dist = ctx.cfg, ctx.dist
+    io = CheckpointIO(ctx.out / loss_name)
+    if dist.rank == 0:
+        io.folder.mkdir(parents=True, exist_ok=True)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(cfg.seed)
-    # channels-last (NDHWC) weights and inputs: oneDNN's fast 3D layout on CPU, ~1.8x faster
-    # per step here; the same arithmetic up to summation order (benchmarks/RESULTS.md)
-    model = build_model(cfg.model, **cfg.model_kwargs()).to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    state = {"epoch": 0, "best_val_mae": math.inf, "best_epoch": -1, "bad_epochs": 0, "done": False, "history": []}
+    training = Training.build(cfg)
     dist.barrier()
-    if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        model.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["torch_rng"])
-        state = dict(ck["train_state"])
-        if state["done"] and state["epoch"] < cfg.epochs and state.get("why") == "epochs":
-            state["done"] = False  # extended with --epochs
-        _log(f"[{loss_name}] resumed after epoch {state['epoch']} (best val MAE {state['best_val_mae']:.4g} at epoch {state['best_epoch']})", rank)
-        if rank == 0:  # metrics.jsonl = the checkpoint's history (drops lines of an epoch that never reached its checkpoint)
-            _write_jsonl(folder / "metrics.jsonl", state["history"])
-    if state["done"] or state["epoch"] >= cfg.epochs:
-        state["done"] = True
-        return _result(state, folder)
-
-    n_plan = len(train_bank) * cfg.windows_per_interface
-    if n_plan < cfg.batch_size:
-        raise InputError(f"{folder.parent}: {n_plan} training windows per epoch ({len(train_bank)} slab faces x "
-                         f"windows_per_interface {cfg.windows_per_interface}) is less than batch_size {cfg.batch_size}")
-    net = DistributedDataParallel(model) if dist.active else model
+    if ctx.resume and io.checkpoint.exists():
+        io.restore(training, cfg, dist.rank)
+        s = training.state
+        ctx.log(f"[{loss_name}] resumed after epoch {s.epoch} (best val MAE {s.best_val_mae:.4g} at epoch {s.best_epoch})")
+    state = training.state
+    if state.done or state.epoch >= cfg.epochs:
+        state.done = True
+        return state.result(io.folder)
+    _check_plan_size(ctx)
+    net = DistributedDataParallel(training.model) if dist.active else training.model
     lossf = torch.nn.L1Loss() if loss_name == "l1" else torch.nn.MSELoss()
-    local_b = cfg.batch_size // world
-    tty = progress and rank == 0 and sys.stderr.isatty()
-    n_run = 0
-    for epoch in range(state["epoch"], cfg.epochs):
-        plan = train_bank.random_plan(np.random.default_rng([cfg.seed, epoch]), cfg.windows_per_interface)
-        ops = np.random.default_rng([cfg.seed, epoch, 1]).integers(0, 8, size=len(plan)) if cfg.symmetry else np.zeros(len(plan), int)
-        nb = max(1, len(plan) // cfg.batch_size)
-        net.train()
-        t_load = t_step = 0.0
-        s_loss = 0.0
-        t_ep = time.perf_counter()
-        for b in range(nb):
-            glob = plan[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            mine = glob[rank * local_b : (rank + 1) * local_b]
-            t1 = time.perf_counter()
-            x, halves = train_bank.batch(mine)
-            mine_ops = ops[b * cfg.batch_size + rank * local_b : b * cfg.batch_size + (rank + 1) * local_b]
-            x, halves = d4(x, mine_ops), d4(halves, mine_ops)
-            xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d)
-            yt = torch.from_numpy(0.5 * (halves[:, 0:1] + halves[:, 1:2]))
-            t2 = time.perf_counter()
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
-                out = net(xt)
-            loss = lossf(out.float(), yt)  # the loss in float32 whatever the forward pass ran in
-            loss.backward()
-            opt.step()
-            t3 = time.perf_counter()
-            t_load += t2 - t1
-            t_step += t3 - t2
-            s_loss += float(loss.detach())
-            done = (b + 1) * cfg.batch_size
-            _progress(f"[{loss_name}] epoch {epoch + 1}/{cfg.epochs}", done, nb * cfg.batch_size, done / (t3 - t_ep), s_loss / (b + 1), tty)
-        if tty:
-            sys.stderr.write("\n")
-        t_train = time.perf_counter() - t_ep
-        train_loss = dist.all_sum([s_loss / nb])[0] / world
-        t4 = time.perf_counter()
-        val_mae, val_mae_a3, n_val = _predict_mae(model, val_bank, val_plan, max(1, local_b), torch, dist)
-        t_val = time.perf_counter() - t4
-        sched.step(val_mae)
-        improved = val_mae < state["best_val_mae"]
-        state["epoch"] = epoch + 1
-        if improved:
-            state.update(best_val_mae=val_mae, best_epoch=epoch + 1, bad_epochs=0)
-        else:
-            state["bad_epochs"] += 1
-        if state["bad_epochs"] >= cfg.patience:
-            state.update(done=True, why="early stopping")
-        elif state["epoch"] >= cfg.epochs:
-            state.update(done=True, why="epochs")
-        windows = nb * cfg.batch_size
-        rec = {
-            "epoch": epoch + 1,
-            "loss": loss_name,
-            "train_loss": train_loss,
-            "val_mae": val_mae,
-            "val_mae_A3": val_mae_a3,
-            "val_windows": n_val,
-            "lr": opt.param_groups[0]["lr"],
-            "windows": windows,
-            "windows_per_s": windows / t_train,
-            "load_s": t_load,
-            "step_s": t_step,
-            "val_s": t_val,
-            "best": improved,
-            "processes": world,
-        }
-        state["history"] = state["history"] + [rec]
-        if rank == 0:
-            extra = checkpoint_extra(cfg, loss_name, db, split, baseline)
-            extra["epoch"] = epoch + 1
-            extra["val_mae"] = val_mae
-            if improved:
-                save_checkpoint(folder / "best.pt", model, extra)
-            payload = checkpoint_payload(model, extra)
-            payload.update(optimizer=opt.state_dict(), scheduler=sched.state_dict(), torch_rng=torch.get_rng_state(),
-                           train_state=json.loads(json.dumps(state)))
-            with atomic_output(ckpt_path) as tmp:
-                torch.save(payload, tmp)
-            with open(folder / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            _log(f"[{loss_name}] epoch {epoch + 1}/{cfg.epochs}: train {loss_name} {train_loss:.4f}, val MAE {val_mae:.4f} rho/rho_bulk "
-                 f"({val_mae_a3:.3e} A^-3){' *' if improved else ''}, lr {rec['lr']:.2e}, {rec['windows_per_s']:.1f} windows/s "
-                 f"(loading {t_load:.2f} s of {t_train:.1f} s)", rank)
+    for n_run, epoch in enumerate(range(state.epoch, cfg.epochs), start=1):
+        rec = _run_epoch(ctx, training, net, lossf, loss_name)
+        if dist.rank == 0:
+            extra = dict(checkpoint_extra(cfg, loss_name, ctx.db, ctx.split, ctx.baseline), epoch=epoch + 1, val_mae=rec["val_mae"])
+            io.save(training, extra, rec["best"])
+            _log_epoch(ctx, rec)
         dist.barrier()
-        n_run += 1
-        if state["done"]:
-            if state.get("why") == "early stopping":
-                _log(f"[{loss_name}] early stopping: no better validation MAE for {cfg.patience} epochs", rank)
+        if state.done:
+            if state.why == "early stopping":
+                ctx.log(f"[{loss_name}] early stopping: no better validation MAE for {cfg.patience} epochs")
             break
-        if stop_after is not None and n_run >= stop_after:
-            return {**_result(state, folder), "stopped": True}
-    return _result(state, folder)
+        if ctx.stop_after is not None and n_run >= ctx.stop_after:
+            return {**state.result(io.folder), "stopped": True}
+    return state.result(io.folder)
 
 
-def _result(state, folder) -> dict:
-    return {
-        "best_val_mae": state["best_val_mae"],
-        "best_epoch": state["best_epoch"],
-        "epochs": state["epoch"],
-        "why_stopped": state.get("why"),
-        "checkpoint": str(folder / "best.pt"),
+def _check_plan_size(ctx: FitContext) -> None:
+    cfg = ctx.cfg
+    n_plan = len(ctx.train_bank) * cfg.windows_per_interface
+    if n_plan < cfg.batch_size:
+        raise InputError(f"{ctx.out}: {n_plan} training windows per epoch ({len(ctx.train_bank)} slab faces x "
+                         f"windows_per_interface {cfg.windows_per_interface}) is less than batch_size {cfg.batch_size}")
+
+
+def _run_epoch(ctx: FitContext, training: Training, net, lossf, loss_name: str) -> dict:
+    """One epoch: a training pass, validation, the LR schedule and the state; its record."""
+    dist, state = ctx.dist, training.state
+    epoch = state.epoch
+    t = _train_pass(ctx, training, net, lossf, loss_name)
+    train_loss = dist.all_sum([t["loss_sum"] / t["batches"]])[0] / dist.world
+    t4 = time.perf_counter()
+    val = validation_score(training.model, ctx.val_bank, ctx.val_plan, max(1, ctx.cfg.batch_size // dist.world), dist)
+    t_val = time.perf_counter() - t4
+    training.scheduler.step(val["mae"])
+    improved = state.end_epoch(val["mae"], ctx.cfg)
+    rec = {
+        "epoch": epoch + 1,
+        "loss": loss_name,
+        "train_loss": train_loss,
+        "val_mae": val["mae"],
+        "val_mae_A3": val["mae_A3"],
+        "val_windows": val["windows"],
+        "lr": training.lr,
+        "windows": t["windows"],
+        "windows_per_s": t["windows"] / t["train_s"],
+        "load_s": t["load_s"],
+        "step_s": t["step_s"],
+        "val_s": t_val,
+        "best": improved,
+        "processes": dist.world,
     }
+    state.history = state.history + [rec]
+    return rec
 
 
-def train_command(db, out, model=None, epochs=None, resume=False, config=None, loss=None, seed=None, progress=True) -> dict:
-    """What ``hydrolayer train`` does (the CLI only parses arguments)."""
-    out = Path(out)
-    if resume:
-        given = [n for n, v in (("--model", model), ("--config", config), ("--loss", loss), ("--seed", seed)) if v is not None]
-        if given:
-            raise InputError(f"{out}: --resume continues with the run's own config.json; only --epochs may change (drop {', '.join(given)})")
-        return fit(db, out, resume=True, epochs=epochs, progress=progress)
-    cfg = load_config(config, model=model, epochs=epochs, loss=loss, seed=seed)
-    return fit(db, out, cfg, progress=progress)
+def _train_pass(ctx: FitContext, training: Training, net, lossf, loss_name: str) -> dict:
+    """One pass over this epoch's random windows (D4-augmented), each process its share of
+    every global batch; loss sums and timings."""
+    import torch
+
+    cfg, rank, epoch = ctx.cfg, ctx.dist.rank, training.state.epoch
+    local_b = cfg.batch_size // ctx.dist.world
+    plan = ctx.train_bank.random_plan(np.random.default_rng([cfg.seed, epoch]), cfg.windows_per_interface)
+    ops = np.random.default_rng([cfg.seed, epoch, 1]).integers(0, 8, size=len(plan)) if cfg.symmetry else np.zeros(len(plan), int)
+    nb = max(1, len(plan) // cfg.batch_size)
+    tty = ctx.progress and rank == 0 and sys.stderr.isatty()
+    t = {"loss_sum": 0.0, "load_s": 0.0, "step_s": 0.0, "batches": nb, "windows": nb * cfg.batch_size}
+    net.train()
+    t_ep = time.perf_counter()
+    for b in range(nb):
+        first = b * cfg.batch_size + rank * local_b
+        t1 = time.perf_counter()
+        x, halves = ctx.train_bank.batch(plan[first : first + local_b])
+        x, halves = d4(x, ops[first : first + local_b]), d4(halves, ops[first : first + local_b])
+        xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last_3d)
+        yt = torch.from_numpy(0.5 * (halves[:, 0:1] + halves[:, 1:2]))
+        t2 = time.perf_counter()
+        training.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bfloat16"):
+            out = net(xt)
+        loss = lossf(out.float(), yt)  # the loss in float32 whatever the forward pass ran in
+        loss.backward()
+        training.optimizer.step()
+        t3 = time.perf_counter()
+        t["load_s"] += t2 - t1
+        t["step_s"] += t3 - t2
+        t["loss_sum"] += float(loss.detach())
+        done = (b + 1) * cfg.batch_size
+        _progress(f"[{loss_name}] epoch {epoch + 1}/{cfg.epochs}", done, t["windows"], done / (t3 - t_ep), t["loss_sum"] / (b + 1), tty)
+    if tty:
+        sys.stderr.write("\n")
+    t["train_s"] = time.perf_counter() - t_ep
+    return t
+
+
+def validation_score(model, bank, plan, batch: int, dist: _Dist | None = None) -> dict:
+    """MAE of ``model`` over the windows ``plan`` of ``bank`` against the mean of the MD halves
+    (``scoring``, through ``inference.run_batches``): ``{"mae", "mae_A3", "windows"}``. Under
+    torchrun every process scores its share and the sums are added up."""
+    from .inference import run_batches
+    from .scoring import ErrorSums
+
+    dist = dist or _Dist()
+    mine = plan[dist.rank :: dist.world]
+    sums = ErrorSums()
+    model.eval()
+    for k in range(0, len(mine), batch):
+        part = mine[k : k + batch]
+        x, halves = bank.batch(part)
+        pred = run_batches(model, x, batch)
+        ref = 0.5 * (halves[:, 0] + halves[:, 1])
+        for w, p in enumerate(part):
+            sums.add(np.abs(pred[w] - ref[w]), bank.entries[p[0]].interface.rho_bulk)
+    total = dist.all_sum(sums.as_list() + [float(len(mine))])
+    return {**ErrorSums.from_list(total[:3]).result(), "windows": int(total[3])}
+
+
+def _log_epoch(ctx: FitContext, rec: dict) -> None:
+    ctx.log(f"[{rec['loss']}] epoch {rec['epoch']}/{ctx.cfg.epochs}: train {rec['loss']} {rec['train_loss']:.4f}, "
+            f"val MAE {rec['val_mae']:.4f} rho/rho_bulk ({rec['val_mae_A3']:.3e} A^-3){' *' if rec['best'] else ''}, "
+            f"lr {rec['lr']:.2e}, {rec['windows_per_s']:.1f} windows/s (loading {rec['load_s']:.2f} s of "
+            f"{rec['windows'] / rec['windows_per_s']:.1f} s)")

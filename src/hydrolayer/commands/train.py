@@ -1,0 +1,46 @@
+"""``hydrolayer train``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CLICommand:
+    """train a U-Net or attention U-Net on the simulation database (L1 and L2 compared, a checkpoint every epoch)"""
+
+    name = "train"
+    example = (
+        "hydrolayer train --db data/simulations.db --model unet --out runs/unet --epochs 60\n"
+        "hydrolayer train --db data/simulations.db --out runs/unet --resume          # after a kill: continues exactly\n"
+        "hydrolayer train --db data/simulations.db --model attention-unet --out runs/att --config train.yaml\n"
+        "torchrun --standalone --nproc_per_node 2 -m hydrolayer.cli train --db data/simulations.db --out runs/ddp"
+    )
+
+    @staticmethod
+    def add_arguments(parser):
+        add = parser.add_argument
+        add("--db", required=True, help="the simulation database (SQLite file or postgresql:// URL)")
+        add("--model", choices=["unet", "attention-unet"], default=None, help="network (default unet)")
+        add("--out", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl, split.json, model.pt)")
+        add("--epochs", type=int, default=None, help="number of epochs (default 60; with --resume: extend the run)")
+        add("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+        add("--config", type=Path, default=None, help="YAML file of TrainConfig settings (see hydrolayer.train.TrainConfig)")
+        add("--loss", choices=["l1", "l2", "compare"], default=None, help="loss (default compare: train both, keep the better)")
+        add("--seed", type=int, default=None, help="random seed (default 0)")
+        add("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
+
+    @staticmethod
+    def run(args):
+        from ..train import fit, load_config
+        from ..util import InputError
+
+        progress = not args.no_progress
+        if args.resume:
+            given = [n for n, v in (("--model", args.model), ("--config", args.config), ("--loss", args.loss), ("--seed", args.seed))
+                     if v is not None]
+            if given:
+                raise InputError(f"{args.out}: --resume continues with the run's own config.json; only --epochs may change "
+                                 f"(drop {', '.join(given)})")
+            return fit(args.db, args.out, resume=True, epochs=args.epochs, progress=progress)
+        cfg = load_config(args.config, model=args.model, epochs=args.epochs, loss=args.loss, seed=args.seed)
+        return fit(args.db, args.out, cfg, progress=progress)

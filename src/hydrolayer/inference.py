@@ -1,0 +1,336 @@
+"""Running a trained network: the loaded :class:`Predictor`, its precision, the one batched
+inference path (:func:`run_batches`, used by prediction, training's validation and the
+evaluation) and the two ways of covering a whole periodic cell (:func:`tile_predict`,
+:func:`cell_predict`).
+
+Tiles (the default of ``predict_density``): windows of the training size (32 x 32 points =
+10 x 10 Å) are cut from the periodic descriptor of the whole cell (indices wrap, so any cell
+size works, smaller than a window too) at a stride of three quarters of a window (24 points,
+:func:`default_stride`; 16, half a window, is the denser choice), the network is run on each,
+and the windows are blended with :func:`blend_weight`: along each axis a sin^2 ramp over the
+overlapping points at each edge and 1 in between. It falls to ~0 at the window edges and sums
+to exactly 1 where neighbouring windows overlap (sin^2 + cos^2 = 1); the sum is divided out
+anyway for cells that are not a multiple of the stride. Why tiles and not the network once
+over a periodically padded cell: the network was trained on isolated 10 x 10 Å windows whose
+borders are zero-padded, and its receptive field (92 grid points, about 29 Å) is larger than
+a window, so every training voxel saw those borders. Tiling shows the network exactly what
+it was trained on and gives most weight to window centres; :func:`cell_predict` (once over
+the cell padded periodically by half a window) is seamless by construction but out of the
+training distribution, offered for speed and comparison.
+
+Precision: ``"float32"``, or ``"bfloat16"`` (CPU autocast: convolutions in bfloat16 with
+float32 accumulation, output float32), or ``"auto"``: bfloat16 where the CPU runs it natively.
+torch is imported only when a model is loaded or run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .conventions import SPACING, WINDOW_SHAPE
+from .registry import resolve_model
+
+__all__ = [
+    "MODEL_ELEMENTS",
+    "PRECISIONS",
+    "Predictor",
+    "load_predictor",
+    "bf16_supported",
+    "resolve_precision",
+    "autocast",
+    "run_batches",
+    "tile_predict",
+    "cell_predict",
+    "blend_weight",
+    "default_stride",
+]
+
+MODEL_ELEMENTS = ("C", "O", "Ca")  # descriptor channels of every hydrolayer model so far
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+# =========================================================================== the predictor
+@dataclasses.dataclass
+class Predictor:
+    """A loaded model plus what it needs to know: descriptor sigma, window shape, training set.
+
+    ``net`` is any callable ``(N, 3, X, Y, Z) tensor -> (N, 1, X, Y, Z) tensor`` in rho/rho_bulk
+    (a :class:`hydrolayer.models.UNet3D` in eval mode); ``meta`` the checkpoint metadata.
+    """
+
+    net: Callable
+    meta: dict
+    name: str = "model"
+    source: str = ""
+    load_seconds: float = 0.0
+    notes: list = dataclasses.field(default_factory=list)  # e.g. "written by another version"
+    precision: str = "float32"  # what the network computes in: "float32" or "bfloat16"
+
+    @property
+    def sigma(self) -> float:
+        """Gaussian width (Å) of the descriptor the network was trained on."""
+        s = (self.meta.get("descriptor") or {}).get("sigma")
+        if s is None:
+            from .descriptors import DEFAULT_SIGMA
+
+            return float(DEFAULT_SIGMA)
+        return float(s)
+
+    @property
+    def window_shape(self) -> tuple[int, int, int]:
+        w = self.meta.get("window")
+        return tuple(int(v) for v in w["shape"]) if w else tuple(WINDOW_SHAPE)
+
+    @property
+    def spacing(self) -> float:
+        """Lateral grid spacing of the training windows (Å)."""
+        w = self.meta.get("window")
+        if w:
+            return float(np.linalg.norm(np.asarray(w["cell"], float)[0]) / int(w["shape"][0]))
+        return float(SPACING)
+
+    @property
+    def elements(self) -> tuple[str, ...]:
+        ch = (self.meta.get("descriptor") or {}).get("channels")
+        return tuple(ch) if ch else MODEL_ELEMENTS
+
+    @property
+    def training_surfaces(self) -> list[str] | None:
+        t = self.meta.get("training") or {}
+        s = t.get("surfaces") if isinstance(t, dict) else None
+        return list(s) if s else None
+
+    def predict(self, atoms, **kwargs):
+        """:func:`hydrolayer.predict.predict_density` with this model."""
+        from .predict import predict_density
+
+        return predict_density(atoms, model=self, **kwargs)
+
+
+def load_predictor(model: str | Path | None = None, directory=None, threads: int | None = None, optimise: bool = True,
+                   precision: str | None = "auto") -> Predictor:
+    """Load a shipped model by name, a checkpoint by path, or the default shipped model.
+
+    ``optimise``: fold batch norms into the convolutions and use the channels-last layout
+    (same predictions to ~1e-6, faster on CPU). ``precision``: ``"auto"`` (default) runs the
+    convolutions in bfloat16 where the CPU has native support (the density moves by ~1e-3
+    rho/rho_bulk on average, see benchmarks/RESULTS.md), else in float32; ``"float32"`` or
+    ``"bfloat16"`` force one (the evaluation uses float32)."""
+    precision = resolve_precision(precision)
+    path = resolve_model(model, directory)
+    t0 = time.perf_counter()
+    import torch
+
+    from .models import load_model
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        net, meta = load_model(path)
+    net.eval()
+    if optimise:
+        net = _optimise(net)
+    if precision == "bfloat16":
+        net = autocast(net)
+    notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    for n in notes:
+        warnings.warn(n, stacklevel=2)
+    return Predictor(net, meta, name=path.stem, source=str(path), load_seconds=time.perf_counter() - t0, notes=notes,
+                     precision=precision)
+
+
+def _optimise(net):
+    """Inference-only speed-ups that keep the numbers (to float round-off): each Conv3d
+    followed by a BatchNorm3d in a Sequential is folded into one Conv3d (eval statistics),
+    and the weights go channels-last (oneDNN's fast 3D layout on CPU)."""
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for mod in list(net.modules()):
+        if isinstance(mod, nn.Sequential):
+            items = list(mod._modules.items())
+            for (n1, a), (n2, b) in zip(items, items[1:]):
+                if isinstance(a, nn.Conv3d) and isinstance(b, nn.BatchNorm3d) and not b.training:
+                    mod._modules[n1] = fuse_conv_bn_eval(a, b)
+                    mod._modules[n2] = nn.Identity()
+    return net.to(memory_format=torch.channels_last_3d)
+
+
+# =========================================================================== precision
+def bf16_supported() -> bool:
+    """Whether this CPU runs oneDNN bfloat16 convolutions natively (AVX512-BF16 or AMX);
+    elsewhere bfloat16 is emulated and slower than float32."""
+    try:
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # private torch API: any failure means "do not use it"
+        return False
+
+
+def resolve_precision(precision: str | None) -> str:
+    """``"auto"`` (or None) -> ``"bfloat16"`` where the CPU supports it natively, else ``"float32"``."""
+    precision = precision or "auto"
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if bf16_supported() else "float32"
+    return precision
+
+
+def autocast(net):
+    """``net`` wrapped to run under CPU autocast to bfloat16 (weights stay float32;
+    convolutions compute in bfloat16 with float32 accumulation), returning float32; in eval mode."""
+    return _bfloat16_class()(net).eval()
+
+
+@functools.cache
+def _bfloat16_class():
+    """The wrapper class, defined once on first use (torch is imported only when needed)."""
+    from torch import nn
+
+    class BFloat16Net(nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            import torch
+
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y = self.net(x)
+            return y.float()
+
+    return BFloat16Net
+
+
+# =========================================================================== batched inference
+def run_batches(net: Callable, windows: np.ndarray, batch: int, attention: bool = False):
+    """Run ``net`` over (N, C, X, Y, Z) windows in batches of ``batch``: returns (N, X, Y, Z)
+    float32 (the first output channel). The one batched-inference path of the package
+    (prediction, training's validation, the evaluation): inference mode, float32 input in the
+    channels-last memory layout.
+
+    ``attention=True`` (an :class:`~hydrolayer.models.AttentionUNet3D`): returns
+    ``(pred, maps)`` with the attention coefficients of each pooling scale, (N, x, y, z) each.
+
+    A lone window is run as a batch of two (itself twice): PyTorch's CPU convolution picks
+    its slow reference kernel for batch 1 at window size (the oneDNN kernel needs N > 1 or a
+    larger plane), and two windows through oneDNN cost ~3x less than one through the other.
+    """
+    import torch
+
+    outs, atts = [], []
+    with torch.inference_mode():
+        for s in range(0, len(windows), batch):
+            part = np.ascontiguousarray(windows[s : s + batch], dtype=np.float32)
+            lone = len(part) == 1 and part.shape[2] * part.shape[3] * part.shape[1] <= 20480
+            x = torch.from_numpy(np.concatenate([part, part]) if lone else part)
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            keep = slice(0, 1 if lone else len(part))
+            if attention:
+                y, maps = net(x, return_attention=True)
+                atts.append([m[keep, 0].detach().cpu().numpy() for m in maps])
+            else:
+                y = net(x)
+            outs.append(y[keep, 0].detach().cpu().numpy())
+    pred = np.concatenate(outs) if outs else np.zeros((0,) + windows.shape[2:], np.float32)
+    if not attention:
+        return pred
+    return pred, [np.concatenate([a[k] for a in atts]) for k in range(len(atts[0]))] if atts else []
+
+
+# =========================================================================== whole cells
+def blend_weight(n: int, overlap: int | None = None) -> np.ndarray:
+    """Blend weight along one window axis of ``n`` points for windows that overlap by
+    ``overlap`` points (default n // 2): sin^2 ramps over the ``overlap`` points at each
+    edge (~0 at the edge) and 1 in between. Where two windows at that stride overlap, their
+    ramps are sin^2 and cos^2 of the same angle: they sum to exactly 1. With the default
+    this is sin^2(pi (i + 1/2) / n)."""
+    overlap = n // 2 if overlap is None else int(overlap)
+    if not 0 < overlap <= n // 2:
+        raise ValueError(f"overlap must be in 1..{n // 2}, got {overlap}")
+    i = np.arange(n) + 0.5
+    up = np.sin(0.5 * np.pi * np.clip(i / overlap, 0, 1)) ** 2
+    return up * up[::-1]
+
+
+def default_stride(window: int) -> int:
+    """The default tile step: three quarters of a window (24 of 32 points, 7.5 Å), an
+    overlap of a quarter window on each side. Half a window (16) covers every point with
+    4 windows instead of ~1.8 and takes twice as long; on row 5 of data set v0 both give
+    the same MAE against MD (benchmarks/RESULTS.md)."""
+    return (3 * int(window)) // 4
+
+
+def _offsets(n: int, window: int, stride: int) -> np.ndarray:
+    """Window starts along an axis of ``n`` periodic points: about every ``stride`` points,
+    spread evenly so that the same cell always gets the same starts."""
+    k = max(1, -(-n // stride))  # ceil
+    if n <= window and k < 2:
+        k = 2 if n > 1 else 1
+    return np.array(sorted({int(round(m * n / k)) % n for m in range(k)}))
+
+
+def tile_predict(desc: np.ndarray, net: Callable, window: int = 32, stride: int | None = None, batch: int = 8) -> np.ndarray:
+    """Blend window predictions over a periodic descriptor ``desc`` (C, NX, NY, NZ).
+
+    Windows of ``window`` x ``window`` lateral points at about ``stride`` (default
+    :func:`default_stride`: three quarters of a window) are cut with periodic wrap, run
+    through ``net`` in batches and blended with :func:`blend_weight`. Returns (NX, NY, NZ)
+    float32.
+    """
+    desc = np.asarray(desc, dtype=np.float32)
+    _, nx, ny, nz = desc.shape
+    stride = stride or default_stride(window)
+    if not window // 2 <= stride < window:
+        raise ValueError(f"stride must be in {window // 2}..{window - 1} points, got {stride}")
+    ox, oy = _offsets(nx, window, stride), _offsets(ny, window, stride)
+    w1 = blend_weight(window, window - stride).astype(np.float32)
+    w2 = w1[:, None] * w1[None, :]
+    acc = np.zeros((nx, ny, nz), np.float32)
+    wsum = np.zeros((nx, ny), np.float32)
+    starts = [(i0, j0) for i0 in ox for j0 in oy]
+    dup = window > nx or window > ny  # a window wraps onto itself: accumulate with add.at
+    for s in range(0, len(starts), batch):
+        idx = [((i0 + np.arange(window)) % nx, (j0 + np.arange(window)) % ny) for i0, j0 in starts[s : s + batch]]
+        win = np.stack([desc[:, ii][:, :, jj] for ii, jj in idx])
+        for (ii, jj), p in zip(idx, run_batches(net, win, batch)):
+            sel = np.ix_(ii, jj)
+            if dup:
+                np.add.at(acc, sel, w2[..., None] * p)
+                np.add.at(wsum, sel, w2)
+            else:
+                acc[sel] += w2[..., None] * p
+                wsum[sel] += w2
+    return acc / wsum[..., None]
+
+
+def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int = 8) -> np.ndarray:
+    """The network once over the whole cell, padded periodically by ``pad`` points laterally
+    (and up to a multiple of ``multiple``), cropped back. Returns (NX, NY, NZ) float32.
+
+    Every point sees at least ``pad`` points of real periodic context on each side and the
+    network's zero padding beyond that (the receptive field of the U-Net is larger), so
+    periodicity and shift symmetry are exact only as far as the network ignores context
+    beyond the margin; the tiles method has no such limit (each window is what the network
+    was trained on). Memory grows with the cell area (one activation map of the whole padded
+    cell per layer), while tiles need a fixed amount per batch of windows."""
+    desc = np.asarray(desc, dtype=np.float32)
+    _, nx, ny, nz = desc.shape
+    if nz % multiple:
+        raise ValueError(f"the descriptor has {nz} points along z; need a multiple of {multiple}")
+    px = pad + (-(nx + 2 * pad)) % multiple
+    py = pad + (-(ny + 2 * pad)) % multiple
+    big = np.pad(desc, ((0, 0), (pad, px), (pad, py), (0, 0)), mode="wrap")
+    out = run_batches(net, big[None], 1)[0]
+    return np.ascontiguousarray(out[pad : pad + nx, pad : pad + ny])
