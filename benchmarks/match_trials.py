@@ -175,6 +175,7 @@ def figure(summary, snrs, path: Path):
         ax2.plot(snrs, within, style, label=name)
     for ax, title in ((ax1, "right candidate ranked first (of 7)"), (ax2, "height within 0.3 Å (right candidate)")):
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(snrs, [f"{s:g}" for s in snrs])
         ax.set_ylim(-0.02, 1.02)
         ax.axhline(0.9, color="0.6", lw=0.8, ls=":")
