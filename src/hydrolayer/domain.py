@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .conventions import CATIONS, PLANE_TOL, surface_planes
-from .inference import Predictor
 from .util import InputError
+
+if TYPE_CHECKING:  # a type only: domain checks need no network
+    from .inference import Predictor
 
 __all__ = ["IGNORED_ELEMENTS", "FAR_TOLERANCE", "top_layer_fingerprint", "reference_fingerprint", "check_domain"]
 

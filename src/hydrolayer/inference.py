@@ -107,12 +107,6 @@ class Predictor:
         s = t.get("surfaces") if isinstance(t, dict) else None
         return list(s) if s else None
 
-    def predict(self, atoms, **kwargs):
-        """:func:`hydrolayer.predict.predict_density` with this model."""
-        from .predict import predict_density
-
-        return predict_density(atoms, model=self, **kwargs)
-
 
 def load_predictor(model: str | Path | None = None, directory=None, threads: int | None = None, optimise: bool = True,
                    precision: str | None = "auto") -> Predictor:
