@@ -151,20 +151,21 @@ def test_cluster_section_checked(tmp_path):
 
 
 def test_campaign_command_class(tmp_path, capsys):
-    from hydrolayer.commands.campaign import CLICommand, build_parser, main
+    from hydrolayer.cli import build_parser, main
+    from hydrolayer.commands.campaign import CLICommand
 
-    assert CLICommand.name == "campaign" and CLICommand.__doc__.splitlines()[0].startswith("many simulations")
+    assert CLICommand.name == "campaign" and CLICommand.__doc__.startswith("many simulations")
     p = build_parser()
-    a = p.parse_args(["run", "s.yaml", "--db", "x.db", "--slurm", "--partition", "p", "--cores", "4", "--jobs", "2"])
+    a = p.parse_args(["campaign", "run", "s.yaml", "--db", "x.db", "--slurm", "--partition", "p", "--cores", "4", "--jobs", "2"])
     assert a.slurm is True and a.cores == 4 and a.jobs == 2 and a.func.__name__ == "_run"
-    assert p.parse_args(["run", "s.yaml", "--db", "x.db", "--local"]).slurm is False
-    assert p.parse_args(["run", "s.yaml", "--db", "x.db"]).slurm is None
+    assert p.parse_args(["campaign", "run", "s.yaml", "--db", "x.db", "--local"]).slurm is False
+    assert p.parse_args(["campaign", "run", "s.yaml", "--db", "x.db"]).slurm is None
     with pytest.raises(SystemExit):
-        p.parse_args(["run", "s.yaml", "--db", "x.db", "--slurm", "--local"])
+        p.parse_args(["campaign", "run", "s.yaml", "--db", "x.db", "--slurm", "--local"])
     with pytest.raises(SystemExit):
-        p.parse_args(["run", "--help"])
+        p.parse_args(["campaign", "run", "--help"])
     assert "--slurm --partition compute" in capsys.readouterr().out  # the worked example
-    assert main(["status", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "x.db")]) == 2
+    assert main(["campaign", "status", str(tmp_path / "missing.yaml"), "--db", str(tmp_path / "x.db")]) == 2
 
 
 def test_status_shows_where_progress_and_last_line(tmp_path):

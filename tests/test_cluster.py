@@ -50,8 +50,8 @@ def _env():
 
 
 def _campaign(*args, cwd):
-    """``hydrolayer campaign ...`` through the command's own class (commands/campaign.py)."""
-    return subprocess.Popen([sys.executable, "-m", "hydrolayer.commands.campaign", *map(str, args)],
+    """``hydrolayer campaign ...``"""
+    return subprocess.Popen([sys.executable, "-m", "hydrolayer.cli", "campaign", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=cwd)
 
 
@@ -230,6 +230,21 @@ def _squeue_ids(name: str) -> list[str]:
     return out.stdout.split()
 
 
+def _workers_left(folder: Path) -> list[int]:
+    """PIDs of Dask worker processes started in ``folder`` (the campaign's SLURM jobs)."""
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                argv = (d / "cmdline").read_bytes()
+                cwd = os.readlink(d / "cwd")
+            except OSError:
+                continue
+            if b"distributed.cli.dask_worker" in argv and cwd.startswith(str(folder)):
+                pids.append(int(d.name))
+    return pids
+
+
 def _rank_pids(workdir: Path) -> list[int]:
     """PIDs of the LAMMPS ranks of one job folder (``python -m hydrolayer.simulate --worker DIR``)."""
     pids = []
@@ -300,6 +315,9 @@ def test_slurm_scancel_and_resume(tmp_path):
         out = _campaign(*run, cwd=tmp_path).communicate(timeout=120)[0]
         assert "0 stored, 0 failed, 1 already done" in out, out
         assert len(list(store.iter_rows(db))) == 1
+        # every SLURM job ended with its worker: no Dask worker process outlives its job
+        _wait_for(lambda: not _squeue_ids(slurm_name) and not _workers_left(tmp_path), 60,
+                  "the campaign's SLURM workers to end with their jobs")
     finally:
         _stop(proc, signal.SIGTERM, timeout=60)
         for jid in _squeue_ids(slurm_name):  # only the jobs of this test's campaign (its unique job name)

@@ -441,7 +441,10 @@ def slurm_cluster(opts: dict, per_job: int, name: str, log_dir: Path, max_jobs: 
         job_name=f"hl-{name}"[:40],
         job_extra_directives=["--nodes=1", "--ntasks=1"] + list(opts.get("extra") or []),
         job_script_prologue=list(opts.get("prologue") or []) + ["export HYDRA_LAUNCHER=fork", "export OMP_NUM_THREADS=1"],
-        python=sys.executable,
+        # exec: the worker is the job's main process, not a child of the batch shell, so SLURM's
+        # SIGKILL after KillWait reaches it even where process tracking follows the process
+        # tree (proctrack/linuxproc) and the shell has already exited
+        python=f"exec {sys.executable}",
         log_directory=str(log_dir),
         scheduler_options={"dashboard_address": ":0"},  # never 8787: another campaign may have it
         worker_extra_args=["--no-nanny"],  # the worker is the job's process: scancel ends it with its simulations

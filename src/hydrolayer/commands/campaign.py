@@ -1,8 +1,4 @@
-"""``hydrolayer campaign run|status|snapshot``: campaigns from a YAML spec (``hydrolayer.campaign``).
-
-Also runnable on its own, with the same arguments: ``python -m hydrolayer.commands.campaign
-run SPEC --db DB ...``.
-"""
+"""``hydrolayer campaign run|status|snapshot``: campaigns from a YAML spec (``hydrolayer.campaign``)."""
 
 from __future__ import annotations
 
@@ -12,14 +8,7 @@ from .common import add_action, add_md_parallel_args
 
 
 class CLICommand:
-    """many simulations from a YAML spec on Dask or SLURM, resumable
-
-    Campaigns: surfaces x defects x seeds x run length, run as Dask jobs on this machine (a
-    LocalCluster), on an existing Dask cluster (--scheduler) or on SLURM (--slurm, or a
-    `cluster:` section in the spec). Running the same command again skips finished jobs
-    and resumes interrupted ones from their checkpoints; only this process writes the
-    database.
-    """
+    """many simulations from a YAML spec on Dask or SLURM, resumable"""
 
     name = "campaign"
     example = ("hydrolayer campaign run examples/campaign-tiny.yaml --db /tmp/tiny/sim.db\n"
@@ -99,40 +88,3 @@ def _snapshot(args):
 
     snaps = snapshot_campaign(args.spec, args.db, workdir=args.workdir)
     print(f"{len(snaps)} job snapshot(s) written")
-
-
-def build_parser(prog: str = "hydrolayer campaign"):
-    """A stand-alone parser of this command (``python -m hydrolayer.commands.campaign``)."""
-    import argparse
-
-    from .common import formatter
-
-    doc = CLICommand.__doc__.strip().splitlines()
-    parser = argparse.ArgumentParser(prog=prog, description="\n".join(l.strip() for l in doc[2:]) or doc[0],
-                                     epilog="example:\n  " + CLICommand.example.replace("\n", "\n  "),
-                                     formatter_class=formatter)
-    CLICommand.add_arguments(parser)
-    return parser
-
-
-def main(argv=None) -> int:
-    import sys
-
-    from ..util import InputError
-
-    args = build_parser().parse_args(argv)
-    try:
-        CLICommand.run(args)
-    except InputError as err:
-        print(f"hydrolayer: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("hydrolayer: interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())
