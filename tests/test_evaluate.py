@@ -57,6 +57,11 @@ def test_evaluate_cli_writes_the_report(runs, tmp_path):
         assert f"| {title} |" in md
     assert "## Unit-cell averaging of the pristine references" in md
     assert "| aragonite (010) | 2x3 |" in md
+    # the paper's Table 1 beside ours, in Å^-3: each model's value and the paper's for its column
+    paper_part = md[md.index("## The paper's Table 1 beside ours") :]
+    paper_rows = [line for line in paper_part.splitlines() if line.startswith("| calcite (10-14) with a CO3 2- vacancy | ")]
+    assert len(paper_rows) == 1 and "paper U-Net (c)" in paper_part
+    assert "| 2.729e-03 |" in paper_rows[0]  # the paper's U-Net (c) at the CO3 2- vacancy, beside ours
     res = json.loads((out / "metrics.json").read_text())
     names = [g["name"] for g in res["groups"]]
     # the test row is drawn at random (unique ids are random): it has a defect group iff Ca was removed from it
@@ -211,3 +216,14 @@ def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):
     assert f"{m['mae']:.4f} ({m['mae_A3']:.2e})" in text
     u = {g["name"]: g for g in res["groups"]}["aragonite-010"]["unit_cell_averaging"]
     assert f"- aragonite (010): 2x3 unit cells; noise floor {u['noise_floor_before']['mae']:.4f} -> {u['noise_floor_after']['mae']:.4f}" in text
+
+
+def test_paper_columns_follow_network_and_training_data():
+    from hydrolayer.evaluate import PAPER_TABLE1, paper_column
+
+    assert paper_column({"model": "unet", "training": {"surfaces": ["calcite-104"]}}) == "U-Net (c)"
+    assert paper_column({"model": "attention-unet", "training": {"surfaces": ["calcite-104", "aragonite-010"]}}) == "Att U-Net (c+a)"
+    assert paper_column({"model": "unet"}) == "U-Net (c)"  # no record of the training surfaces: calcite, as every model before v1
+    # every paper cell names a column that paper_column can produce
+    for row in PAPER_TABLE1.values():
+        assert set(row) == {"U-Net (c)", "Att U-Net (c)", "U-Net (c+a)", "Att U-Net (c+a)"}

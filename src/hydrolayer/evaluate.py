@@ -55,6 +55,25 @@ __all__ = ["evaluate", "DEFECT_RADIUS"]
 
 DEFECT_RADIUS = 3.0  # Å, as the paper
 MODEL_LABELS = {"unet": "U-Net", "attention-unet": "Att U-Net"}
+# The paper's Table 1 (Ranawat, Jaques & Foster 2021): MAE in water-O number density (Å^-3)
+# by row (this module's group names) and column (network, training data: c = calcite,
+# c+a = calcite + aragonite (010)); None: "in training data"; the paper has no aragonite
+# (001) row in its table.
+PAPER_TABLE1 = {
+    "test set": {"U-Net (c)": 1.1015e-3, "Att U-Net (c)": 1.1433e-3, "U-Net (c+a)": 8.8640e-4, "Att U-Net (c+a)": 1.0575e-3},
+    "calcite-104 CO3 vacancy": {"U-Net (c)": 2.7288e-3, "Att U-Net (c)": 3.0565e-3, "U-Net (c+a)": 2.8357e-3, "Att U-Net (c+a)": 3.1721e-3},
+    "calcite-104 Ca vacancy": {"U-Net (c)": 2.6579e-3, "Att U-Net (c)": 2.6496e-3, "U-Net (c+a)": 2.9125e-3, "Att U-Net (c+a)": 2.8362e-3},
+    "aragonite-010": {"U-Net (c)": 9.4199e-3, "Att U-Net (c)": 1.0148e-2, "U-Net (c+a)": None, "Att U-Net (c+a)": None},
+    "vaterite-010": {"U-Net (c)": 6.4501e-3, "Att U-Net (c)": 7.4893e-3, "U-Net (c+a)": 6.6732e-3, "Att U-Net (c+a)": 7.9105e-3},
+}
+
+
+def paper_column(meta: dict) -> str:
+    """The paper's Table 1 column that a checkpoint corresponds to: its network, and its
+    training data (c+a when the training surfaces include aragonite, else c)."""
+    surfaces = ((meta.get("training") or {}) if isinstance(meta.get("training"), dict) else {}).get("surfaces") or []
+    data = "c+a" if any(str(x).startswith("aragonite") for x in surfaces) else "c"
+    return f"{MODEL_LABELS.get(meta.get('model'), meta.get('model'))} ({data})"
 PREDICT_BATCH = 4  # windows per network call
 
 
@@ -359,7 +378,7 @@ def _fmt(m: dict | None) -> str:
 
 def _report(result: dict) -> str:
     """report.md: Table 1, unit-cell averaging, verdicts, peaks, training."""
-    lines = _table1(result) + _averaging(result) + _verdicts(result) + _peaks(result) + _training(result)
+    lines = _table1(result) + _paper(result) + _averaging(result) + _verdicts(result) + _peaks(result) + _training(result)
     return "\n".join(lines) + "\n"
 
 
@@ -395,6 +414,29 @@ def _table1(result: dict) -> list[str]:
         lines.append(f"| {g['title']} | {g['windows']} | {_fmt(g['noise_floor'])} | {_fmt(g.get('baseline'))} | " + " | ".join(cells) + " |")
     lines += ["", "Regions: " + "; ".join(f"{g['title']}: {g.get('region', '-')}" for g in result["groups"]) + ".", ""]
     return lines
+
+
+def _paper(result: dict) -> list[str]:
+    """The paper's Table 1 beside ours, in its unit (Å^-3): each model next to the paper's
+    value for the same network and training data."""
+    labels, cols = result["models"], result.get("paper_columns") or {}
+    lines = ["## The paper's Table 1 beside ours (MAE in Å^-3)", "",
+             "Each model next to the paper's value for the same network and training data (c: calcite, "
+             "c+a: calcite + aragonite (010)). The paper's references are single MD runs without a stated noise floor; "
+             "ours are compared at the same smoothing as the training targets.", "",
+             "| | MD noise floor | height-only baseline | " + " | ".join(f"{l} | paper {cols.get(l, '?')}" for l in labels) + " |",
+             "|---|---|---|" + "---|---|" * len(labels)]
+    for g in result["groups"]:
+        paper = PAPER_TABLE1.get(g["name"].replace(" near defects", ""))
+        if not g.get("windows") or paper is None or g["name"] == "test set near defects":
+            continue
+        cells = []
+        for l in labels:
+            ours = g["models"][l]["mae_A3"]
+            ref = paper.get(cols.get(l), "?")
+            cells += [f"{ours:.3e}", "in training data" if ref is None else (f"{ref:.3e}" if isinstance(ref, float) else ref)]
+        lines.append(f"| {g['title']} | {g['noise_floor']['mae_A3']:.3e} | {g['baseline']['mae_A3']:.3e} | " + " | ".join(cells) + " |")
+    return lines + ["", "The paper's table has no aragonite (001) row.", ""]
 
 
 def _verdicts(result: dict) -> list[str]:
@@ -611,6 +653,7 @@ def _result(runs, db, out, cols, st, results, max_row, figdir) -> dict:
         "runs": [str(r) for r in runs],
         "models": [c["label"] for c in cols],
         "checkpoints": {c["label"]: str(c["path"]) for c in cols},
+        "paper_columns": {c["label"]: paper_column(c["meta"]) for c in cols},
         "kept": {c["label"]: c["kept"] for c in cols},
         "sigma": st["sigma"],
         "sigma_target": st["sigma_target"],
