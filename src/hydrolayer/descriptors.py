@@ -195,7 +195,7 @@ def _smear(pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma:
         for s in range(0, len(p), 256):  # chunks keep memory bounded on large cells
             d2 = ((xy[None, :, :] - p[s : s + 256, None, :2]) ** 2).sum(-1)
             gxy[s : s + 256] = np.exp(-d2 * inv2s2)
-    gxy, gz = gxy.astype(np.float32), gz.astype(np.float32)  # float32: 2x faster, ample precision
+    gxy, gz = gxy.astype(np.float32), gz.astype(np.float32)  # float32: faster, ample precision
     out = np.zeros((nchan, nx * ny, nz), dtype=np.float32)
     for c in range(nchan):
         m = ch == c
@@ -211,7 +211,7 @@ def _smear_blocks(p: np.ndarray, ch: np.ndarray, nchan: int, spec: GridSpec, sig
     ``workers`` threads (the callers, :func:`describe` and :func:`describe_windows`, hold BLAS
     at one thread). ``p`` already holds every image that can reach the grid. Same
     numbers as one dense product except the far tails (beyond ``CUTOFF_SIGMAS`` sigma of a
-    block, below exp(-8) = 3e-4 of an atom's peak); 4-7x faster on a whole surface cell,
+    block, below exp(-8) = 3e-4 of an atom's peak); faster on a whole surface cell
     where most atoms are far from most grid points."""
     from concurrent.futures import ThreadPoolExecutor
 
