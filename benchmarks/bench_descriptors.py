@@ -58,10 +58,14 @@ def main():
     dt_ref = (time.perf_counter() - t) / args.baseline_windows
     err = max(np.abs(fast[i] - r).max() for i, r in enumerate(ref))
     rate = args.windows / dt
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+    )
     print(f"slab: calcite-104 5x3, 4 layers, {len(slab)} atoms; sigma {D.DEFAULT_SIGMA} Å")
-    print(f"hydrolayer.describe_windows: {rate:.0f} windows/s wall ({1e3 / rate:.2f} ms/window, {args.windows} windows); "
-          f"{args.windows / cpu:.0f} windows per CPU-second (one process)")
+    print(
+        f"hydrolayer.describe_windows: {rate:.0f} windows/s wall ({1e3 / rate:.2f} ms/window, {args.windows} windows); "
+        f"{args.windows / cpu:.0f} windows per CPU-second (one process)"
+    )
     print(f"hydrolayer.describe_windows(workers=2): {rate2:.0f} windows/s wall")
     print(f"naive baseline: {1 / dt_ref:.2f} windows/s ({dt_ref * 1e3:.0f} ms/window)")
     print(f"speed-up over baseline: {rate * dt_ref:.0f}x; max |difference| {err:.2e} Å^-3")

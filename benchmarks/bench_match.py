@@ -18,9 +18,18 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CANDIDATES = ["calcite-104", "calcite-104:vacancy=CO3", "calcite-104:vacancy=Ca", "calcite-104:pairs=1,seed=1",
-              "calcite-104:pairs=2,seed=1", "calcite-104:pairs=3,seed=1", "calcite-104:pairs=1,placement=adjacent",
-              "aragonite-010", "aragonite-001", "vaterite-010"]
+CANDIDATES = [
+    "calcite-104",
+    "calcite-104:vacancy=CO3",
+    "calcite-104:vacancy=Ca",
+    "calcite-104:pairs=1,seed=1",
+    "calcite-104:pairs=2,seed=1",
+    "calcite-104:pairs=3,seed=1",
+    "calcite-104:pairs=1,placement=adjacent",
+    "aragonite-010",
+    "aragonite-001",
+    "vaterite-010",
+]
 
 
 def main(argv=None):
@@ -50,10 +59,13 @@ def main(argv=None):
         regs, sims, _ = match.rank(meas, cands, pred)
         t_rank = time.perf_counter() - t0
         t_sim = sum(s.seconds for s in sims.values())
-        print(f"run {rep + 1}: ranking {len(cands)} candidates ({len(forms)} structures with the defect variants): "
-              f"{t_rank:.2f} s; of which prediction + STA {t_sim:.2f} s, registration {t_rank - t_sim:.2f} s; "
-              f"predicting the densities alone {t_pred:.2f} s; ratio ranking / prediction alone {t_rank / t_pred:.2f}; "
-              f"first: {regs[0].label}", flush=True)
+        print(
+            f"run {rep + 1}: ranking {len(cands)} candidates ({len(forms)} structures with the defect variants): "
+            f"{t_rank:.2f} s; of which prediction + STA {t_sim:.2f} s, registration {t_rank - t_sim:.2f} s; "
+            f"predicting the densities alone {t_pred:.2f} s; ratio ranking / prediction alone {t_rank / t_pred:.2f}; "
+            f"first: {regs[0].label}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

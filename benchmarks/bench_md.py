@@ -32,7 +32,7 @@ import numpy as np
 
 def _lammps_time(log: Path) -> float:
     """Seconds of the last 'Loop time' line of a LAMMPS log."""
-    t = [float(l.split()[3]) for l in log.read_text().splitlines() if l.startswith("Loop time of")]
+    t = [float(ln.split()[3]) for ln in log.read_text().splitlines() if ln.startswith("Loop time of")]
     return t[-1]
 
 
@@ -82,8 +82,13 @@ def speed(args):
         job = json.loads((eq / "job.json").read_text())
         lines = ["units metal", "atom_style full", "boundary p p p", f"read_restart {eq / 'equil.restart'}"]
         lines += job["settings"]
-        lines += ["timestep 0.001", "thermo_style custom step temp pe etotal press lz density", "thermo 1000",
-                  f"fix ens all nvt temp 300.0 300.0 0.1", f"run {steps}"]
+        lines += [
+            "timestep 0.001",
+            "thermo_style custom step temp pe etotal press lz density",
+            "thermo 1000",
+            "fix ens all nvt temp 300.0 300.0 0.1",
+            f"run {steps}",
+        ]
         (d / "in.lammps").write_text("\n".join(lines) + "\n")
         lmp = str(Path(sys.executable).parent / "lmp")
         cmd = [ff.mpiexec_path(), "-n", str(ranks), lmp, "-in", "in.lammps", "-log", "log.lammps", "-screen", "none"]
@@ -102,8 +107,10 @@ def speed(args):
             runs["pipeline_omp2"].append(pipeline("pipeline-omp2", mode="omp", ranks=1, threads=2))
     for name, rs in runs.items():
         if rs:
-            results[name] = {"ns_per_day": [round(r["ns_per_day"], 3) for r in rs],
-                             "median": float(np.median([r["ns_per_day"] for r in rs]))}
+            results[name] = {
+                "ns_per_day": [round(r["ns_per_day"], 3) for r in rs],
+                "median": float(np.median([r["ns_per_day"] for r in rs])),
+            }
     results["ratio_pipeline_over_bare"] = results["pipeline_mpi2"]["median"] / results["bare_mpi2"]["median"]
     if "pipeline_omp2" in results:
         results["ratio_mpi_over_omp"] = results["pipeline_mpi2"]["median"] / results["pipeline_omp2"]["median"]
@@ -177,8 +184,18 @@ def _from_workdir(workdir: Path):
     z_top, z_bottom = surface_planes(slab)
     halves, rho_bulk, gap = normalise(r["counts1"], r["counts2"], n, cell, z_top, z_bottom)
     ps = [k * job["params"]["sample_every"] * job["params"]["timestep_fs"] / 1000 for k in n]
-    meta = _Row(id=str(workdir), surface=json.loads((workdir / "settings.json").read_text())["surface"] if (workdir / "settings.json").exists() else "?",
-                production_ps=sum(ps), half_ps=ps, rho_bulk=rho_bulk, z_top=z_top, z_bottom=z_bottom, defects=None)
+    meta = _Row(
+        id=str(workdir),
+        surface=json.loads((workdir / "settings.json").read_text())["surface"]
+        if (workdir / "settings.json").exists()
+        else "?",
+        production_ps=sum(ps),
+        half_ps=ps,
+        rho_bulk=rho_bulk,
+        z_top=z_top,
+        z_bottom=z_bottom,
+        defects=None,
+    )
     return {"half1": halves[0], "half2": halves[1], "cell": cell}, meta
 
 
@@ -196,9 +213,15 @@ def validate(args):
         row = store.get_row(args.db, args.row)
         d = store.load_density(args.db, row)
     prof = profile(d, row)
-    res = {"row": row.id, "surface": row.surface, "defects": row.get("defects"), "production_ps": row.production_ps,
-           "half_ps": row.get("half_ps"),
-           "rho_bulk_A3": row.rho_bulk, "gap_density_g_cm3": round(row.rho_bulk / WATER_DENSITY, 4)}
+    res = {
+        "row": row.id,
+        "surface": row.surface,
+        "defects": row.get("defects"),
+        "production_ps": row.production_ps,
+        "half_ps": row.get("half_ps"),
+        "rho_bulk_A3": row.rho_bulk,
+        "gap_density_g_cm3": round(row.rho_bulk / WATER_DENSITY, 4),
+    }
     w = row.get("half_ps") or [1.0, 1.0]
     for face, (h, a, b) in prof.items():
         res[f"peaks_{face}"] = peaks(h, (w[0] * a + w[1] * b) / (w[0] + w[1]))
@@ -241,7 +264,12 @@ def main(argv=None):
     v.add_argument("--db", default=None)
     v.add_argument("--workdir", default=None, help="a job folder (running or finished): validate from its checkpoint")
     v.add_argument("--row", default="1")
-    v.add_argument("--unit-cells", default=None, metavar="AxB", help="also the noise after averaging over AxB lateral unit cells (pristine surfaces)")
+    v.add_argument(
+        "--unit-cells",
+        default=None,
+        metavar="AxB",
+        help="also the noise after averaging over AxB lateral unit cells (pristine surfaces)",
+    )
     v.set_defaults(func=validate)
     args = ap.parse_args(argv)
     args.func(args)

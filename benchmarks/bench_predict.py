@@ -79,9 +79,15 @@ def _versus_md(db, row_id, pred) -> dict:
     atoms = row.toatoms()
     kv = row.key_value_pairs
     md = store.load_density(db, row)
-    ref = data.smooth_periodic(0.5 * (md["half1"] + md["half2"]), md["cell"], float(pred.meta.get("sigma_target") or 0.0))
-    out = {"row": row.id, "surface": kv.get("surface"), "defects": kv.get("defects"),
-           "md_production_s": float(kv["production_ps"]) * 1e-3 / float(kv["ns_per_day"]) * 86400.0}
+    ref = data.smooth_periodic(
+        0.5 * (md["half1"] + md["half2"]), md["cell"], float(pred.meta.get("sigma_target") or 0.0)
+    )
+    out = {
+        "row": row.id,
+        "surface": kv.get("surface"),
+        "defects": kv.get("defects"),
+        "md_production_s": float(kv["production_ps"]) * 1e-3 / float(kv["ns_per_day"]) * 86400.0,
+    }
     for key, method, stride in (("tiles16", "tiles", 16), ("tiles24", "tiles", 24), ("cell", "cell", None)):
         predict.predict_density(atoms, model=pred, method=method, stride=stride)  # warm-up
         t = time.perf_counter()
@@ -110,7 +116,11 @@ def _macs(net, shape) -> float:
         else:
             total += out.numel() * (mod.in_channels // mod.groups) * k
 
-    hooks = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    hooks = [
+        m.register_forward_hook(hook)
+        for m in net.modules()
+        if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))
+    ]
     try:
         with torch.inference_mode():
             net(torch.zeros(2, 3, *shape).contiguous(memory_format=torch.channels_last_3d))
@@ -132,15 +142,20 @@ def _cpu() -> str:
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="checkpoint path or shipped name (default: shipped default, else untrained)")
+    ap.add_argument(
+        "--model", default=None, help="checkpoint path or shipped name (default: shipped default, else untrained)"
+    )
     ap.add_argument("--channels", default="16,32,64,128", help="widths of the untrained stand-in network")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--size", default="10x6", help="calcite-104 repeats for the surface (10x6 = 49.9 x 48.6 Å)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--db", default=None, help="simulation database: compare with the MD time of --row")
     ap.add_argument("--row", default=None, help="row id or unique_id in --db (default: the first done row)")
-    ap.add_argument("--precision", default="float32,bfloat16",
-                    help="comma-separated precisions to time in this run (default float32,bfloat16: the ratio)")
+    ap.add_argument(
+        "--precision",
+        default="float32,bfloat16",
+        help="comma-separated precisions to time in this run (default float32,bfloat16: the ratio)",
+    )
     args = ap.parse_args(argv)
 
     import numpy as np
@@ -204,7 +219,9 @@ def main(argv=None) -> dict:
 
             from hydrolayer import descriptors
 
-            r["surface_descriptor"] = _timeit(lambda: descriptors.describe_cell(slab, sigma=pred.sigma), max(2, args.repeats // 2))
+            r["surface_descriptor"] = _timeit(
+                lambda: descriptors.describe_cell(slab, sigma=pred.sigma), max(2, args.repeats // 2)
+            )
             for method, stride in (("cell", None), ("tiles", 24), ("tiles", 16)):
                 key = method if stride is None else f"{method}_stride{stride}"
                 grid = predict.predict_density(slab, model=pred, method=method, stride=stride)  # warm-up
@@ -215,7 +232,11 @@ def main(argv=None) -> dict:
                     net_s.append(g.meta["predict_seconds"])
 
                 r[f"surface_{key}_total"] = _timeit(run, max(2, args.repeats // 2), warmup=0)
-                r[f"surface_{key}_network_and_blend"] = {"min_s": min(net_s), "median_s": statistics.median(net_s), "n": len(net_s)}
+                r[f"surface_{key}_network_and_blend"] = {
+                    "min_s": min(net_s),
+                    "median_s": statistics.median(net_s),
+                    "n": len(net_s),
+                }
             res["surface_grid_shape"] = list(grid.spec.shape)
             if args.db:
                 r.update(_versus_md(args.db, args.row, pred))
@@ -224,8 +245,19 @@ def main(argv=None) -> dict:
             from hydrolayer.structures import write_structure
 
             sfile = write_structure(slab, Path(tmp) / "surface.extxyz")
-            cmd = [sys.executable, "-m", "hydrolayer.cli", "predict", str(sfile), "--model", str(pred.source),
-                   "--precision", prec, "--out", str(Path(tmp) / "cli")]
+            cmd = [
+                sys.executable,
+                "-m",
+                "hydrolayer.cli",
+                "predict",
+                str(sfile),
+                "--model",
+                str(pred.source),
+                "--precision",
+                prec,
+                "--out",
+                str(Path(tmp) / "cli"),
+            ]
             r["cli_predict_end_to_end"] = _fresh_cmd(cmd, 1)
             res["by_precision"][prec] = r
     res["loadavg_after"] = os.getloadavg()
@@ -244,7 +276,8 @@ def summary(res: dict) -> str:
     precs = list(res["by_precision"])
     lines = [
         f"machine: {res['machine']}; load average {la(res['loadavg_before'])} before, {la(res['loadavg_after'])} after",
-        f"model: {res['model']}, {res['parameters']} parameters, {res['gmac_per_window']:.2f} GMAC per window; surface: {res['surface']}, grid {res['surface_grid_shape']}",
+        f"model: {res['model']}, {res['parameters']} parameters, {res['gmac_per_window']:.2f} GMAC per window; "
+        f"surface: {res['surface']}, grid {res['surface_grid_shape']}",
         f"interpreter + import hydrolayer.predict: {res['start_import_hydrolayer_predict']['min_s']:.2f} s; "
         f"interpreter + import torch: {res['start_import_torch']['min_s']:.2f} s; "
         + "; ".join(f"model load ({p}): {res['by_precision'][p]['model_load_s']:.3f} s" for p in precs),
@@ -269,10 +302,20 @@ def summary(res: dict) -> str:
     for p in precs:
         m = res["by_precision"][p].get("versus_md")
         if isinstance(m, dict):
-            lines.append(f"[{p}] versus MD (row {m['row']}, {m['surface']}, {m['defects']}): MD production {m['md_production_s']:.0f} s; "
-                         + ", ".join(f"{k} {m[f'predict_{k}_s']:.2f} s ({m[f'faster_than_md_{k}']:.0f}x faster)" for k in ("tiles16", "tiles24", "cell")))
-            lines.append(f"[{p}] MAE vs MD (rho/rho_bulk): "
-                         + ", ".join(f"{k} {m[f'mae_{k}']:.4f} (0-10 Å: {m[f'mae_{k}_0_10A']:.4f})" for k in ("tiles16", "tiles24", "cell")))
+            lines.append(
+                f"[{p}] versus MD (row {m['row']}, {m['surface']}, {m['defects']}): MD production {m['md_production_s']:.0f} s; "
+                + ", ".join(
+                    f"{k} {m[f'predict_{k}_s']:.2f} s ({m[f'faster_than_md_{k}']:.0f}x faster)"
+                    for k in ("tiles16", "tiles24", "cell")
+                )
+            )
+            lines.append(
+                f"[{p}] MAE vs MD (rho/rho_bulk): "
+                + ", ".join(
+                    f"{k} {m[f'mae_{k}']:.4f} (0-10 Å: {m[f'mae_{k}_0_10A']:.4f})"
+                    for k in ("tiles16", "tiles24", "cell")
+                )
+            )
     return "\n".join(lines)
 
 

@@ -54,7 +54,9 @@ def synthetic_db(folder: Path, n: int = 3) -> Path:
     db = folder / "bench.db"
     rng = np.random.default_rng(0)
     for k in range(n):
-        atoms = build_surface("calcite-104", size=(5, 3), layers=4, pair_vacancies=k % 3, both_faces=True, seed=k, vacuum=25.0)
+        atoms = build_surface(
+            "calcite-104", size=(5, 3), layers=4, pair_vacancies=k % 3, both_faces=True, seed=k, vacuum=25.0
+        )
         top, bottom = surface_planes(atoms)
         cell = np.asarray(atoms.cell)
         shape = tuple(int(round(L / 0.25)) for L in np.linalg.norm(cell, axis=1))
@@ -78,8 +80,16 @@ def synthetic_db(folder: Path, n: int = 3) -> Path:
         rho = (env[None, None, :] * (prof[None, None, :] + peaks)).astype(np.float32)
         h1 = np.clip(rho + 0.5 * rng.standard_normal(shape, dtype=np.float32) * (rho > 0.05), 0, None)
         h2 = np.clip(rho + 0.5 * rng.standard_normal(shape, dtype=np.float32) * (rho > 0.05), 0, None)
-        kvp = dict(surface="calcite-104", rho_bulk=0.0334, z_top=top, z_bottom=bottom, net_charge=0,
-                   production_ps=0.0, seed=k, defects=f"{k % 3} pair vacancies per face (synthetic density)")
+        kvp = dict(
+            surface="calcite-104",
+            rho_bulk=0.0334,
+            z_top=top,
+            z_bottom=bottom,
+            net_charge=0,
+            production_ps=0.0,
+            seed=k,
+            defects=f"{k % 3} pair vacancies per face (synthetic density)",
+        )
         store.write_simulation(db, atoms, h1, h2, cell, kvp, {})
     return db
 
@@ -90,8 +100,16 @@ def learn(db: Path, out: Path, channels, epochs: int, batch: int, threads, loss:
     from hydrolayer.evaluate import evaluate
     from hydrolayer.train import TrainConfig, fit
 
-    cfg = TrainConfig(channels=channels, epochs=epochs, batch_size=batch, windows_per_interface=4, patience=epochs,
-                      threads=threads, seed=0, loss=loss)
+    cfg = TrainConfig(
+        channels=channels,
+        epochs=epochs,
+        batch_size=batch,
+        windows_per_interface=4,
+        patience=epochs,
+        threads=threads,
+        seed=0,
+        loss=loss,
+    )
     t = time.perf_counter()
     summary = fit(db, out / "run", cfg, progress=False)
     t_fit = time.perf_counter() - t
@@ -123,10 +141,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     ap.add_argument("--rows", type=int, default=3, help="synthetic rows (default 3; --learn needs >= 4)")
-    ap.add_argument("--learn", type=int, default=0, metavar="EPOCHS",
-                    help="also train for EPOCHS on the rows and evaluate against the height-only baseline")
-    ap.add_argument("--loss", default="compare", choices=["l1", "l2", "compare"], help="loss for --learn (default compare)")
-    ap.add_argument("--out", type=Path, default=None, help="folder for the --learn run and report (default: a temp folder)")
+    ap.add_argument(
+        "--learn",
+        type=int,
+        default=0,
+        metavar="EPOCHS",
+        help="also train for EPOCHS on the rows and evaluate against the height-only baseline",
+    )
+    ap.add_argument(
+        "--loss", default="compare", choices=["l1", "l2", "compare"], help="loss for --learn (default compare)"
+    )
+    ap.add_argument(
+        "--out", type=Path, default=None, help="folder for the --learn run and report (default: a temp folder)"
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -163,7 +190,9 @@ def main(argv=None) -> dict:
     pre = []
     for b in batches:
         x, h = bank.batch(b)
-        pre.append((torch.from_numpy(x.copy()).contiguous(memory_format=cl), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2]))))
+        pre.append(
+            (torch.from_numpy(x.copy()).contiguous(memory_format=cl), torch.from_numpy(0.5 * (h[:, 0:1] + h[:, 1:2])))
+        )
 
     def step(xt, yt, bf16=False, net=model, optim=opt):
         optim.zero_grad(set_to_none=True)
@@ -210,7 +239,7 @@ def main(argv=None) -> dict:
     med_l, med_p = statistics.median(loaded), statistics.median(preloaded)
     res = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} torch threads",
+        f"{torch.get_num_threads()} torch threads",
         "loadavg_before": [round(v, 2) for v in load0],
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "db": str(db) if args.db else "synthetic calcite-104 5x3 rows",

@@ -45,19 +45,31 @@ def main(argv=None) -> dict:
             mask = bank.defect_mask(*p, radius=DEFECT_RADIUS)
             _, h = bank.batch([p])
             h1, h2 = h[0, 0], h[0, 1]
-            w = {"all": {"voxels": int(mask.sum()), "half1": float(h1[mask].mean()), "half2": float(h2[mask].mean()),
-                         "noise_floor": noise_floor(h1, h2, mask)}}
+            w = {
+                "all": {
+                    "voxels": int(mask.sum()),
+                    "half1": float(h1[mask].mean()),
+                    "half2": float(h2[mask].mean()),
+                    "noise_floor": noise_floor(h1, h2, mask),
+                }
+            }
             for lo, hi in BANDS:
                 m = mask & ((z >= lo) & (z < hi))[None, None, :]
                 if m.any():
-                    w[f"{lo:g}..{hi:g} A"] = {"voxels": int(m.sum()), "half1": float(h1[m].mean()), "half2": float(h2[m].mean()),
-                                              "noise_floor": noise_floor(h1, h2, m)}
+                    w[f"{lo:g}..{hi:g} A"] = {
+                        "voxels": int(m.sum()),
+                        "half1": float(h1[m].mean()),
+                        "half2": float(h2[m].mean()),
+                        "noise_floor": noise_floor(h1, h2, m),
+                    }
             res["windows"].append(w)
         out[row.id] = res
         print(f"row {row.id} ({res['defects']}):")
         for w in res["windows"]:
             for band, v in w.items():
-                print(f"  {band:>12}: {v['voxels']:5d} voxels, halves {v['half1']:.3f} / {v['half2']:.3f}, noise floor {v['noise_floor']:.3f}")
+                print(
+                    f"  {band:>12}: {v['voxels']:5d} voxels, halves {v['half1']:.3f} / {v['half2']:.3f}, noise floor {v['noise_floor']:.3f}"
+                )
     print(json.dumps(out))
     return out
 

@@ -52,8 +52,14 @@ def block_summary(row) -> dict | None:
     for face in ("top", "bottom"):
         y = np.asarray(s[face])
         early = y[t <= 50.0 + 1e-6]
-        out[face] = {"drift": relative_drift(y, blocks), "first_50ps_vs_rest": float(early.mean() / y[t > 50.0 + 1e-6].mean() - 1)
-                     if len(early) and (t > 50).any() else None, "mean_count": float(y.mean()), "blocks": len(y)}
+        out[face] = {
+            "drift": relative_drift(y, blocks),
+            "first_50ps_vs_rest": float(early.mean() / y[t > 50.0 + 1e-6].mean() - 1)
+            if len(early) and (t > 50).any()
+            else None,
+            "mean_count": float(y.mean()),
+            "blocks": len(y),
+        }
     return out
 
 
@@ -80,17 +86,31 @@ def main(argv=None) -> dict:
         ch = half_change(args.db, row)
         blk = block_summary(row)
         changes += ch
-        res["rows"][i] = {"surface": row.surface, "production_ps": row.production_ps, "equil_ps": row.get("equil_ps"),
-                          "half_change": ch, "blocks": blk}
+        res["rows"][i] = {
+            "surface": row.surface,
+            "production_ps": row.production_ps,
+            "equil_ps": row.get("equil_ps"),
+            "half_change": ch,
+            "blocks": blk,
+        }
         drift = f"{blk['top']['drift']:+.3f}  {blk['bottom']['drift']:+.3f}" if blk else "(not recorded)"
-        print(f"{i:3d}  {row.surface:14s}  {row.production_ps:7.0f} ps  {row.get('equil_ps', 0):4.0f}  "
-              f"{ch[0]:+17.3f}  {ch[1]:+6.3f}   {drift}")
+        print(
+            f"{i:3d}  {row.surface:14s}  {row.production_ps:7.0f} ps  {row.get('equil_ps', 0):4.0f}  "
+            f"{ch[0]:+17.3f}  {ch[1]:+6.3f}   {drift}"
+        )
     c = np.asarray(changes)
-    res["summary"] = {"faces": len(c), "mean_change": float(c.mean()), "sem": float(c.std(ddof=1) / np.sqrt(len(c))),
-                      "sd": float(c.std(ddof=1)), "positive": int((c > 0).sum())}
+    res["summary"] = {
+        "faces": len(c),
+        "mean_change": float(c.mean()),
+        "sem": float(c.std(ddof=1) / np.sqrt(len(c))),
+        "sd": float(c.std(ddof=1)),
+        "positive": int((c > 0).sum()),
+    }
     s = res["summary"]
-    print(f"\nfirst-layer change between the halves over {s['faces']} faces: mean {s['mean_change']:+.4f} "
-          f"+- {s['sem']:.4f} (standard error), sd {s['sd']:.4f}, {s['positive']} of {s['faces']} positive")
+    print(
+        f"\nfirst-layer change between the halves over {s['faces']} faces: mean {s['mean_change']:+.4f} "
+        f"+- {s['sem']:.4f} (standard error), sd {s['sd']:.4f}, {s['positive']} of {s['faces']} positive"
+    )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

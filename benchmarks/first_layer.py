@@ -32,8 +32,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--rows", required=True, help="comma-separated row ids")
     ap.add_argument("--model", default=None, help="shipped name or checkpoint (default: the default shipped model)")
     ap.add_argument("--cache", default=None, help="window cache folder (default: a temporary one)")
-    ap.add_argument("--precision", default="float32", choices=["float32", "bfloat16"],
-                    help="network precision (default float32, as hydrolayer evaluate; predict's default is bfloat16 where supported)")
+    ap.add_argument(
+        "--precision",
+        default="float32",
+        choices=["float32", "bfloat16"],
+        help="network precision (default float32, as hydrolayer evaluate; predict's default is bfloat16 where supported)",
+    )
     args = ap.parse_args(argv)
 
     from hydrolayer import data, predict, store
@@ -43,20 +47,37 @@ def main(argv=None) -> dict:
     pred = predict.load_predictor(args.model, precision=args.precision)
     uids = [store.get_row(args.db, int(r)).unique_id for r in args.rows.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        bank = data.build_bank(args.db, uids, args.cache or tmp, sigma=pred.sigma,
-                               sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET))
+        bank = data.build_bank(
+            args.db,
+            uids,
+            args.cache or tmp,
+            sigma=pred.sigma,
+            sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET),
+        )
         plan = bank.grid_plan()
         x, halves = bank.batch(plan)
     md = 0.5 * (halves[:, 0] + halves[:, 1])
     model = run_batches(pred.net, x, 8)
     z = -Z_BELOW + SPACING * np.arange(WINDOW_SHAPE[2])
     k = int(np.argmin(np.abs(z - 2.12)))
-    res: dict = {"model": pred.name, "precision": pred.precision, "rows": args.rows, "windows": len(plan), "plane_height_A": round(float(z[k]), 3),
-                 "mae": float(np.abs(model - md).mean()), "md_noise_floor": noise_floor(halves[:, 0], halves[:, 1])}
+    res: dict = {
+        "model": pred.name,
+        "precision": pred.precision,
+        "rows": args.rows,
+        "windows": len(plan),
+        "plane_height_A": round(float(z[k]), 3),
+        "mae": float(np.abs(model - md).mean()),
+        "md_noise_floor": noise_floor(halves[:, 0], halves[:, 1]),
+    }
     for name, a in (("md", md), ("model", model)):
         s = a[..., k - 1 : k + 2].mean(-1)
-        res[f"{name}_plane"] = {"mean": float(s.mean()), "median": float(np.median(s)), "p90": float(np.percentile(s, 90)),
-                                "p99": float(np.percentile(s, 99)), "max": float(s.max())}
+        res[f"{name}_plane"] = {
+            "mean": float(s.mean()),
+            "median": float(np.median(s)),
+            "p90": float(np.percentile(s, 90)),
+            "p99": float(np.percentile(s, 99)),
+            "max": float(s.max()),
+        }
     first = (z > 1.0) & (z < 3.0)
     res["md_mean_1_3A"], res["model_mean_1_3A"] = float(md[..., first].mean()), float(model[..., first].mean())
     low = (z > -1.0) & (z < 1.0)

@@ -39,9 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-CASES = {14: "calcite-104:size=5x3,vacancy=CO3", 15: "calcite-104:size=5x3,vacancy=Ca",
-         10: "calcite-104:size=5x3,pairs=3,both,seed=3", 16: "aragonite-010:size=5x4", 17: "aragonite-001:size=5x3",
-         18: "vaterite-010:size=3x1"}
+CASES = {
+    14: "calcite-104:size=5x3,vacancy=CO3",
+    15: "calcite-104:size=5x3,vacancy=Ca",
+    10: "calcite-104:size=5x3,pairs=3,both,seed=3",
+    16: "aragonite-010:size=5x4",
+    17: "aragonite-001:size=5x3",
+    18: "vaterite-010:size=3x1",
+}
 CANDIDATES = ["calcite-104:size=5x3", *CASES.values()]
 ORACLE_ROWS = {"calcite-104:size=5x3": 1, **{v: k for k, v in CASES.items()}}
 
@@ -52,8 +57,14 @@ def half_grid(db, row, which):
 
     r = store.get_row(db, row)
     d = store.load_density(db, r)
-    return Grid(GridSpec(d["cell"], d[which].shape), d[which], ("water",), units="rho/rho_bulk",
-                meta={"surface_z": r.get("z_top")}, atoms=r.toatoms())
+    return Grid(
+        GridSpec(d["cell"], d[which].shape),
+        d[which],
+        ("water",),
+        units="rho/rho_bulk",
+        meta={"surface_z": r.get("z_top")},
+        atoms=r.toatoms(),
+    )
 
 
 def oracle_sims(db):
@@ -73,12 +84,29 @@ def one_trial(meas_grid, rng, snr):
     from hydrolayer import match
 
     cell = np.diag(meas_grid.spec.cell)[:2]
-    truth = {"height": float(rng.uniform(2.5, 5.0)), "angle": float(rng.uniform(-3, 3)),
-             "offset": (rng.uniform(0, 1, 2) * cell).tolist(), "blur": float(rng.uniform(0.3, 0.7)),
-             "drift": float(rng.uniform(0, 2)), "snr": snr}
-    meas = match.synthetic_measurement(meas_grid, truth["height"], shape=(80, 80), pixel_size=0.4,
-                                       angle=truth["angle"], offset=truth["offset"], blur=truth["blur"], snr=snr,
-                                       drift=truth["drift"], quantity="df", amplitude=0.3, gain=40.0, rng=rng)
+    truth = {
+        "height": float(rng.uniform(2.5, 5.0)),
+        "angle": float(rng.uniform(-3, 3)),
+        "offset": (rng.uniform(0, 1, 2) * cell).tolist(),
+        "blur": float(rng.uniform(0.3, 0.7)),
+        "drift": float(rng.uniform(0, 2)),
+        "snr": snr,
+    }
+    meas = match.synthetic_measurement(
+        meas_grid,
+        truth["height"],
+        shape=(80, 80),
+        pixel_size=0.4,
+        angle=truth["angle"],
+        offset=truth["offset"],
+        blur=truth["blur"],
+        snr=snr,
+        drift=truth["drift"],
+        quantity="df",
+        amplitude=0.3,
+        gain=40.0,
+        rng=rng,
+    )
     return meas, truth
 
 
@@ -126,17 +154,32 @@ def main(argv=None):
                 for mode, cs, sims in (("model", cands, model_sims), ("oracle", oracle_cands, oracle)):
                     regs = run_mode(meas, cs, sims, predictor)
                     mine = next(r for r in regs if r.label == right)
-                    records.append({"row": row, "right": right, "mode": mode, **truth,
-                                    "first": regs[0].label, "ok": regs[0].label == right,
-                                    "rank_of_right": [r.label for r in regs].index(right) + 1,
-                                    "height_found": mine.height, "height_error": abs(mine.height - truth["height"]),
-                                    "angle_found": mine.angle, "score": mine.score,
-                                    "margin": mine.score - max(r.score for r in regs if r.label != right)})
+                    records.append(
+                        {
+                            "row": row,
+                            "right": right,
+                            "mode": mode,
+                            **truth,
+                            "first": regs[0].label,
+                            "ok": regs[0].label == right,
+                            "rank_of_right": [r.label for r in regs].index(right) + 1,
+                            "height_found": mine.height,
+                            "height_error": abs(mine.height - truth["height"]),
+                            "angle_found": mine.angle,
+                            "score": mine.score,
+                            "margin": mine.score - max(r.score for r in regs if r.label != right),
+                        }
+                    )
             print(f"row {row} done, {time.perf_counter() - t0:.0f} s", flush=True)
     summary = summarise(records, snrs)
-    doc = {"seconds": round(time.perf_counter() - t0, 1), "trials_per_case_and_snr": args.trials,
-           "cases": {str(k): v for k, v in CASES.items()}, "candidates": CANDIDATES, "summary": summary,
-           "records": records}
+    doc = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        "trials_per_case_and_snr": args.trials,
+        "cases": {str(k): v for k, v in CASES.items()},
+        "candidates": CANDIDATES,
+        "summary": summary,
+        "records": records,
+    }
     args.out.write_text(json.dumps(doc, indent=1))
     figure(summary, snrs, args.figure)
     print(json.dumps(summary, indent=1))
@@ -155,10 +198,13 @@ def summarise(records, snrs):
             for row in CASES:
                 sub = [r for r in rs if r["row"] == row]
                 per_case[str(row)] = round(float(np.mean([r["ok"] for r in sub])), 3)
-            out[f"{mode} snr={snr}"] = {"n": len(rs), "ranked_first": round(float(np.mean([r["ok"] for r in rs])), 3),
-                                        "height_err_median_A": round(float(np.median(err)), 3),
-                                        "height_within_0.3A": round(float(np.mean(err <= 0.3)), 3),
-                                        "ranked_first_by_case": per_case}
+            out[f"{mode} snr={snr}"] = {
+                "n": len(rs),
+                "ranked_first": round(float(np.mean([r["ok"] for r in rs])), 3),
+                "height_err_median_A": round(float(np.median(err)), 3),
+                "height_within_0.3A": round(float(np.mean(err <= 0.3)), 3),
+                "ranked_first_by_case": per_case,
+            }
     return out
 
 

@@ -144,7 +144,9 @@ def _slab_grid():
     lateral = 1 + 0.5 * np.cos(2 * np.pi * x / 5.0) * np.cos(2 * np.pi * y / 5.0)
     layers = 1 + 2.0 * np.exp(-((z - 2.3) ** 2) / 0.1) * lateral + 1.0 * np.exp(-((z - 3.45) ** 2) / 0.15)
     rho = np.where(z > 1.0, layers, 0.0)
-    atoms = Atoms("Ca2CO3", positions=[[0, 0, 0], [5, 5, -0.1], [2.5, 2.5, 0], [2.5, 2.5, 1.3], [3.6, 2.5, 0], [1.4, 2.5, 0]])
+    atoms = Atoms(
+        "Ca2CO3", positions=[[0, 0, 0], [5, 5, -0.1], [2.5, 2.5, 0], [2.5, 2.5, 1.3], [3.6, 2.5, 0], [1.4, 2.5, 0]]
+    )
     return Grid(spec, rho[None], ("rho",), units="rho/rho_bulk", atoms=atoms)
 
 
@@ -154,7 +156,15 @@ def test_afm_maps_outputs(tmp_path):
     out = tmp_path / "afm"
     written = afm.afm_maps(path, out, heights=[2.0, 3.0], tip_radius=0.5)
     names = {p.name for p in written}
-    assert {"fz.cube", "fz.npz", "fz_h2.00A.png", "fz_h3.00A.png", "fz_heights.npz", "force_curves.png", "force_curves.npz"} <= names
+    assert {
+        "fz.cube",
+        "fz.npz",
+        "fz_h2.00A.png",
+        "fz_h3.00A.png",
+        "fz_heights.npz",
+        "force_curves.png",
+        "force_curves.npz",
+    } <= names
     assert all(p.exists() and p.stat().st_size > 0 for p in written)
     fz = Grid.read_cube(out / "fz.cube")
     assert fz.units == "nN" and fz.atoms is not None and len(fz.atoms) == 6

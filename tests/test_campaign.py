@@ -54,13 +54,16 @@ runs:
     assert j["equil_ps"] == 50.0 and j["temperature"] == 300.0 and j["size"] == [5, 3]
 
 
-@pytest.mark.parametrize("text, msg", [
-    ("runs: []", "non-empty 'runs'"),
-    ("runs:\n  - surface: calcite-104\n    colour: red", "unknown keys"),
-    ("runs:\n  - surface: quartz-001", "unknown surface"),
-    ("runs:\n  - surface: calcite-104\n    defects: [{vacancy: Mg}]", "vacancy must be"),
-    ("runs: [", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    "text, msg",
+    [
+        ("runs: []", "non-empty 'runs'"),
+        ("runs:\n  - surface: calcite-104\n    colour: red", "unknown keys"),
+        ("runs:\n  - surface: quartz-001", "unknown surface"),
+        ("runs:\n  - surface: calcite-104\n    defects: [{vacancy: Mg}]", "vacancy must be"),
+        ("runs: [", "not valid YAML"),
+    ],
+)
 def test_bad_specs(tmp_path, text, msg):
     spec = tmp_path / "bad.yaml"
     spec.write_text(text)
@@ -71,8 +74,15 @@ def test_bad_specs(tmp_path, text, msg):
 def _campaign(spec, db, **kw):
     env = dict(os.environ)
     env["PYTHONPATH"] = SRC + os.pathsep + env.get("PYTHONPATH", "")
-    return subprocess.Popen([sys.executable, "-m", "hydrolayer.cli", "campaign", "run", str(spec), "--db", str(db)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=spec.parent, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hydrolayer.cli", "campaign", "run", str(spec), "--db", str(db)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=spec.parent,
+        **kw,
+    )
 
 
 @pytest.mark.lammps
@@ -131,16 +141,20 @@ def test_cluster_section_checked(tmp_path):
     from hydrolayer.campaign import cluster_options, run_campaign
 
     spec = tmp_path / "s.yaml"
-    spec.write_text("cluster:\n  kind: slurm\n  partition: short\n  cores: 4\n  extra: --qos=low\n"
-                    "runs:\n  - surface: calcite-104\n")
+    spec.write_text(
+        "cluster:\n  kind: slurm\n  partition: short\n  cores: 4\n  extra: --qos=low\nruns:\n  - surface: calcite-104\n"
+    )
     opts = cluster_options(load_spec(spec), {"cores": 8, "memory": None, "walltime": "01:00:00"})
     assert opts == {"kind": "slurm", "partition": "short", "cores": 8, "walltime": "01:00:00", "extra": ["--qos=low"]}
     # the job keys ignore the cluster section: moving a spec to SLURM keeps its finished rows
     plain = tmp_path / "p.yaml"
     plain.write_text("runs:\n  - surface: calcite-104\n")
     assert [j.key for j in expand(load_spec(spec))] == [j.key for j in expand(load_spec(plain))]
-    for text, msg in [("cluster:\n  nodes: 3\n", "unknown keys"), ("cluster:\n  kind: pbs\n", "kind must be"),
-                      ("cluster:\n  cores: 0\n", "positive integer")]:
+    for text, msg in [
+        ("cluster:\n  nodes: 3\n", "unknown keys"),
+        ("cluster:\n  kind: pbs\n", "kind must be"),
+        ("cluster:\n  cores: 0\n", "positive integer"),
+    ]:
         spec.write_text(text + "runs:\n  - surface: calcite-104\n")
         with pytest.raises(InputError, match=msg):
             run_campaign(spec, tmp_path / "x.db")
@@ -156,7 +170,9 @@ def test_campaign_command_class(tmp_path, capsys):
 
     assert CLICommand.name == "campaign" and CLICommand.__doc__.startswith("many simulations")
     p = build_parser()
-    a = p.parse_args(["campaign", "run", "s.yaml", "--db", "x.db", "--slurm", "--partition", "p", "--cores", "4", "--jobs", "2"])
+    a = p.parse_args(
+        ["campaign", "run", "s.yaml", "--db", "x.db", "--slurm", "--partition", "p", "--cores", "4", "--jobs", "2"]
+    )
     assert a.slurm is True and a.cores == 4 and a.jobs == 2 and a.func.__name__ == "_run"
     assert p.parse_args(["campaign", "run", "s.yaml", "--db", "x.db", "--local"]).slurm is False
     assert p.parse_args(["campaign", "run", "s.yaml", "--db", "x.db"]).slurm is None
@@ -175,8 +191,9 @@ def test_status_shows_where_progress_and_last_line(tmp_path):
     d = tmp_path / "work" / job.key
     d.mkdir(parents=True)
     (d / "state.json").write_text(json.dumps({"stage": "production", "prod_steps": 7500}))
-    (d / "where.json").write_text(json.dumps({"host": "node7", "pid": 42, "worker": "tcp://10.0.0.7:4000",
-                                              "slurm_job_id": "1234"}))
+    (d / "where.json").write_text(
+        json.dumps({"host": "node7", "pid": 42, "worker": "tcp://10.0.0.7:4000", "slurm_job_id": "1234"})
+    )
     (d / "progress.log").write_text("08:00:00 minimised\n08:10:00 production 7.5/20.0 ps  9.1 ns/day\n\n")
     (st,) = campaign_status(spec, tmp_path / "sims.db")
     assert st["state"] == "interrupted (production)" and (st["ps_done"], st["ps_total"]) == (7.5, 20.0)

@@ -11,11 +11,28 @@ from hydrolayer.structures import build_surface, write_structure
 
 
 def run(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "hydrolayer", *map(str, args)], cwd=cwd, capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "hydrolayer", *map(str, args)], cwd=cwd, capture_output=True, text=True
+    )
 
 
 def test_build_and_describe(tmp_path):
-    r = run("surface", "build", "calcite-104", "--size", "3x2", "--layers", "3", "--pair-vacancies", "1", "--seed", "2", "-o", "s.extxyz", cwd=tmp_path)
+    r = run(
+        "surface",
+        "build",
+        "calcite-104",
+        "--size",
+        "3x2",
+        "--layers",
+        "3",
+        "--pair-vacancies",
+        "1",
+        "--seed",
+        "2",
+        "-o",
+        "s.extxyz",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     r = run("describe", "s.extxyz", "-o", "d.npz", "--picture", "d.png", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -30,7 +47,22 @@ def test_build_and_describe(tmp_path):
 def test_vacancy_and_formats(tmp_path):
     from hydrolayer.structures import read_structure
 
-    r = run("surface", "build", "calcite-104", "--size", "3x2", "--layers", "3", "--vacancy", "CO3", "--seed", "5", "-o", "v.cif", cwd=tmp_path)
+    r = run(
+        "surface",
+        "build",
+        "calcite-104",
+        "--size",
+        "3x2",
+        "--layers",
+        "3",
+        "--vacancy",
+        "CO3",
+        "--seed",
+        "5",
+        "-o",
+        "v.cif",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0 and "net charge +2 e" in r.stdout
     # the CIF holds the slab the library builds: same atoms, species, cell and positions
     back = read_structure(tmp_path / "v.cif")
@@ -62,11 +94,34 @@ def _slab_file(tmp_path):
 BAD_INPUTS = {
     "missing file": (lambda d: d / "nope.cif", "file not found"),
     "unknown format": (lambda d: (d / "a.qqq").write_text("x") and d / "a.qqq", "unknown structure format"),
-    "garbled": (lambda d: (d / "g.extxyz").write_text("5\nLattice=\n Ca 0 0\n") and d / "g.extxyz", "cannot read structure"),
-    "no cell": (lambda d: (d / "m.xyz").write_text("2\n\nCa 0 0 0\nC 0 0 3\n") and d / "m.xyz", "no periodic lateral cell"),
-    "elements": (lambda d: (d / "e.xyz").write_text('2\nLattice="9 0 0 0 9 0 0 0 30" pbc="T T T"\nFe 0 0 1\nCa 0 0 4\n') and d / "e.xyz", "unsupported elements Fe"),
-    "overlap": (lambda d: (d / "o.xyz").write_text('2\nLattice="9 0 0 0 9 0 0 0 30" pbc="T T T"\nCa 0 0 1\nC 0 0 1.2\n') and d / "o.xyz", "overlapping atoms"),
-    "not a slab": (lambda d: (d / "b.xyz").write_text('2\nLattice="9 0 0 0 9 0 0 0 4" pbc="T T T"\nCa 0 0 1\nC 0 0 3\n') and d / "b.xyz", "not a slab"),
+    "garbled": (
+        lambda d: (d / "g.extxyz").write_text("5\nLattice=\n Ca 0 0\n") and d / "g.extxyz",
+        "cannot read structure",
+    ),
+    "no cell": (
+        lambda d: (d / "m.xyz").write_text("2\n\nCa 0 0 0\nC 0 0 3\n") and d / "m.xyz",
+        "no periodic lateral cell",
+    ),
+    "elements": (
+        lambda d: (
+            (d / "e.xyz").write_text('2\nLattice="9 0 0 0 9 0 0 0 30" pbc="T T T"\nFe 0 0 1\nCa 0 0 4\n')
+            and d / "e.xyz"
+        ),
+        "unsupported elements Fe",
+    ),
+    "overlap": (
+        lambda d: (
+            (d / "o.xyz").write_text('2\nLattice="9 0 0 0 9 0 0 0 30" pbc="T T T"\nCa 0 0 1\nC 0 0 1.2\n')
+            and d / "o.xyz"
+        ),
+        "overlapping atoms",
+    ),
+    "not a slab": (
+        lambda d: (
+            (d / "b.xyz").write_text('2\nLattice="9 0 0 0 9 0 0 0 4" pbc="T T T"\nCa 0 0 1\nC 0 0 3\n') and d / "b.xyz"
+        ),
+        "not a slab",
+    ),
 }
 
 

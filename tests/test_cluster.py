@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from test_store import postgres  # noqa: F401  (the fixture: a throw-away PostgreSQL server)
 
 from hydrolayer import store
 from hydrolayer.campaign import campaign_status, expand, format_status, load_spec
-from test_store import postgres  # noqa: F401  (the fixture: a throw-away PostgreSQL server)
 
 SRC = str(Path(store.__file__).resolve().parent.parent)
 BIN = Path(sys.executable).parent
@@ -38,7 +38,9 @@ defaults:
 runs:
 {runs}
 """
-THREE = "  - surface: calcite-104\n    defects: [pristine, {pair_vacancies: 1}]\n  - surface: calcite-104\n    seed: 2\n"
+THREE = (
+    "  - surface: calcite-104\n    defects: [pristine, {pair_vacancies: 1}]\n  - surface: calcite-104\n    seed: 2\n"
+)
 ONE = "  - surface: calcite-104\n"
 
 
@@ -51,8 +53,14 @@ def _env():
 
 def _campaign(*args, cwd):
     """``hydrolayer campaign ...``"""
-    return subprocess.Popen([sys.executable, "-m", "hydrolayer.cli", "campaign", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=cwd)
+    return subprocess.Popen(
+        [sys.executable, "-m", "hydrolayer.cli", "campaign", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        cwd=cwd,
+    )
 
 
 def _free_port() -> int:
@@ -121,13 +129,36 @@ def dask_cluster(tmp_path):
     logs.mkdir()
     procs = []
     try:
-        procs.append(subprocess.Popen(cli + ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                                      stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT, env=_env()))
+        procs.append(
+            subprocess.Popen(
+                cli + ["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                stdout=open(logs / "scheduler.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=_env(),
+            )
+        )
         workers = []
         for n in (1, 2):
-            w = subprocess.Popen(cli + ["worker", address, "--nthreads", "1", "--no-nanny", "--name", f"w{n}",
-                                        "--no-dashboard", "--death-timeout", "60", "--local-directory", str(tmp_path / f"dw{n}")],
-                                 stdout=open(logs / f"worker{n}.log", "w"), stderr=subprocess.STDOUT, env=_env())
+            w = subprocess.Popen(
+                cli
+                + [
+                    "worker",
+                    address,
+                    "--nthreads",
+                    "1",
+                    "--no-nanny",
+                    "--name",
+                    f"w{n}",
+                    "--no-dashboard",
+                    "--death-timeout",
+                    "60",
+                    "--local-directory",
+                    str(tmp_path / f"dw{n}"),
+                ],
+                stdout=open(logs / f"worker{n}.log", "w"),
+                stderr=subprocess.STDOUT,
+                env=_env(),
+            )
             procs.append(w)
             workers.append(w)
         from dask.distributed import Client
@@ -194,7 +225,9 @@ def _has_rows(db):
 @pytest.mark.slow
 def test_dask_processes_sigkill_and_resume_sqlite(tmp_path, dask_cluster):
     address, workers = dask_cluster
-    _dask_campaign_killed_and_resumed(tmp_path, address, workers, tmp_path / "sims.db", ["--workdir", tmp_path / "work"])
+    _dask_campaign_killed_and_resumed(
+        tmp_path, address, workers, tmp_path / "sims.db", ["--workdir", tmp_path / "work"]
+    )
 
 
 @pytest.mark.lammps
@@ -203,8 +236,9 @@ def test_dask_processes_sigkill_and_resume_sqlite(tmp_path, dask_cluster):
 def test_dask_processes_sigkill_and_resume_postgres(tmp_path, postgres, dask_cluster):  # noqa: F811
     address, workers = dask_cluster
     grids = tmp_path / "grids-pg"
-    _dask_campaign_killed_and_resumed(tmp_path, address, workers, postgres,
-                                      ["--grids", grids, "--workdir", tmp_path / "work"])
+    _dask_campaign_killed_and_resumed(
+        tmp_path, address, workers, postgres, ["--grids", grids, "--workdir", tmp_path / "work"]
+    )
 
 
 # =========================================================================== SLURM
@@ -272,7 +306,21 @@ def test_slurm_scancel_and_resume(tmp_path):
     (job,) = expand(load_spec(spec))
     db = tmp_path / "sims.db"
     workdir = tmp_path / "work" / job.key
-    run = ["run", spec, "--db", db, "--slurm", "--cores", "2", "--memory", "1GB", "--walltime", "00:15:00", "--jobs", "1"]
+    run = [
+        "run",
+        spec,
+        "--db",
+        db,
+        "--slurm",
+        "--cores",
+        "2",
+        "--memory",
+        "1GB",
+        "--walltime",
+        "00:15:00",
+        "--jobs",
+        "1",
+    ]
     slurm_name = f"hl-{name}"
     # a worker job SLURM would refuse is an input error (exit 2), not a campaign waiting forever
     bad = _campaign(*run, "--partition", "no-such-partition", cwd=tmp_path)
@@ -294,8 +342,12 @@ def test_slurm_scancel_and_resume(tmp_path):
 
         # 2. scancel J1 mid-run: the campaign replaces it with J2, which resumes the job
         subprocess.run(["scancel", j1], check=True)
-        _wait_for(lambda: _read(workdir / "where.json").get("slurm_job_id") not in (None, j1), 120,
-                  "the job on a new SLURM job", proc)
+        _wait_for(
+            lambda: _read(workdir / "where.json").get("slurm_job_id") not in (None, j1),
+            120,
+            "the job on a new SLURM job",
+            proc,
+        )
 
         # 3. stop the campaign (SIGTERM, as a scheduler or Ctrl-C would): it cancels its SLURM jobs
         _stop(proc, signal.SIGTERM, timeout=60)
@@ -310,14 +362,20 @@ def test_slurm_scancel_and_resume(tmp_path):
         assert "1 stored, 0 failed, 0 already done" in out, out
         log = (workdir / "progress.log").read_text()
         assert log.count("minimised") == 1, log  # no second equilibration: resumed from checkpoints
-        assert len({line.split("slurm job ")[1].split()[0] for line in log.splitlines() if "running on slurm job" in line}) >= 3, log
+        assert (
+            len({line.split("slurm job ")[1].split()[0] for line in log.splitlines() if "running on slurm job" in line})
+            >= 3
+        ), log
         _assert_exactly_once(db, [job])
         out = _campaign(*run, cwd=tmp_path).communicate(timeout=120)[0]
         assert "0 stored, 0 failed, 1 already done" in out, out
         assert len(list(store.iter_rows(db))) == 1
         # every SLURM job ended with its worker: no Dask worker process outlives its job
-        _wait_for(lambda: not _squeue_ids(slurm_name) and not _workers_left(tmp_path), 60,
-                  "the campaign's SLURM workers to end with their jobs")
+        _wait_for(
+            lambda: not _squeue_ids(slurm_name) and not _workers_left(tmp_path),
+            60,
+            "the campaign's SLURM workers to end with their jobs",
+        )
     finally:
         _stop(proc, signal.SIGTERM, timeout=60)
         for jid in _squeue_ids(slurm_name):  # only the jobs of this test's campaign (its unique job name)

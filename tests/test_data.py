@@ -102,9 +102,16 @@ def make_synthetic_db(folder, n_train=5, named=True, spacing=0.3, noise=0.3, see
         rho = analytic_density(atoms, cell, shape, z_bottom, z_top)
         h1 = np.clip(rho + noise * rng.standard_normal(shape) * (rho > 0.05), 0, None)
         h2 = np.clip(rho + noise * rng.standard_normal(shape) * (rho > 0.05), 0, None)
-        kvp = dict(surface=s.get("surface", "calcite-104"), defects=s.get("defects", f"{len(s['remove'])} Ca removed"),
-                   rho_bulk=RHO_BULK, z_top=z_top, z_bottom=z_bottom, net_charge=s.get("net_charge", 0),
-                   production_ps=100.0, seed=k)
+        kvp = dict(
+            surface=s.get("surface", "calcite-104"),
+            defects=s.get("defects", f"{len(s['remove'])} Ca removed"),
+            rho_bulk=RHO_BULK,
+            z_top=z_top,
+            z_bottom=z_bottom,
+            net_charge=s.get("net_charge", 0),
+            production_ps=100.0,
+            seed=k,
+        )
         if "structure_size" in s:
             kvp["structure_size"] = s["structure_size"]
         store.write_simulation(db, atoms, h1, h2, cell, kvp, {"defect_sites": sites})
@@ -207,7 +214,9 @@ def test_bank_windows_match_the_density_in_both_faces(toy_db, tmp_path):
         # the cached descriptor is the descriptor of that window (up to the descriptor's own
         # 4-sigma Gaussian cutoff, which depends on where a window sits: <= 3e-4 of a peak)
         surf = atoms if e.interface.face == "top" else descriptors.mirror(atoms)
-        ref = descriptors.describe_windows(surf, np.array([bank.offset(i, mx, my)]), sigma=e.meta["sigma"], face="top")[0]
+        ref = descriptors.describe_windows(surf, np.array([bank.offset(i, mx, my)]), sigma=e.meta["sigma"], face="top")[
+            0
+        ]
         np.testing.assert_allclose(x, ref, rtol=0, atol=2e-4 * ref.max())
         # the target is the smoothed density at the window points (mirrored back for the bottom)
         pts = bank.window_points(i, mx, my)[::5, ::7, ::9]

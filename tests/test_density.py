@@ -23,14 +23,17 @@ def slab_and_water(rng):
     cations = np.c_[np.r_[xy, xy], np.r_[np.full(4, 12.0), np.full(4, 8.0)]]
     others = np.c_[rng.uniform(0, 8, (4, 2)), np.full(4, 10.0)]
     slab = np.r_[cations, others]
-    water = np.array([[1.0, 1.0, 14.0], [3.0, 2.0, 14.5], [5.0, 5.0, 20.0], [2.0, 6.0, 6.0]])  # +2, +2.5, +8, -2 (bottom)
+    water = np.array(
+        [[1.0, 1.0, 14.0], [3.0, 2.0, 14.5], [5.0, 5.0, 20.0], [2.0, 6.0, 6.0]]
+    )  # +2, +2.5, +8, -2 (bottom)
     return slab, water
 
 
 def new_acc(slab):
     n = len(slab)
-    return DensityAccumulator(cell=CELL, shape=SHAPE, weights=np.full(n, 1.0 / n), centres=np.arange(n),
-                              cations=np.arange(8))
+    return DensityAccumulator(
+        cell=CELL, shape=SHAPE, weights=np.full(n, 1.0 / n), centres=np.arange(n), cations=np.arange(8)
+    )
 
 
 def expected_counts(water, frames):

@@ -126,14 +126,18 @@ def test_bottom_face_is_mirrored(slab):
     """The bottom face's window is the top face's window of the slab reflected through a
     horizontal plane, built here by hand (z -> Lz - z, x and y unchanged), not by D.mirror."""
     lz = slab.cell[2, 2]
-    by_hand = Atoms(slab.numbers, positions=slab.positions * [1.0, 1.0, -1.0] + [0.0, 0.0, lz], cell=slab.cell, pbc=True)
+    by_hand = Atoms(
+        slab.numbers, positions=slab.positions * [1.0, 1.0, -1.0] + [0.0, 0.0, lz], cell=slab.cell, pbc=True
+    )
     for x0, y0 in ((1.0, 1.0), (6.5, 3.0)):
         b = D.describe_window(slab, x0, y0, face="bottom")
         top = D.describe_window(by_hand, x0, y0)
         assert b.values.max() > 0.01 and np.abs(b.values - top.values).max() < 1e-4 * b.values.max()
         batched = D.describe_windows(slab, [[x0, y0]], face="bottom")[0]  # the path the data sets use
         assert np.abs(batched - top.values).max() < 1e-4 * b.values.max()
-        assert np.isclose(b.meta["z_s"], -slab.info["z_bottom"]) and np.isclose(top.meta["z_s"], lz - slab.info["z_bottom"])
+        assert np.isclose(b.meta["z_s"], -slab.info["z_bottom"]) and np.isclose(
+            top.meta["z_s"], lz - slab.info["z_bottom"]
+        )
         # and it is not the top face's window (a face mix-up would fail here)
         assert np.abs(D.describe_window(slab, x0, y0).values - b.values).max() > 0.1 * b.values.max()
 

@@ -37,8 +37,16 @@ def test_hydration_peaks_sub_grid():
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     db = make_synthetic_db(root, n_train=4)
-    common = dict(channels=(2, 4, 4, 4), epochs=1, batch_size=2, windows_per_interface=1, max_val_windows=2,
-                  cache_dir=str(root / "cache"), seed=0, threads=1)
+    common = dict(
+        channels=(2, 4, 4, 4),
+        epochs=1,
+        batch_size=2,
+        windows_per_interface=1,
+        max_val_windows=2,
+        cache_dir=str(root / "cache"),
+        seed=0,
+        threads=1,
+    )
     fit(db, root / "unet", TrainConfig(loss="l1", **common), progress=False)
     fit(db, root / "att", TrainConfig(model="attention-unet", loss="l2", **common), progress=False)
     return db, root
@@ -59,7 +67,9 @@ def test_evaluate_cli_writes_the_report(runs, tmp_path):
     assert "| aragonite (010) | 2x3 |" in md
     # the paper's Table 1 beside ours, in Å^-3: each model's value and the paper's for its column
     paper_part = md[md.index("## The paper's Table 1 beside ours") :]
-    paper_rows = [line for line in paper_part.splitlines() if line.startswith("| calcite (10-14) with a CO3 2- vacancy | ")]
+    paper_rows = [
+        line for line in paper_part.splitlines() if line.startswith("| calcite (10-14) with a CO3 2- vacancy | ")
+    ]
     assert len(paper_rows) == 1 and "paper U-Net (c)" in paper_part
     assert "| 2.729e-03 |" in paper_rows[0]  # the paper's U-Net (c) at the CO3 2- vacancy, beside ours
     res = json.loads((out / "metrics.json").read_text())
@@ -67,13 +77,21 @@ def test_evaluate_cli_writes_the_report(runs, tmp_path):
     # the test row is drawn at random (unique ids are random): it has a defect group iff Ca was removed from it
     test_rows = [r for r in store.iter_rows(db) if r.unique_id in res["groups"][0]["simulations"]]
     test_defects = any(not str(r.get("defects")).startswith("0 ") for r in test_rows)
-    assert names == ["test set"] + ["test set near defects"] * test_defects + ["calcite-104 CO3 vacancy", "aragonite-010"]
+    assert names == ["test set"] + ["test set near defects"] * test_defects + [
+        "calcite-104 CO3 vacancy",
+        "aragonite-010",
+    ]
     csv_lines = (out / "metrics.csv").read_text().splitlines()
     assert csv_lines[0].startswith("row,column,mae_rho_over_rho_bulk,mae_A^-3")
     assert len(csv_lines) == 1 + 4 * len(names)  # groups x (noise floor, baseline, 2 models)
     figs = {p.name for p in (out / "figures").iterdir()}
-    assert {"learning_curves.png", "profile_aragonite-010.png", "xz_aragonite-010.png", "slices_aragonite-010.png",
-            "attention_aragonite-010_att-u-net-l2.png"} <= figs
+    assert {
+        "learning_curves.png",
+        "profile_aragonite-010.png",
+        "xz_aragonite-010.png",
+        "slices_aragonite-010.png",
+        "attention_aragonite-010_att-u-net-l2.png",
+    } <= figs
     assert not any(f.startswith("attention_") and "u-net-l1" in f and "att" not in f for f in figs)
 
     for g in res["groups"]:
@@ -109,7 +127,9 @@ def test_noise_floor_baseline_and_defect_region_as_documented(runs, tmp_path):
     assert u["noise_floor_before"]["mae"] == pytest.approx(before, rel=1e-5)
     assert u["noise_floor_after"]["mae"] == pytest.approx(after, rel=1e-5)
     # the report's unit-cell averaging table shows these two numbers, in this order, and their ratio
-    rows = [r for r in (tmp_path / "r" / "report.md").read_text().splitlines() if r.startswith(f"| {g['title']} | 2x3 |")]
+    rows = [
+        r for r in (tmp_path / "r" / "report.md").read_text().splitlines() if r.startswith(f"| {g['title']} | 2x3 |")
+    ]
     assert len(rows) == 1, rows
     cols = [c.strip() for c in rows[0].strip().strip("|").split("|")]
     assert float(cols[2].split()[0]) == pytest.approx(before, abs=1e-4)
@@ -168,8 +188,16 @@ def test_simulations_finished_after_the_split_are_reported_as_new(runs, tmp_path
     atoms, sites = toy_slab(remove=(1, 4))
     cell = np.asarray(atoms.cell)
     rho = analytic_density(atoms, cell, tuple(int(round(L / 0.3)) for L in cell.diagonal()), 12.0, 21.0)
-    kvp = dict(surface="calcite-104", defects="2 Ca removed", rho_bulk=RHO_BULK, z_top=21.0, z_bottom=12.0,
-               net_charge=0, production_ps=100.0, seed=99)
+    kvp = dict(
+        surface="calcite-104",
+        defects="2 Ca removed",
+        rho_bulk=RHO_BULK,
+        z_top=21.0,
+        z_bottom=12.0,
+        net_charge=0,
+        production_ps=100.0,
+        seed=99,
+    )
     store.write_simulation(db2, atoms, rho, rho, cell, kvp, {"defect_sites": sites})
     new_uid = list(store.iter_rows(db2, seed=99))[0].unique_id
     split = json.loads((root / "unet" / "split.json").read_text())
@@ -202,11 +230,29 @@ def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):
 
     db, root = runs
     res = evaluate([root / "unet"], db, tmp_path / "r", figures=False, log=lambda m: None)
-    spec = importlib.util.spec_from_file_location("ship_model", Path(__file__).resolve().parents[1] / "tools" / "ship_model.py")
+    spec = importlib.util.spec_from_file_location(
+        "ship_model", Path(__file__).resolve().parents[1] / "tools" / "ship_model.py"
+    )
     ship = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ship)
     dest = tmp_path / "pretrained"
-    assert ship.main([str(root / "unet"), "--eval", str(tmp_path / "r"), "--db", str(db), "--name", "unet-toy", "--dest", str(dest), "--default"]) == 0
+    assert (
+        ship.main(
+            [
+                str(root / "unet"),
+                "--eval",
+                str(tmp_path / "r"),
+                "--db",
+                str(db),
+                "--name",
+                "unet-toy",
+                "--dest",
+                str(dest),
+                "--default",
+            ]
+        )
+        == 0
+    )
     assert [m.name for m in list_models(dest)] == ["unet-toy"] and default_model_name(dest) == "unet-toy"
     text = (dest / "unet-toy.md").read_text()
     assert res["command"] in text
@@ -215,15 +261,23 @@ def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):
     assert f" | {g['windows']} | {g['noise_floor']['mae']:.4f} " in text and f"| {g['title']}: row" in text
     assert f"{m['mae']:.4f} ({m['mae_A3']:.2e})" in text
     u = {g["name"]: g for g in res["groups"]}["aragonite-010"]["unit_cell_averaging"]
-    assert f"- aragonite (010): 2x3 unit cells; noise floor {u['noise_floor_before']['mae']:.4f} -> {u['noise_floor_after']['mae']:.4f}" in text
+    assert (
+        f"- aragonite (010): 2x3 unit cells; noise floor {u['noise_floor_before']['mae']:.4f} -> {u['noise_floor_after']['mae']:.4f}"
+        in text
+    )
 
 
 def test_paper_columns_follow_network_and_training_data():
     from hydrolayer.evaluate import PAPER_TABLE1, paper_column
 
     assert paper_column({"model": "unet", "training": {"surfaces": ["calcite-104"]}}) == "U-Net (c)"
-    assert paper_column({"model": "attention-unet", "training": {"surfaces": ["calcite-104", "aragonite-010"]}}) == "Att U-Net (c+a)"
-    assert paper_column({"model": "unet"}) == "U-Net (c)"  # no record of the training surfaces: calcite, as every model before v1
+    assert (
+        paper_column({"model": "attention-unet", "training": {"surfaces": ["calcite-104", "aragonite-010"]}})
+        == "Att U-Net (c+a)"
+    )
+    assert (
+        paper_column({"model": "unet"}) == "U-Net (c)"
+    )  # no record of the training surfaces: calcite, as every model before v1
     # every paper cell names a column that paper_column can produce
     for row in PAPER_TABLE1.values():
         assert set(row) == {"U-Net (c)", "Att U-Net (c)", "U-Net (c+a)", "Att U-Net (c+a)"}

@@ -1,6 +1,5 @@
 """Force field data, typing, LAMMPS input, and LAMMPS + MPI found without LD_LIBRARY_PATH."""
 
-import json
 import os
 import subprocess
 import sys
@@ -57,8 +56,18 @@ def test_data_file_and_settings(tmp_path):
     for section in ("Masses", "Atoms # full", "Bonds", "Angles", "Impropers", "xy xz yz"):
         assert section in text
     cmds = "\n".join(ff.settings())
-    for s in ("buck/mdf 6.0 9.0", "lj/mdf 6.0 9.0", "lj/cut 9.0", "coul/long 9.0", "pppm", "special_bonds lj/coul 0.0 0.0 0.0",
-              "class2", "improper_style distance", "pair_coeff 4 4 lj/cut 0.00674 3.165492", "pair_coeff 1 4 lj/mdf 0.00095 3.35"):
+    for s in (
+        "buck/mdf 6.0 9.0",
+        "lj/mdf 6.0 9.0",
+        "lj/cut 9.0",
+        "coul/long 9.0",
+        "pppm",
+        "special_bonds lj/coul 0.0 0.0 0.0",
+        "class2",
+        "improper_style distance",
+        "pair_coeff 4 4 lj/cut 0.00674 3.165492",
+        "pair_coeff 1 4 lj/mdf 0.00095 3.35",
+    ):
         assert s in cmds, s
 
 
@@ -66,9 +75,11 @@ def test_lammps_found_without_ld_library_path(tmp_path):
     """A fresh interpreter without LD_LIBRARY_PATH starts LAMMPS through load_lammps()."""
     env = {k: v for k, v in os.environ.items() if k != "LD_LIBRARY_PATH"}
     env["PYTHONPATH"] = SRC
-    code = ("from hydrolayer.forcefield import load_lammps\n"
-            "L = load_lammps()(cmdargs=['-log', 'none', '-screen', 'none'])\n"
-            "print(L.version(), L.has_style('pair', 'buck/mdf'), L.has_style('improper', 'distance'))\n")
+    code = (
+        "from hydrolayer.forcefield import load_lammps\n"
+        "L = load_lammps()(cmdargs=['-log', 'none', '-screen', 'none'])\n"
+        "print(L.version(), L.has_style('pair', 'buck/mdf'), L.has_style('improper', 'distance'))\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     version, buck, imp = out.split()
     assert int(version) > 20230000 and buck == "True" and imp == "True"
@@ -84,7 +95,9 @@ def test_energy_and_forces_bulk_calcite(tmp_path):
     ff.write_data(atoms, topo, tmp_path / "c.data")
     L = ff.load_lammps()(cmdargs=["-log", "none", "-screen", "none"])
     try:
-        for c in ["units metal", "atom_style full", "boundary p p p", f"read_data {tmp_path / 'c.data'}"] + ff.settings(1e-5):
+        for c in ["units metal", "atom_style full", "boundary p p p", f"read_data {tmp_path / 'c.data'}"] + ff.settings(
+            1e-5
+        ):
             L.command(c)
         L.command("run 0")
         pe = L.get_thermo("pe")

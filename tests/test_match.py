@@ -36,8 +36,12 @@ def _md(row: int, which: str = "mean"):
     atoms.info["defect_sites"] = json.dumps(r.data.get("defect_sites", []))
     g = Grid(GridSpec(d["cell"], v.shape), v, ("water",), units="rho/rho_bulk", atoms=atoms)
     zs, _ = surface_z_of(g)
-    sim = match.Simulated(match.Candidate(f"row{row}", g.atoms, (5.0, 8.0)),
-                          np.asarray(sta_force(g, units="nN").channel("Fz"), float), g.spec, zs)
+    sim = match.Simulated(
+        match.Candidate(f"row{row}", g.atoms, (5.0, 8.0)),
+        np.asarray(sta_force(g, units="nN").channel("Fz"), float),
+        g.spec,
+        zs,
+    )
     return g, sim
 
 
@@ -66,9 +70,21 @@ def test_registration_recovers_offset_rotation_height(quantity):
     g1, _ = _md(14, "half1")
     _, sim2 = _md(14, "half2")
     truth = dict(height=3.4, angle=-1.7, offset=(13.2, 5.9))
-    meas = match.synthetic_measurement(g1, truth["height"], shape=(72, 72), pixel_size=0.42, angle=truth["angle"],
-                                       offset=truth["offset"], blur=0.4, snr=5, drift=1.0, quantity=quantity,
-                                       amplitude=0.3, gain=30.0 if quantity == "df" else 1.0, rng=3)
+    meas = match.synthetic_measurement(
+        g1,
+        truth["height"],
+        shape=(72, 72),
+        pixel_size=0.42,
+        angle=truth["angle"],
+        offset=truth["offset"],
+        blur=0.4,
+        snr=5,
+        drift=1.0,
+        quantity=quantity,
+        amplitude=0.3,
+        gain=30.0 if quantity == "df" else 1.0,
+        rng=3,
+    )
     prep = match.prepare(meas)
     reg = match.register(prep, sim2, heights=(1.5, 7.0), quantity=quantity)
     assert abs(reg.height - truth["height"]) <= 0.3
@@ -89,8 +105,19 @@ def test_registration_recovers_offset_rotation_height(quantity):
 def test_a_3d_stack_is_matched_as_a_whole():
     g1, _ = _md(16, "half1")
     _, sim2 = _md(16, "half2")
-    meas = match.synthetic_measurement(g1, 2.6, shape=(64, 64), pixel_size=0.45, angle=1.0, offset=(4.0, 9.0),
-                                       blur=0.4, snr=4, quantity="df", z_planes=[10.0, 10.5, 11.0, 11.5], rng=5)
+    meas = match.synthetic_measurement(
+        g1,
+        2.6,
+        shape=(64, 64),
+        pixel_size=0.45,
+        angle=1.0,
+        offset=(4.0, 9.0),
+        blur=0.4,
+        snr=4,
+        quantity="df",
+        z_planes=[10.0, 10.5, 11.0, 11.5],
+        rng=5,
+    )
     assert meas.values.shape == (64, 64, 4)
     reg = match.register(match.prepare(meas), sim2, heights=(1.5, 6.0), quantity="df")
     assert abs(reg.height - 2.6) <= 0.3 and abs(reg.angle - 1.0) <= 0.5
@@ -117,8 +144,9 @@ def test_ranking_puts_the_right_polymorph_first(predictor):
     """A df map from MD row 17 (aragonite (001), a named test surface never used in
     training) against three polymorphs predicted by the shipped model."""
     g, _ = _md(17)
-    meas = match.synthetic_measurement(g, 3.0, shape=(72, 72), pixel_size=0.4, angle=2.0, offset=(6.0, 3.0),
-                                       blur=0.5, snr=5, drift=1.0, rng=11)
+    meas = match.synthetic_measurement(
+        g, 3.0, shape=(72, 72), pixel_size=0.4, angle=2.0, offset=(6.0, 3.0), blur=0.5, snr=5, drift=1.0, rng=11
+    )
     cands = [match.parse_candidate(c) for c in ("calcite-104", "aragonite-001", "vaterite-010")]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -37,10 +37,21 @@ def test_gwy_brick_3d_and_channel_by_title(tmp_path):
     from gwyfile.objects import GwyContainer, GwyDataField, GwyObject, GwySIUnit
 
     v = _ramp(6, 5, 4)  # (x, y, z); a brick stores data[k][j][i]
-    brick = GwyObject("GwyBrick", {
-        "xres": 6, "yres": 5, "zres": 4, "xreal": 6e-10, "yreal": 5e-10, "zreal": 2e-10, "zoff": 1e-10,
-        "si_unit_x": GwySIUnit(unitstr="m"), "si_unit_w": GwySIUnit(unitstr="Hz"),
-        "data": np.ascontiguousarray(v.transpose(2, 1, 0)).ravel()})
+    brick = GwyObject(
+        "GwyBrick",
+        {
+            "xres": 6,
+            "yres": 5,
+            "zres": 4,
+            "xreal": 6e-10,
+            "yreal": 5e-10,
+            "zreal": 2e-10,
+            "zoff": 1e-10,
+            "si_unit_x": GwySIUnit(unitstr="m"),
+            "si_unit_w": GwySIUnit(unitstr="Hz"),
+            "data": np.ascontiguousarray(v.transpose(2, 1, 0)).ravel(),
+        },
+    )
     c = GwyContainer()
     c["/0/data"] = GwyDataField(np.zeros((5, 6)), xreal=6e-10, yreal=5e-10, si_unit_xy="m", si_unit_z="m")
     c["/0/data/title"] = "Topography"
@@ -113,13 +124,23 @@ def _write_3ds(path, stack, z_m, truncate=0):
     float32. ``stack``: (nx, ny, nz)."""
     nx, ny, nz = stack.shape
     lines = [
-        f"Grid dim=\"{nx} x {ny}\"", f"Grid settings={0:e};{0:e};{nx * 0.4e-10:e};{ny * 0.4e-10:e};0.0",
-        "Sweep Signal=\"Z (m)\"", "Fixed parameters=\"Sweep Start;Sweep End\"",
-        "Experiment parameters=\"X (m);Y (m);Z (m);Z offset (m);Settling time (s);Integration time (s)\"",
-        "# Parameters (4 byte)=8", f"Experiment size (bytes)={4 * nz}", f"Points={nz}",
-        "Channels=\"Frequency Shift (Hz)\"", "Delay before measuring (s)=0", "Experiment=Grid Spectroscopy",
-        "Start time=\"01.01.2026 00:00:00\"", "End time=\"01.01.2026 01:00:00\"", "User=", "Comment=",
-        ":HEADER_END:", "",
+        f'Grid dim="{nx} x {ny}"',
+        f"Grid settings={0:e};{0:e};{nx * 0.4e-10:e};{ny * 0.4e-10:e};0.0",
+        'Sweep Signal="Z (m)"',
+        'Fixed parameters="Sweep Start;Sweep End"',
+        'Experiment parameters="X (m);Y (m);Z (m);Z offset (m);Settling time (s);Integration time (s)"',
+        "# Parameters (4 byte)=8",
+        f"Experiment size (bytes)={4 * nz}",
+        f"Points={nz}",
+        'Channels="Frequency Shift (Hz)"',
+        "Delay before measuring (s)=0",
+        "Experiment=Grid Spectroscopy",
+        'Start time="01.01.2026 00:00:00"',
+        'End time="01.01.2026 01:00:00"',
+        "User=",
+        "Comment=",
+        ":HEADER_END:",
+        "",
     ]
     params = np.zeros(8)
     params[:2] = z_m[0], z_m[-1]
@@ -179,13 +200,16 @@ def test_npy_and_csv_need_pixel_size(tmp_path):
     np.testing.assert_allclose(r.z, [0.0, 0.5, 1.0])
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("map.xyz", b"1 2 3", "unknown measurement format"),
-    ("missing.gwy", None, "file not found"),
-    ("empty.sxm", b"", "empty file"),
-    ("garbled.gwy", b"GWYPnot really a gwyddion file", "cannot read this .gwy file"),
-    ("garbled.npy", b"\x93NUMPY\x01\x00garbage", "cannot read this .npy file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("map.xyz", b"1 2 3", "unknown measurement format"),
+        ("missing.gwy", None, "file not found"),
+        ("empty.sxm", b"", "empty file"),
+        ("garbled.gwy", b"GWYPnot really a gwyddion file", "cannot read this .gwy file"),
+        ("garbled.npy", b"\x93NUMPY\x01\x00garbage", "cannot read this .npy file"),
+    ],
+)
 def test_bad_files_are_one_line_input_errors(tmp_path, name, content, message):
     path = tmp_path / name
     if content is not None:

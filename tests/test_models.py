@@ -73,7 +73,11 @@ def test_bad_input_shape():
 def test_checkpoint_round_trip(tmp_path, name):
     torch.manual_seed(1)
     m = build_model(name, **TINY, norm="batch").eval()
-    extra = {"descriptor": {"sigma": 0.5}, "window": {"cell": [[10, 0, 0], [0, 10, 0], [0, 0, 20]], "shape": [32, 32, 64], "origin": [0, 0, -5]}, "sigma_target": 0.4}
+    extra = {
+        "descriptor": {"sigma": 0.5},
+        "window": {"cell": [[10, 0, 0], [0, 10, 0], [0, 0, 20]], "shape": [32, 32, 64], "origin": [0, 0, -5]},
+        "sigma_target": 0.4,
+    }
     path = save_checkpoint(tmp_path / "m.pt", m, extra)
     # the file is plain data: weights_only loading works
     raw = torch.load(path, weights_only=True)

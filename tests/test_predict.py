@@ -110,15 +110,7 @@ def test_registry_lists_cards_and_default(tmp_path, tiny_net):
     assert p.name == "unet-b" and p.sigma == 0.5 and p.window_shape == (32, 32, 64)
 
 
-# --------------------------------------------------------------------------- with structures
-@pytest.fixture(scope="module")
-def slab():
-    pytest.importorskip("hydrolayer.descriptors")
-    from hydrolayer.structures import build_surface
-
-    return build_surface("calcite-104", size=(3, 2), layers=2)
-
-
+# --------------------------------------------------------------------------- with structures (fixture slab: conftest.py)
 @pytest.fixture()
 def predictor(tmp_path, tiny_net):
     return predict.load_predictor(_save(tmp_path, tiny_net, training=["calcite-104"]))

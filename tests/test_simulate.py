@@ -14,7 +14,6 @@ from hydrolayer.simulate import (
     SimulationFailed,
     SimulationParams,
     finish,
-    prepare,
     run_simulation,
     run_worker,
     simulate,
@@ -30,8 +29,15 @@ def tiny_slab(**kw):
 
 
 def tiny_params(**kw):
-    base = dict(production_ps=0.4, equil_ps=0.5, checkpoint_ps=0.2, minimize_steps=100, gap=16.0,
-                gap_tolerance=0.5, sample_every=20)
+    base = dict(
+        production_ps=0.4,
+        equil_ps=0.5,
+        checkpoint_ps=0.2,
+        minimize_steps=100,
+        gap=16.0,
+        gap_tolerance=0.5,
+        sample_every=20,
+    )
     base.update(kw)
     return SimulationParams(**base)
 
@@ -43,7 +49,9 @@ def test_solvate_sandwich():
     waters = find_waters(sys_)
     n = len(waters)
     area = sys_.cell[0, 0] * sys_.cell[1, 1]
-    assert n == sys_.info["n_water"] == int(round(WATER_DENSITY * area * (25.0 - 2 * 1.2)))  # 1 g/cm3 over gap - 2 x 1.2 Å
+    assert (
+        n == sys_.info["n_water"] == int(round(WATER_DENSITY * area * (25.0 - 2 * 1.2)))
+    )  # 1 g/cm3 over gap - 2 x 1.2 Å
     assert 440 < n < 470  # the reference system had 444 for about 25 Å
     # the cell: a, b kept; c along z; Ca plane to Ca plane of the next image = gap
     np.testing.assert_allclose(sys_.cell[:2], slab.cell[:2])
@@ -93,7 +101,7 @@ def tiny_run(tmp_path_factory):
 @pytest.mark.lammps
 def test_tiny_simulation(tiny_run, tmp_path):
     slab, work, res, lines = tiny_run
-    assert any("ns/day" in l and "min left" in l for l in lines)  # progress
+    assert any("ns/day" in ln and "min left" in ln for ln in lines)  # progress
     h1, h2 = res.half1, res.half2
     assert h1.shape == h2.shape and h1.ndim == 3
     spacing = np.linalg.norm(res.cell, axis=1) / np.array(h1.shape)
@@ -191,7 +199,7 @@ def test_resume_after_interruption(tmp_path):
     assert state["stage"] == "production" and state["prod_steps"] == 200
     lines = []
     row = simulate(slab, tmp_path / "s.db", params, workdir=work, progress=lines.append)
-    assert not any("minimised" in l for l in lines)  # no equilibration again
+    assert not any("minimised" in ln for ln in lines)  # no equilibration again
     assert lines[0].startswith("production 0.4/")
     with np.load(work / "result.npz") as r:
         assert int(r["n1"]) + int(r["n2"]) == 30

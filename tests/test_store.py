@@ -20,9 +20,19 @@ from hydrolayer.util import InputError
 
 def _slab():
     a = bulk("Cu", cubic=True) * (2, 2, 2)
-    a.info.update(surface="calcite-104", polymorph="calcite", facet="104", seed=3, size="2x2",
-                  defects="CO3 vacancy (top)", defect_sites=json.dumps([{"species": "CO3", "position": [1, 2, 3], "face": "top"}]),
-                  net_charge=2, z_top=5.0, z_bottom=1.0, lattice=json.dumps({"a": 4.937, "c": 17.22}))
+    a.info.update(
+        surface="calcite-104",
+        polymorph="calcite",
+        facet="104",
+        seed=3,
+        size="2x2",
+        defects="CO3 vacancy (top)",
+        defect_sites=json.dumps([{"species": "CO3", "position": [1, 2, 3], "face": "top"}]),
+        net_charge=2,
+        z_top=5.0,
+        z_bottom=1.0,
+        lattice=json.dumps({"a": 4.937, "c": 17.22}),
+    )
     return a
 
 
@@ -33,7 +43,16 @@ def _halves(shape=(8, 9, 10), seed=0):
     return h1, h2
 
 
-KVP = dict(temperature=300.0, production_ps=5.0, seed=1, rho_bulk=0.0338, ns_per_day=12.5, z_top=5.0, z_bottom=1.0, net_charge=2)
+KVP = dict(
+    temperature=300.0,
+    production_ps=5.0,
+    seed=1,
+    rho_bulk=0.0338,
+    ns_per_day=12.5,
+    z_top=5.0,
+    z_bottom=1.0,
+    net_charge=2,
+)
 
 
 def test_roundtrip_sqlite(tmp_path):
@@ -43,8 +62,21 @@ def test_roundtrip_sqlite(tmp_path):
     row_id = store.write_simulation(db, _slab(), h1, h2, cell, KVP, {"lammps_version": "test"})
     row = store.get_row(db, row_id)
     # key-value pairs from the call and from atoms.info
-    for k in ("surface", "defects", "temperature", "production_ps", "seed", "status", "rho_bulk", "z_top",
-              "z_bottom", "net_charge", "ns_per_day", "grid_file", "grid_sha256"):
+    for k in (
+        "surface",
+        "defects",
+        "temperature",
+        "production_ps",
+        "seed",
+        "status",
+        "rho_bulk",
+        "z_top",
+        "z_bottom",
+        "net_charge",
+        "ns_per_day",
+        "grid_file",
+        "grid_sha256",
+    ):
         assert k in row.key_value_pairs, k
     assert row.status == "done" and row.seed == 1 and row.structure_seed == 3
     assert row.grid_file == f"grids/{row.unique_id}.npz"
@@ -143,39 +175,51 @@ def _pg_bin():
 
 
 @pytest.fixture
-def postgres(tmp_path):
-    """A throw-away PostgreSQL server from Debian's postgresql package, in tmp_path."""
+def postgres():
+    """A throw-away PostgreSQL server from Debian's postgresql package, in a temporary folder."""
     pytest.importorskip("psycopg2", reason="psycopg2 not installed (pip install psycopg2-binary)")
     pytest.importorskip("ase_db_backends", reason="ase-db-backends not installed (ASE >= 3.24 keeps PostgreSQL there)")
     pg = _pg_bin()
     if pg is None:
         pytest.skip("PostgreSQL server not installed (Debian package 'postgresql'; .ci/run installs it)")
-    data = tmp_path / "pgdata"
-    sockdir = tmp_path / "pgsock"
+    # the server's files in a folder of its own directly under the temporary directory (which
+    # every user can traverse): as root the server runs as 'postgres', which must not need
+    # pytest's 0700 folders (changing their modes raced with other pytest runs)
+    base = Path(tempfile.mkdtemp(prefix="hydrolayer-pg-"))
+    data, sockdir = base / "pgdata", base / "pgsock"
     data.mkdir()
     sockdir.mkdir()
     run_as = []
-    restore = []
     if os.geteuid() == 0:  # the server refuses to run as root: run it as the 'postgres' user
         if shutil.which("runuser") is None:
             pytest.skip("running as root without runuser: cannot start PostgreSQL")
-        # the server user must reach tmp_path: let others traverse (x only) pytest's own
-        # 0700 parent folders for the duration of the test, then restore their modes
-        for parent in [tmp_path, *tmp_path.parents]:
-            if parent == Path(tempfile.gettempdir()) or parent == parent.parent:
-                break
-            restore.append((parent, parent.stat().st_mode))
-            os.chmod(parent, parent.stat().st_mode | 0o001)
-        for p in (tmp_path, data, sockdir):
+        for p in (base, data, sockdir):
             shutil.chown(p, "postgres")
         run_as = ["runuser", "-u", "postgres", "--"]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run(run_as + [str(pg / "initdb"), "-D", str(data), "-U", "hl", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    subprocess.run(run_as + [str(pg / "pg_ctl"), "-D", str(data), "-l", str(data / "log"), "-w", "-o",
-                             f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+    subprocess.run(
+        run_as + [str(pg / "initdb"), "-D", str(data), "-U", "hl", "--auth=trust", "-E", "UTF8"],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(
+        run_as
+        + [
+            str(pg / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(data / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {sockdir} -c listen_addresses=127.0.0.1",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         import psycopg2
 
@@ -191,8 +235,7 @@ def postgres(tmp_path):
         yield f"postgresql://hl@127.0.0.1:{port}/sims"
     finally:
         subprocess.run(run_as + [str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
-        for parent, mode in restore:
-            os.chmod(parent, mode)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.postgres

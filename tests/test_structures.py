@@ -356,12 +356,15 @@ def test_bad_defect_sites_are_one_line_input_errors(tmp_path, case):
         S.defect_sites(s)
 
 
-@pytest.mark.parametrize("key,value,msg", [
-    ("frame_shift", "[1.0, 2.0]", "frame_shift must be three numbers"),
-    ("z_top", "high", "z_top must be a number"),
-    ("net_charge", "plus two", "net_charge must be a number"),
-    ("surface", 104, "surface must be a name"),
-])
+@pytest.mark.parametrize(
+    "key,value,msg",
+    [
+        ("frame_shift", "[1.0, 2.0]", "frame_shift must be three numbers"),
+        ("z_top", "high", "z_top must be a number"),
+        ("net_charge", "plus two", "net_charge must be a number"),
+        ("surface", 104, "surface must be a name"),
+    ],
+)
 def test_other_parsed_info_is_checked_on_reading(tmp_path, key, value, msg):
     s = S.build_surface("calcite-104", size=(2, 1), layers=2)
     s.info[key] = value

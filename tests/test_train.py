@@ -20,24 +20,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("hydrolayer.descriptors")
 
-from test_data import make_synthetic_db  # noqa: E402
-
 from hydrolayer.models import load_model  # noqa: E402
-from hydrolayer.train import TrainConfig, fit, load_config  # noqa: E402
+from hydrolayer.train import fit, load_config  # noqa: E402
 from hydrolayer.util import InputError  # noqa: E402
 
-
-@pytest.fixture(scope="module")
-def toy(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    return make_synthetic_db(root, n_train=4), root / "cache"
-
-
-def tiny(cache, **kw):
-    base = dict(channels=(2, 4, 4, 4), epochs=2, batch_size=2, windows_per_interface=1, max_val_windows=2,
-                dropout=0.1, cache_dir=str(cache), seed=1, threads=1)
-    base.update(kw)
-    return TrainConfig(**base)
+# fixtures toy (the synthetic database) and tiny (a tiny TrainConfig): tests/conftest.py
 
 
 def _weights(path):
@@ -63,7 +50,7 @@ def test_d4_augmentation_is_the_descriptor_of_the_reflected_surface():
     assert np.array_equal(d4(d4(a, [3]), [3]), a)
 
 
-def test_fit_writes_the_run_and_compares_losses(toy, tmp_path):
+def test_fit_writes_the_run_and_compares_losses(toy, tiny, tmp_path):
     db, cache = toy
     out = tmp_path / "run"
     summary = fit(db, out, tiny(cache), progress=False)
@@ -86,7 +73,7 @@ def test_fit_writes_the_run_and_compares_losses(toy, tmp_path):
         fit(db, out, tiny(cache), progress=False)
 
 
-def test_resume_after_a_kill_is_exact(toy, tmp_path):
+def test_resume_after_a_kill_is_exact(toy, tiny, tmp_path):
     db, cache = toy
     cfg = dict(loss="l1", epochs=3)
     fit(db, tmp_path / "straight", tiny(cache, **cfg), progress=False)
@@ -174,7 +161,7 @@ def test_torchrun_two_processes_match_one(toy, tmp_path):
     assert recs[0]["val_mae"] == pytest.approx(one["val_mae"], rel=1e-4)
 
 
-def test_a_second_model_can_reuse_an_earlier_split(toy, tmp_path):
+def test_a_second_model_can_reuse_an_earlier_split(toy, tiny, tmp_path):
     db, cache = toy
     fit(db, tmp_path / "a", tiny(cache, epochs=1, loss="l1", split_fractions=(0.75, 0.25, 0.0)), progress=False)
     a = json.loads((tmp_path / "a" / "split.json").read_text())
@@ -190,7 +177,7 @@ def test_a_second_model_can_reuse_an_earlier_split(toy, tmp_path):
         tiny(cache, split_fractions=(0.5, 0.0, 0.5))
 
 
-def test_bfloat16_training_runs_and_stays_close_to_float32(toy, tmp_path):
+def test_bfloat16_training_runs_and_stays_close_to_float32(toy, tiny, tmp_path):
     """bfloat16 autocast in the training forward pass gives the float32 run (same seed, one
     epoch = two Adam steps) up to bfloat16 rounding.
 

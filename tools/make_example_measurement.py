@@ -23,8 +23,18 @@ import numpy as np
 from hydrolayer import match
 from hydrolayer.measurements import write_gwy
 
-TRUTH = {"height_A": 3.0, "rotation_deg": 2.0, "blur_A": 0.5, "snr": 5.0, "drift": 1.5, "pixel_size_A": 0.4,
-         "shape": [96, 96], "amplitude_A": 0.3, "gain_Hz_per_nN_per_A": 40.0, "offset_Hz": -120.0}
+TRUTH = {
+    "height_A": 3.0,
+    "rotation_deg": 2.0,
+    "blur_A": 0.5,
+    "snr": 5.0,
+    "drift": 1.5,
+    "pixel_size_A": 0.4,
+    "shape": [96, 96],
+    "amplitude_A": 0.3,
+    "gain_Hz_per_nN_per_A": 40.0,
+    "offset_Hz": -120.0,
+}
 
 
 def main(argv=None) -> None:
@@ -40,16 +50,33 @@ def main(argv=None) -> None:
     offset = rng.uniform(0, 1, 2) * cell  # a random crop of the periodic surface
     t = TRUTH
     meas = match.synthetic_measurement(
-        dens, t["height_A"], shape=tuple(t["shape"]), pixel_size=t["pixel_size_A"], angle=t["rotation_deg"],
-        offset=offset, blur=t["blur_A"], snr=t["snr"], drift=t["drift"], quantity="df", amplitude=t["amplitude_A"],
-        gain=t["gain_Hz_per_nN_per_A"], rng=rng, source=f"MD row {args.row}")
+        dens,
+        t["height_A"],
+        shape=tuple(t["shape"]),
+        pixel_size=t["pixel_size_A"],
+        angle=t["rotation_deg"],
+        offset=offset,
+        blur=t["blur_A"],
+        snr=t["snr"],
+        drift=t["drift"],
+        quantity="df",
+        amplitude=t["amplitude_A"],
+        gain=t["gain_Hz_per_nN_per_A"],
+        rng=rng,
+        source=f"MD row {args.row}",
+    )
     meas.values = meas.values + t["offset_Hz"]
     args.out.mkdir(parents=True, exist_ok=True)
     name = "calcite-co3-vacancy-df"
     write_gwy(meas, args.out / f"{name}.gwy", title="Frequency shift (synthetic, from MD row 14)")
-    truth = dict(t, db_row=args.row, surface="calcite-104, one CO3 2- vacancy (top)", seed=args.seed,
-                 offset_A=[round(float(v), 3) for v in offset],
-                 convention="map pixel p (Å from the map centre) shows the MD cell point R(rotation) p + offset")
+    truth = dict(
+        t,
+        db_row=args.row,
+        surface="calcite-104, one CO3 2- vacancy (top)",
+        seed=args.seed,
+        offset_A=[round(float(v), 3) for v in offset],
+        convention="map pixel p (Å from the map centre) shows the MD cell point R(rotation) p + offset",
+    )
     (args.out / f"{name}.json").write_text(json.dumps(truth, indent=1) + "\n")
     print(f"wrote {args.out / name}.gwy and .json")
 

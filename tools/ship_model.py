@@ -31,10 +31,20 @@ LABELS = {"unet": "U-Net", "attention-unet": "Attention U-Net"}
 # Ranawat, Jaques & Foster, Nanoscale Adv. 3, 3447 (2021), Table 1, networks trained on
 # calcite (c), MAE in Å^-3 (water density), 3 Å around the defect for the defect rows
 PAPER = {
-    "unet": {"test set": 1.1015e-3, "calcite-104 CO3 vacancy": 2.7288e-3, "calcite-104 Ca vacancy": 2.6579e-3,
-             "aragonite-010": 9.4199e-3, "vaterite-010": 6.4501e-3},
-    "attention-unet": {"test set": 1.1433e-3, "calcite-104 CO3 vacancy": 3.0565e-3, "calcite-104 Ca vacancy": 2.6496e-3,
-                       "aragonite-010": 1.0148e-2, "vaterite-010": 7.4893e-3},
+    "unet": {
+        "test set": 1.1015e-3,
+        "calcite-104 CO3 vacancy": 2.7288e-3,
+        "calcite-104 Ca vacancy": 2.6579e-3,
+        "aragonite-010": 9.4199e-3,
+        "vaterite-010": 6.4501e-3,
+    },
+    "attention-unet": {
+        "test set": 1.1433e-3,
+        "calcite-104 CO3 vacancy": 3.0565e-3,
+        "calcite-104 Ca vacancy": 2.6496e-3,
+        "aragonite-010": 1.0148e-2,
+        "vaterite-010": 7.4893e-3,
+    },
 }
 PAPER_ROWS = {"new simulations": "test set", "test set": "test set"}
 
@@ -56,59 +66,83 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
     metrics = json.loads((eval_dir / "metrics.json").read_text())
     model = ckpt["model"]
     kept = summary["kept"]
-    label = [lab for lab, path in metrics["checkpoints"].items()
-             if Path(path).exists() and filecmp.cmp(path, run / "model.pt", shallow=False)]  # the kept network, wherever it was evaluated
+    label = [
+        lab
+        for lab, path in metrics["checkpoints"].items()
+        if Path(path).exists() and filecmp.cmp(path, run / "model.pt", shallow=False)
+    ]  # the kept network, wherever it was evaluated
     if not label:
-        raise InputError(f"{eval_dir / 'metrics.json'}: does not evaluate {run}'s kept checkpoint ({kept}); run hydrolayer evaluate on {run}")
+        raise InputError(
+            f"{eval_dir / 'metrics.json'}: does not evaluate {run}'s kept checkpoint ({kept}); run hydrolayer evaluate on {run}"
+        )
     label = label[0]
-    n_par = sum(v.numel() for k, v in ckpt["state_dict"].items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    n_par = sum(
+        v.numel()
+        for k, v in ckpt["state_dict"].items()
+        if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
     kw = ckpt["kwargs"]
     cfg_path = run / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     train_ps = sum(float(store.get_row(db, uid).get("production_ps")) for uid in split["train"])
 
-    L = [f"# {name}: {LABELS.get(model, model)}, widths {'-'.join(map(str, kw['channels']))}, trained on {len(split['train'])} calcite (10-14) simulations",
-         "",
-         f"Shipped {datetime.date.today().isoformat()} with hydrolayer {ckpt.get('version')}. Input: C, O, Ca densities (Gaussian sigma "
-         f"{ckpt['descriptor']['sigma']} Å, Å^-3) in a 10 x 10 x 20 Å window (32 x 32 x 64), from 5 Å below the surface Ca plane; "
-         f"output: water-O density in rho/rho_bulk, trained against MD densities smoothed with sigma_target = {ckpt['sigma_target']} Å. "
-         f"{n_par} parameters, kernel {kw['kernel_size']}, {kw['norm']} norm.",
-         "",
-         "## Training data",
-         "",
-         "From `data/simulations.db` (force-field lattice, 300 K, SPC/Fw water, both faces of every slab used; "
-         "see the README's data-set section). Split by simulation "
-         f"(seed {split['seed']}, fractions {split['fractions']}):",
-         "",
-         "| split | row | surface | defects | production (ps) | unique id |",
-         "|---|---|---|---|---|---|"]
+    L = [
+        f"# {name}: {LABELS.get(model, model)}, widths {'-'.join(map(str, kw['channels']))}, "
+        f"trained on {len(split['train'])} calcite (10-14) simulations",
+        "",
+        f"Shipped {datetime.date.today().isoformat()} with hydrolayer {ckpt.get('version')}. Input: C, O, Ca densities (Gaussian sigma "
+        f"{ckpt['descriptor']['sigma']} Å, Å^-3) in a 10 x 10 x 20 Å window (32 x 32 x 64), from 5 Å below the surface Ca plane; "
+        f"output: water-O density in rho/rho_bulk, trained against MD densities smoothed with sigma_target = {ckpt['sigma_target']} Å. "
+        f"{n_par} parameters, kernel {kw['kernel_size']}, {kw['norm']} norm.",
+        "",
+        "## Training data",
+        "",
+        "From `data/simulations.db` (force-field lattice, 300 K, SPC/Fw water, both faces of every slab used; "
+        "see the README's data-set section). Split by simulation "
+        f"(seed {split['seed']}, fractions {split['fractions']}):",
+        "",
+        "| split | row | surface | defects | production (ps) | unique id |",
+        "|---|---|---|---|---|---|",
+    ]
     for part in ("train", "val", "test"):
         for line in _rows(db, split[part]):
             L.append(f"| {part} " + line)
-    L += ["",
-          f"Training simulations: {len(split['train'])} ({train_ps:g} ps of production in all, "
-          f"{2 * len(split['train'])} interfaces); validation: {len(split['val'])}. Named test surfaces held out by rule: "
-          + (", ".join(sorted(metrics_named(metrics))) or "none in the database yet") + ".",
-          "",
-          "## Training",
-          "",
-          f"Settings: `{settings or (run / 'config.json')}` "
-          f"(epochs {cfg.get('epochs')}, batch {cfg.get('batch_size')}, Adam lr {cfg.get('lr')}, "
-          f"{cfg.get('windows_per_interface')} random windows per interface per epoch with D4 lateral symmetry).",
-          "",
-          "| loss | best validation MAE (rho/rho_bulk) | best epoch | epochs run | why stopped |",
-          "|---|---|---|---|---|"]
+    L += [
+        "",
+        f"Training simulations: {len(split['train'])} ({train_ps:g} ps of production in all, "
+        f"{2 * len(split['train'])} interfaces); validation: {len(split['val'])}. Named test surfaces held out by rule: "
+        + (", ".join(sorted(metrics_named(metrics))) or "none in the database yet")
+        + ".",
+        "",
+        "## Training",
+        "",
+        f"Settings: `{settings or (run / 'config.json')}` "
+        f"(epochs {cfg.get('epochs')}, batch {cfg.get('batch_size')}, Adam lr {cfg.get('lr')}, "
+        f"{cfg.get('windows_per_interface')} random windows per interface per epoch with D4 lateral symmetry).",
+        "",
+        "| loss | best validation MAE (rho/rho_bulk) | best epoch | epochs run | why stopped |",
+        "|---|---|---|---|---|",
+    ]
     for loss, s in summary["losses"].items():
-        L.append(f"| {loss.upper()}{' (kept)' if loss == kept else ''} | {s['best_val_mae']:.4f} | {s['best_epoch']} | {s['epochs']} | {s['why_stopped']} |")
-    L += ["", f"Kept: {kept.upper()} ({summary['why']}).", "",
-          "## Evaluation (Table 1 layout)", "",
-          f"Command: `{metrics['command']}`", "",
-          "MAE in rho/rho_bulk (Å^-3 in brackets). MD noise floor: 0.5 <|half1 - half2|> of the two half-runs, what the exact "
-          "density would score against this reference. Height-only baseline: the mean training profile along z. "
-          "Paper: Ranawat et al. 2021, Table 1, the same row for their network trained on calcite (Å^-3).",
-          "",
-          "| rows | windows | MD noise floor | height-only baseline | this model | beats baseline | paper |",
-          "|---|---|---|---|---|---|---|"]
+        L.append(
+            f"| {loss.upper()}{' (kept)' if loss == kept else ''} | {s['best_val_mae']:.4f} | {s['best_epoch']} | "
+            f"{s['epochs']} | {s['why_stopped']} |"
+        )
+    L += [
+        "",
+        f"Kept: {kept.upper()} ({summary['why']}).",
+        "",
+        "## Evaluation (Table 1 layout)",
+        "",
+        f"Command: `{metrics['command']}`",
+        "",
+        "MAE in rho/rho_bulk (Å^-3 in brackets). MD noise floor: 0.5 <|half1 - half2|> of the two half-runs, what the exact "
+        "density would score against this reference. Height-only baseline: the mean training profile along z. "
+        "Paper: Ranawat et al. 2021, Table 1, the same row for their network trained on calcite (Å^-3).",
+        "",
+        "| rows | windows | MD noise floor | height-only baseline | this model | beats baseline | paper |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for g in metrics["groups"]:
         if not g.get("windows"):
             continue
@@ -116,41 +150,69 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         paper = PAPER.get(model, {}).get(PAPER_ROWS.get(g["name"], g["name"]))
         f = lambda d: f"{d['mae']:.4f} ({d['mae_A3']:.2e})"  # noqa: E731
         rows = ", ".join(str(i) for i in sorted(store.get_row(db, u).id for u in g["simulations"]))
-        L.append(f"| {g['title']}: row{'s' if len(g['simulations']) > 1 else ''} {rows} | {g['windows']} | {f(g['noise_floor'])} | {f(g['baseline'])} | {f(m)} | "
-                 f"{'yes' if m.get('beats_baseline') else 'no'} | {'' if paper is None else f'{paper:.2e}'} |")
+        L.append(
+            f"| {g['title']}: row{'s' if len(g['simulations']) > 1 else ''} {rows} | {g['windows']} | "
+            f"{f(g['noise_floor'])} | {f(g['baseline'])} | {f(m)} | "
+            f"{'yes' if m.get('beats_baseline') else 'no'} | {'' if paper is None else f'{paper:.2e}'} |"
+        )
     avg = [g for g in metrics["groups"] if g.get("unit_cell_averaging")]
     if avg:
-        L += ["", "Pristine surfaces: each half-run density is averaged over the lateral unit cells of the simulated cell "
-              "(exact, in Fourier space) before the comparison, which lowers the noise floor (before -> after averaging, "
-              "same voxels), and this model's MAE against the unaveraged reference:", ""]
+        L += [
+            "",
+            "Pristine surfaces: each half-run density is averaged over the lateral unit cells of the simulated cell "
+            "(exact, in Fourier space) before the comparison, which lowers the noise floor (before -> after averaging, "
+            "same voxels), and this model's MAE against the unaveraged reference:",
+            "",
+        ]
         for g in avg:
             u = g["unit_cell_averaging"]
             cells = ", ".join(sorted({f"{a}x{b}" for a, b in u["unit_cells"].values()}))
             b, a = u["noise_floor_before"]["mae"], u["noise_floor_after"]["mae"]
-            L.append(f"- {g['title']}: {cells} unit cells; noise floor {b:.4f} -> {a:.4f} ({b / a:.2f}x lower); "
-                     f"MAE against the unaveraged reference {u['models_before'][label]['mae']:.4f}")
+            L.append(
+                f"- {g['title']}: {cells} unit cells; noise floor {b:.4f} -> {a:.4f} ({b / a:.2f}x lower); "
+                f"MAE against the unaveraged reference {u['models_before'][label]['mae']:.4f}"
+            )
     missing = [n for n in PAPER.get(model, {}) if n not in {g["name"] for g in metrics["groups"]} and n != "test set"]
     if missing:
         L += ["", "Not evaluated yet (not in the database when this card was written): " + ", ".join(missing) + "."]
-    L += ["", "Peaks of the window-mean profile (position above the surface Ca plane in Å and height in rho/rho_bulk; simulated / predicted):", ""]
+    L += [
+        "",
+        "Peaks of the window-mean profile (position above the surface Ca plane in Å and height in rho/rho_bulk; simulated / predicted):",
+        "",
+    ]
     for g in metrics["groups"]:
         if g.get("windows"):
             pk = g["models"][label].get("peaks") or []
-            txt = "; ".join(f"{p['z_sim']:.2f} / {p['z_pred']:.2f} Å (height {p['height_sim']:.2f} / {p['height_pred']:.2f})"
-                            if p.get("z_pred") is not None else f"{p['z_sim']:.2f} / none" for p in pk)
+            txt = "; ".join(
+                f"{p['z_sim']:.2f} / {p['z_pred']:.2f} Å (height {p['height_sim']:.2f} / {p['height_pred']:.2f})"
+                if p.get("z_pred") is not None
+                else f"{p['z_sim']:.2f} / none"
+                for p in pk
+            )
             L.append(f"- {g['title']}: {txt or 'no peaks found'}")
     if metrics.get("max_row") is not None:
-        repro = (f"The command above reproduces these numbers from the shipped data: `--max-row {metrics['max_row']}` "
-                 "evaluates the database as it was when these rows were all it held, so rows added later do not change them; ")
+        repro = (
+            f"The command above reproduces these numbers from the shipped data: `--max-row {metrics['max_row']}` "
+            "evaluates the database as it was when these rows were all it held, so rows added later do not change them; "
+        )
     else:
-        repro = "The command above reproduces these numbers from the shipped data while the database holds the same rows; "
-    L += ["", f"Report and figures: `{eval_dir}/report.md`. " + repro + "\"new simulations\" are the training-pool rows "
-          "that are in none of this model's train/validation/test lists (the rows are listed in the table)."]
+        repro = (
+            "The command above reproduces these numbers from the shipped data while the database holds the same rows; "
+        )
+    L += [
+        "",
+        f"Report and figures: `{eval_dir}/report.md`. " + repro + '"new simulations" are the training-pool rows '
+        "that are in none of this model's train/validation/test lists (the rows are listed in the table).",
+    ]
     return "\n".join(L) + "\n"
 
 
 def metrics_named(metrics) -> list[str]:
-    return [g["name"] for g in metrics["groups"] if g["name"] not in ("test set", "new simulations") and "near defects" not in g["name"]]
+    return [
+        g["name"]
+        for g in metrics["groups"]
+        if g["name"] not in ("test set", "new simulations") and "near defects" not in g["name"]
+    ]
 
 
 def main(argv=None) -> int:
@@ -162,7 +224,12 @@ def main(argv=None) -> int:
     ap.add_argument("--settings", default=None, help="the --config file the run was trained with, named in the card")
     ap.add_argument("--notes", type=Path, default=None, help="a Markdown file appended to the card (limits, caveats)")
     ap.add_argument("--default", action="store_true", help="make it the default model (pretrained/DEFAULT)")
-    ap.add_argument("--dest", type=Path, default=ROOT / "src" / "hydrolayer" / "pretrained", help="registry folder (default: the package's)")
+    ap.add_argument(
+        "--dest",
+        type=Path,
+        default=ROOT / "src" / "hydrolayer" / "pretrained",
+        help="registry folder (default: the package's)",
+    )
     a = ap.parse_args(argv)
     dest = a.dest
     dest.mkdir(exist_ok=True)

@@ -327,7 +327,9 @@ def _plot_image(img, spec: GridSpec, title: str, path: Path, label: str, marks=N
     vmax = float(np.max(np.abs(img))) or 1e-12
     fig = Figure(figsize=(6.0, 5.0), layout="constrained")
     ax = fig.add_subplot()
-    mesh = ax.pcolormesh(XY[..., 0], XY[..., 1], img, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), shading="flat")
+    mesh = ax.pcolormesh(
+        XY[..., 0], XY[..., 1], img, cmap="RdBu_r", norm=TwoSlopeNorm(0.0, -vmax, vmax), shading="flat"
+    )
     if marks is not None and len(marks):
         ax.plot(marks[:, 0], marks[:, 1], "o", mfc="none", mec="k", ms=6, label="surface Ca")
         ax.legend(loc="upper right", fontsize=8, framealpha=0.7)

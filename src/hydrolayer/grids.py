@@ -122,9 +122,7 @@ class Grid:
         if values.ndim == 3:
             values = values[None]
         if values.ndim != 4 or tuple(values.shape[1:]) != self.spec.shape:
-            raise ValueError(
-                f"Grid.values must have shape (channels, {self.spec.shape}), got {values.shape}"
-            )
+            raise ValueError(f"Grid.values must have shape (channels, {self.spec.shape}), got {values.shape}")
         self.channels = tuple(self.channels)
         if len(self.channels) != values.shape[0]:
             raise ValueError(f"Grid has {values.shape[0]} channels but {len(self.channels)} names")

@@ -89,8 +89,11 @@ class LammpsSession:
         self.cmd(f"read_restart {self.dir / restart}" if restart else f"read_data {self.dir / 'system.data'}")
         self.cmd(*self.job["settings"])
         self.cmd(f"timestep {p.timestep_fs / 1000.0}")
-        self.cmd("thermo_style custom step temp pe etotal press lz density", f"thermo {p.thermo_every}",
-                 "thermo_modify lost error flush yes")
+        self.cmd(
+            "thermo_style custom step temp pe etotal press lz density",
+            f"thermo {p.thermo_every}",
+            "thermo_modify lost error flush yes",
+        )
         if self.job["kind"] == "slab":
             slab_ids = " ".join(str(i + 1) for i in self.job["slab"])
             self.cmd(f"group slab id {slab_ids}", "group water subtract all slab")

@@ -142,7 +142,9 @@ def parse_candidate(text: str) -> Candidate:
     if name not in SURFACES:
         path = Path(text)
         if not path.exists() and ("." not in path.name and "/" not in text):
-            raise InputError(f"{text}: neither a structure file nor a surface name (known: {', '.join(sorted(SURFACES))})")
+            raise InputError(
+                f"{text}: neither a structure file nor a surface name (known: {', '.join(sorted(SURFACES))})"
+            )
         atoms = read_structure(path)
         size = str(atoms.info.get("size", atoms.info.get("structure_size", "1x1")))
         return Candidate(text, atoms, _unit_cell(atoms, size))
@@ -257,8 +259,10 @@ def simulated_maps(sim: Simulated, heights, quantity: str, amplitude: float = 0.
     lo, hi = sim.height_range()
     heights = np.asarray(heights, float)
     if heights.min() < lo + amplitude or heights.max() > hi - amplitude:
-        raise InputError(f"{sim.candidate.label}: heights {heights.min():.2f}-{heights.max():.2f} Å are outside the "
-                         f"predicted grid ({lo + amplitude:.2f} to {hi - amplitude:.2f} Å above the surface)")
+        raise InputError(
+            f"{sim.candidate.label}: heights {heights.min():.2f}-{heights.max():.2f} Å are outside the "
+            f"predicted grid ({lo + amplitude:.2f} to {hi - amplitude:.2f} Å above the surface)"
+        )
     if quantity == "df":
         return df_from_force(sim.fz, sim.spec, sim.surface_z, heights, amplitude)
     return constant_height(sim.fz, sim.spec, sim.surface_z, heights)
@@ -323,8 +327,10 @@ def check_size(meas, candidates: Sequence[Candidate]) -> None:
     for c in candidates:
         need = max(c.unit_cell)
         if min(wx, wy) < need:
-            raise InputError(f"{meas.source}: the map ({wx:.1f} x {wy:.1f} Å) is smaller than one surface unit cell "
-                             f"of {c.label} ({c.unit_cell[0]:.1f} x {c.unit_cell[1]:.1f} Å)")
+            raise InputError(
+                f"{meas.source}: the map ({wx:.1f} x {wy:.1f} Å) is smaller than one surface unit cell "
+                f"of {c.label} ({c.unit_cell[0]:.1f} x {c.unit_cell[1]:.1f} Å)"
+            )
 
 
 # =========================================================================== registration
@@ -439,9 +445,17 @@ def _heights(lo: float, hi: float, span: float, step: float) -> np.ndarray:
     return lo + np.arange(nb + int(np.ceil(span / step - 1e-9))) * step
 
 
-def register(prep: Prepared, sim: Simulated, heights=DEFAULT_HEIGHTS, quantity: str = "df", angles=DEFAULT_ANGLES,
-             blurs=DEFAULT_BLURS, amplitude: float = 0.0, noise: float | None = None,
-             scales=DEFAULT_SCALES) -> Registration:
+def register(
+    prep: Prepared,
+    sim: Simulated,
+    heights=DEFAULT_HEIGHTS,
+    quantity: str = "df",
+    angles=DEFAULT_ANGLES,
+    blurs=DEFAULT_BLURS,
+    amplitude: float = 0.0,
+    noise: float | None = None,
+    scales=DEFAULT_SCALES,
+) -> Registration:
     """The best registration of one candidate (module docstring): a coarse scan, then the
     height and angle refined around the best, the offset to a fraction of a grid step."""
     t0 = time.perf_counter()
@@ -449,21 +463,26 @@ def register(prep: Prepared, sim: Simulated, heights=DEFAULT_HEIGHTS, quantity: 
     span = float(prep.dz[-1])
     coarse = _heights(lo, hi, span, COARSE_DZ)
     poses = [(float(a), 1.0) for a in angles]
-    _, (ang, _), blur, b, _, _ = _scan(prep, sim, poses, _spectra(sim, coarse, prep, quantity, amplitude, blurs, COARSE_DZ))
+    _, (ang, _), blur, b, _, _ = _scan(
+        prep, sim, poses, _spectra(sim, coarse, prep, quantity, amplitude, blurs, COARSE_DZ)
+    )
     h0 = float(coarse[b])
     lo_f, hi_f = max(lo, h0 - COARSE_DZ), min(hi, h0 + COARSE_DZ)
     fine = _heights(lo_f, hi_f, span, FINE_DZ)
     turns = (-0.5, -0.25, 0.0, 0.25, 0.5) if len(angles) > 1 else (0.0,)
     poses = [(ang + d, sc) for d in turns for sc in scales]
-    _, (ang, sc), blur, b, ij, ncc2 = _scan(prep, sim, poses, _spectra(sim, fine, prep, quantity, amplitude, [blur], FINE_DZ))
+    _, (ang, sc), blur, b, ij, ncc2 = _scan(
+        prep, sim, poses, _spectra(sim, fine, prep, quantity, amplitude, [blur], FINE_DZ)
+    )
     d = _subgrid(ncc2, ij)
     offset = sim.spec.origin[:2] + (d / np.asarray(sim.shape2)) @ sim.cell2
     pose = (float(fine[b]), offset, ang, sc, blur)
     return _finish(prep, sim, pose, quantity, amplitude, noise, time.perf_counter() - t0)
 
 
-def sample(sim: Simulated, prep: Prepared, height, offset, angle, blur, quantity, amplitude=0.0,
-           scale: float = 1.0) -> np.ndarray:
+def sample(
+    sim: Simulated, prep: Prepared, height, offset, angle, blur, quantity, amplitude=0.0, scale: float = 1.0
+) -> np.ndarray:
     """The simulated map at the measured pixels under a registration: (N, nz)."""
     from scipy.ndimage import map_coordinates
 
@@ -484,8 +503,20 @@ def _finish(prep, sim, pose, quantity, amplitude, noise, seconds) -> Registratio
     rms = float(np.sqrt(np.mean(resid**2)))
     dof = max(resid.size - (3 if quantity == "force" else 4), 1)
     chi2 = float(np.sum(resid**2) / noise**2 / dof) if noise else None
-    reg = Registration(sim.candidate.label, score, h0, (float(offset[0]), float(offset[1])), float(ang), float(blur),
-                       s, rms, chi2, gain, float(scale), seconds=seconds)
+    reg = Registration(
+        sim.candidate.label,
+        score,
+        h0,
+        (float(offset[0]), float(offset[1])),
+        float(ang),
+        float(blur),
+        s,
+        rms,
+        chi2,
+        gain,
+        float(scale),
+        seconds=seconds,
+    )
     reg.defects = locate_defects(sim, prep, reg)
     return reg
 
@@ -535,8 +566,15 @@ def locate_defects(sim: Simulated, prep: Prepared, reg: Registration) -> list[di
         if d.get("face", "top") != "top":
             continue
         for i, j, x, y in _to_map(sim, prep, reg, np.asarray(d["position"], float)[:2]):
-            out.append({"species": d["species"], "x_A": round(float(x), 2), "y_A": round(float(y), 2),
-                        "i": int(round(i)), "j": int(round(j))})
+            out.append(
+                {
+                    "species": d["species"],
+                    "x_A": round(float(x), 2),
+                    "y_A": round(float(y), 2),
+                    "i": int(round(i)),
+                    "j": int(round(j)),
+                }
+            )
     return out
 
 
@@ -554,9 +592,20 @@ def _surface_atoms(sim: Simulated, prep: Prepared, reg: Registration) -> dict:
 
 
 # =========================================================================== ranking
-def rank(meas, candidates: Sequence[Candidate], predictor, heights=DEFAULT_HEIGHTS, quantity: str | None = None,
-         angles=DEFAULT_ANGLES, blurs=DEFAULT_BLURS, amplitude: float = 0.0, noise: float | None = None,
-         tip_radius: float | None = None, simulated: dict | None = None, scales=DEFAULT_SCALES):
+def rank(
+    meas,
+    candidates: Sequence[Candidate],
+    predictor,
+    heights=DEFAULT_HEIGHTS,
+    quantity: str | None = None,
+    angles=DEFAULT_ANGLES,
+    blurs=DEFAULT_BLURS,
+    amplitude: float = 0.0,
+    noise: float | None = None,
+    tip_radius: float | None = None,
+    simulated: dict | None = None,
+    scales=DEFAULT_SCALES,
+):
     """Register every candidate; returns (registrations best first, {label: Simulated})."""
     quantity = resolve_quantity(meas, quantity)
     check_size(meas, candidates)
@@ -585,15 +634,31 @@ def resolve_quantity(meas, quantity: str | None) -> str:
     if quantity not in QUANTITIES:
         raise InputError(f"{meas.source}: quantity must be one of {', '.join(QUANTITIES)}, got {quantity!r}")
     if quantity == "force" and meas.quantity != "force":
-        raise InputError(f"{meas.source}: --quantity force needs a force map (N or nN), this one is in {meas.unit or 'no unit'!r}")
+        raise InputError(
+            f"{meas.source}: --quantity force needs a force map (N or nN), this one is in {meas.unit or 'no unit'!r}"
+        )
     return quantity
 
 
 # =========================================================================== synthetic maps
-def synthetic_measurement(density, height: float, shape=(96, 96), pixel_size: float = 0.4, angle: float = 0.0,
-                          offset=(0.0, 0.0), blur: float = 0.5, snr: float | None = 5.0, drift: float = 0.0,
-                          quantity: str = "df", amplitude: float = 0.3, gain: float = 1.0, line_noise: float = 0.3,
-                          z_planes: Sequence[float] | None = None, rng=None, source: str = "synthetic"):
+def synthetic_measurement(
+    density,
+    height: float,
+    shape=(96, 96),
+    pixel_size: float = 0.4,
+    angle: float = 0.0,
+    offset=(0.0, 0.0),
+    blur: float = 0.5,
+    snr: float | None = 5.0,
+    drift: float = 0.0,
+    quantity: str = "df",
+    amplitude: float = 0.3,
+    gain: float = 1.0,
+    line_noise: float = 0.3,
+    z_planes: Sequence[float] | None = None,
+    rng=None,
+    source: str = "synthetic",
+):
     """A measurement made from a water density (an MD grid): the STA forward model plus what
     real maps have. The map's pixel ``p`` (from its centre) shows the surface at
     ``R(angle) p + offset`` (a crop of the periodic surface), at ``height`` Å above the top
@@ -607,8 +672,12 @@ def synthetic_measurement(density, height: float, shape=(96, 96), pixel_size: fl
 
     rng = np.random.default_rng(rng)
     zs, _ = surface_z_of(density)
-    sim = Simulated(Candidate(source, density.atoms, (0.0, 0.0)),
-                    np.asarray(sta_force(density, units="nN").channel("Fz"), float), density.spec, float(zs))
+    sim = Simulated(
+        Candidate(source, density.atoms, (0.0, 0.0)),
+        np.asarray(sta_force(density, units="nN").channel("Fz"), float),
+        density.spec,
+        float(zs),
+    )
     dz = np.zeros(1) if z_planes is None else np.asarray(z_planes, float) - float(z_planes[0])
     nx, ny = shape
     fake = Prepared(np.zeros((nx * ny, len(dz))), None, None, dz, None, None)
@@ -618,15 +687,24 @@ def synthetic_measurement(density, height: float, shape=(96, 96), pixel_size: fl
     amp = amplitude if quantity == "df" else 0.0
     values = sample(sim, fake, height, offset, angle, blur, quantity, amp).reshape(nx, ny, len(dz)) * gain
     std = float(values.std())
-    values = values + drift * std * (fake.xy[:, 0] / (nx * pixel_size) + 0.5 * fake.xy[:, 1] / (ny * pixel_size)).reshape(nx, ny, 1)
+    values = values + drift * std * (
+        fake.xy[:, 0] / (nx * pixel_size) + 0.5 * fake.xy[:, 1] / (ny * pixel_size)
+    ).reshape(nx, ny, 1)
     if snr:
         sigma = std / snr
         values = values + rng.normal(0.0, sigma, values.shape) + rng.normal(0.0, line_noise * sigma, (1, ny, len(dz)))
     values = values if z_planes is not None else values[..., 0]
     unit = "nN" if quantity == "force" else "Hz"
     z = None if z_planes is None else np.asarray(z_planes, float)
-    return Measurement(values, (pixel_size, pixel_size), z, "force" if quantity == "force" else "df", unit,
-                       "F_z" if quantity == "force" else "df", source)
+    return Measurement(
+        values,
+        (pixel_size, pixel_size),
+        z,
+        "force" if quantity == "force" else "df",
+        unit,
+        "F_z" if quantity == "force" else "df",
+        source,
+    )
 
 
 def md_density(db, row):
@@ -637,26 +715,53 @@ def md_density(db, row):
 
 
 # =========================================================================== outputs
-FIELDS = ("rank", "candidate", "score_ncc", "height_A", "offset_x_A", "offset_y_A", "rotation_deg", "blur_A",
-          "pixel_scale", "rms", "chi2", "variant", "defects_in_map")
+FIELDS = (
+    "rank",
+    "candidate",
+    "score_ncc",
+    "height_A",
+    "offset_x_A",
+    "offset_y_A",
+    "rotation_deg",
+    "blur_A",
+    "pixel_scale",
+    "rms",
+    "chi2",
+    "variant",
+    "defects_in_map",
+)
 
 
 def _row(k: int, r: Registration) -> dict:
-    return {"rank": k, "candidate": r.label, "score_ncc": round(r.score, 4), "height_A": round(r.height, 2),
-            "offset_x_A": round(r.offset[0], 2), "offset_y_A": round(r.offset[1], 2),
-            "rotation_deg": round(r.angle, 2), "blur_A": r.blur, "pixel_scale": r.scale,
-            "rms": float(f"{r.rms:.4g}"), "chi2": None if r.chi2 is None else round(r.chi2, 3),
-            "variant": r.variant or r.label, "defects_in_map": r.defects}
+    return {
+        "rank": k,
+        "candidate": r.label,
+        "score_ncc": round(r.score, 4),
+        "height_A": round(r.height, 2),
+        "offset_x_A": round(r.offset[0], 2),
+        "offset_y_A": round(r.offset[1], 2),
+        "rotation_deg": round(r.angle, 2),
+        "blur_A": r.blur,
+        "pixel_scale": r.scale,
+        "rms": float(f"{r.rms:.4g}"),
+        "chi2": None if r.chi2 is None else round(r.chi2, 3),
+        "variant": r.variant or r.label,
+        "defects_in_map": r.defects,
+    }
 
 
 def table(regs: Sequence[Registration], unit: str) -> str:
     """The ranked table printed on stdout."""
-    lines = [f"{'rank':>4}  {'candidate':36s} {'NCC':>6} {'h (Å)':>6} {'offset x, y (Å)':>16} {'rot (°)':>7} "
-             f"{'blur':>5} {'rms (' + unit + ')':>12}  defect in the map (x, y Å)"]
+    lines = [
+        f"{'rank':>4}  {'candidate':36s} {'NCC':>6} {'h (Å)':>6} {'offset x, y (Å)':>16} {'rot (°)':>7} "
+        f"{'blur':>5} {'rms (' + unit + ')':>12}  defect in the map (x, y Å)"
+    ]
     for k, r in enumerate(regs, 1):
         d = "; ".join(f"{s['species']} {s['x_A']:.1f}, {s['y_A']:.1f}" for s in r.defects[:3])
-        lines.append(f"{k:>4}  {r.label[:36]:36s} {r.score:6.3f} {r.height:6.2f} {r.offset[0]:7.2f}, {r.offset[1]:6.2f} "
-                     f"{r.angle:7.2f} {r.blur:5.2f} {r.rms:12.4g}  {d or '-'}")
+        lines.append(
+            f"{k:>4}  {r.label[:36]:36s} {r.score:6.3f} {r.height:6.2f} {r.offset[0]:7.2f}, {r.offset[1]:6.2f} "
+            f"{r.angle:7.2f} {r.blur:5.2f} {r.rms:12.4g}  {d or '-'}"
+        )
     return "\n".join(lines)
 
 
@@ -696,9 +801,11 @@ def plot_registration(prep: Prepared, sim: Simulated, reg: Registration, path: P
     fig = Figure(figsize=(13.5, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)
     atoms_xy = _surface_atoms(sim, prep, reg)
-    panels = ((m, f"measurement ({meas.channel}, {meas.unit or 'arb.'})"),
-              (s, f"simulated, h = {reg.height:.2f} Å, rot {reg.angle:.2f}°, blur {reg.blur:.1f} Å"),
-              (resid.reshape(nx, ny), "difference (measured - fitted simulation)"))
+    panels = (
+        (m, f"measurement ({meas.channel}, {meas.unit or 'arb.'})"),
+        (s, f"simulated, h = {reg.height:.2f} Å, rot {reg.angle:.2f}°, blur {reg.blur:.1f} Å"),
+        (resid.reshape(nx, ny), "difference (measured - fitted simulation)"),
+    )
     for ax, (img, title) in zip(axes, panels):
         im = ax.imshow(img.T, origin="lower", extent=ext, cmap="RdBu_r" if "diff" in title else "viridis")
         fig.colorbar(im, ax=ax, shrink=0.8)
@@ -713,7 +820,9 @@ def plot_registration(prep: Prepared, sim: Simulated, reg: Registration, path: P
         ax.set_xlabel("x (Å)")
     axes[0].set_ylabel("y (Å)")
     axes[1].legend(loc="upper right", fontsize=7, framealpha=0.6)
-    fig.suptitle(f"#{rank_no} {reg.label}: NCC {reg.score:.3f}" + ("  (x: its defect)" if reg.defects else ""), fontsize=11)
+    fig.suptitle(
+        f"#{rank_no} {reg.label}: NCC {reg.score:.3f}" + ("  (x: its defect)" if reg.defects else ""), fontsize=11
+    )
     with atomic_output(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110)
     return path
@@ -725,19 +834,37 @@ def write_results(regs, sims, prep, out_dir, meta: dict | None = None) -> list[P
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"measurement": prep.measurement.source, **(meta or {}),
-           "ranking": [_row(k, r) for k, r in enumerate(regs, 1)]}
-    written = [_write_text(out / "ranking.csv", _csv_text(regs)),
-               _write_text(out / "ranking.json", json.dumps(doc, indent=1))]
+    doc = {
+        "measurement": prep.measurement.source,
+        **(meta or {}),
+        "ranking": [_row(k, r) for k, r in enumerate(regs, 1)],
+    }
+    written = [
+        _write_text(out / "ranking.csv", _csv_text(regs)),
+        _write_text(out / "ranking.json", json.dumps(doc, indent=1)),
+    ]
     for k, r in enumerate(regs, 1):
         written.append(plot_registration(prep, sims[r.variant or r.label], r, out / f"{k:02d}-{_slug(r.label)}.png", k))
     return written
 
 
-def match_files(measurement, candidates: Sequence[str], out_dir, model=None, heights=DEFAULT_HEIGHTS,
-                pixel_size=None, quantity: str | None = None, channel: str | None = None, z_step=None,
-                noise: float | None = None, amplitude: float = 0.0, tip_radius: float | None = None,
-                angles=DEFAULT_ANGLES, blurs=DEFAULT_BLURS, log=print):
+def match_files(
+    measurement,
+    candidates: Sequence[str],
+    out_dir,
+    model=None,
+    heights=DEFAULT_HEIGHTS,
+    pixel_size=None,
+    quantity: str | None = None,
+    channel: str | None = None,
+    z_step=None,
+    noise: float | None = None,
+    amplitude: float = 0.0,
+    tip_radius: float | None = None,
+    angles=DEFAULT_ANGLES,
+    blurs=DEFAULT_BLURS,
+    log=print,
+):
     """``hydrolayer match``: read, check everything, rank, then write (nothing is written
     when any input is bad). Returns (registrations best first, written paths)."""
     from .measurements import read_measurement
@@ -753,9 +880,16 @@ def match_files(measurement, candidates: Sequence[str], out_dir, model=None, hei
     regs, sims, prep = rank(meas, cands, predictor, heights, quantity, angles, blurs, amplitude, noise, tip_radius)
     seconds = time.perf_counter() - t0
     q = resolve_quantity(meas, quantity)
-    meta = {"quantity": q, "unit": meas.unit, "channel": meas.channel, "pixel_size_A": list(meas.pixel_size),
-            "shape": list(meas.values.shape), "model": predictor.name, "heights_A": [float(h) for h in heights],
-            "seconds": round(seconds, 2)}
+    meta = {
+        "quantity": q,
+        "unit": meas.unit,
+        "channel": meas.channel,
+        "pixel_size_A": list(meas.pixel_size),
+        "shape": list(meas.values.shape),
+        "model": predictor.name,
+        "heights_A": [float(h) for h in heights],
+        "seconds": round(seconds, 2),
+    }
     written = write_results(regs, sims, prep, out_dir, meta)
     log(table(regs, meas.unit or "arb."))
     return regs, written

@@ -40,11 +40,25 @@ from .util import InputError
 __all__ = ["Measurement", "read_measurement", "write_gwy", "FORMATS", "LENGTH_TO_A", "value_unit"]
 
 FORMATS = (".gwy", ".sxm", ".3ds", ".tif", ".tiff", ".npy", ".csv")
-LENGTH_TO_A = {"m": 1e10, "cm": 1e8, "mm": 1e7, "um": 1e4, "µm": 1e4, "micron": 1e4, "nm": 10.0, "A": 1.0, "Å": 1.0,
-               "pm": 1e-2}
+LENGTH_TO_A = {
+    "m": 1e10,
+    "cm": 1e8,
+    "mm": 1e7,
+    "um": 1e4,
+    "µm": 1e4,
+    "micron": 1e4,
+    "nm": 10.0,
+    "A": 1.0,
+    "Å": 1.0,
+    "pm": 1e-2,
+}
 _VALUE_UNITS = {  # unit in the file -> (quantity, factor to the hydrolayer unit, that unit)
-    "N": ("force", 1e9, "nN"), "nN": ("force", 1.0, "nN"), "pN": ("force", 1e-3, "nN"),
-    "Hz": ("df", 1.0, "Hz"), "mHz": ("df", 1e-3, "Hz"), "kHz": ("df", 1e3, "Hz"),
+    "N": ("force", 1e9, "nN"),
+    "nN": ("force", 1.0, "nN"),
+    "pN": ("force", 1e-3, "nN"),
+    "Hz": ("df", 1.0, "Hz"),
+    "mHz": ("df", 1e-3, "Hz"),
+    "kHz": ("df", 1e3, "Hz"),
 }
 
 
@@ -118,7 +132,7 @@ def _need(module: str, path):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise InputError(f"{path}: reading this format needs {module!r}: pip install \"hydrolayer[afm]\"") from None
+        raise InputError(f'{path}: reading this format needs {module!r}: pip install "hydrolayer[afm]"') from None
 
 
 def read_measurement(path, pixel_size=None, channel: str | None = None, z_step: float | None = None) -> Measurement:
@@ -129,15 +143,24 @@ def read_measurement(path, pixel_size=None, channel: str | None = None, z_step: 
     if suffix not in FORMATS:
         raise InputError(f"{path}: unknown measurement format {path.suffix!r} (known: {', '.join(FORMATS)})")
     _check_file(path)
-    reader = {".gwy": _read_gwy, ".sxm": _read_sxm, ".3ds": _read_3ds, ".tif": _read_tiff, ".tiff": _read_tiff,
-              ".npy": _read_npy, ".csv": _read_csv}[suffix]
+    reader = {
+        ".gwy": _read_gwy,
+        ".sxm": _read_sxm,
+        ".3ds": _read_3ds,
+        ".tif": _read_tiff,
+        ".tiff": _read_tiff,
+        ".npy": _read_npy,
+        ".csv": _read_csv,
+    }[suffix]
     try:
         raw = reader(path, channel, z_step)
     except InputError:
         raise
     except Exception as err:  # the libraries raise many kinds on garbled or truncated files
         msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
-        raise InputError(f"{path}: cannot read this {suffix} file, truncated or garbled ({type(err).__name__}: {msg})") from None
+        raise InputError(
+            f"{path}: cannot read this {suffix} file, truncated or garbled ({type(err).__name__}: {msg})"
+        ) from None
     if pixel_size is not None:
         raw["pixel_size"] = pixel_size
     return _finish(path, **raw)
@@ -241,17 +264,19 @@ def _read_3ds(path: Path, channel, z_step) -> dict:
     per_pixel = h["num_parameters"] + h["num_sweep_signal"] * h["num_channels"]
     have = path.stat().st_size - grid.byte_offset
     if have < 4 * nx * ny * per_pixel:
-        raise InputError(f"{path}: truncated: {have} data bytes for {nx} x {ny} pixels of {per_pixel} values "
-                         f"({4 * nx * ny * per_pixel} bytes)")
+        raise InputError(
+            f"{path}: truncated: {have} data bytes for {nx} x {ny} pixels of {per_pixel} values "
+            f"({4 * nx * ny * per_pixel} bytes)"
+        )
     names = list(h["channels"])
     i = _pick(names, channel, path)
     data = np.asarray(grid.signals[names[i]], float).transpose(1, 0, 2)  # (ny, nx, nz) -> (nx, ny, nz)
     sweep = str(h["sweep_signal"])
-    z_unit = sweep[sweep.rfind("(") + 1: sweep.rfind(")")] if "(" in sweep else ""
+    z_unit = sweep[sweep.rfind("(") + 1 : sweep.rfind(")")] if "(" in sweep else ""
     z = np.asarray(grid.signals["sweep_signal"], float) * _length_factor(z_unit or "m", path)
     w, hh = (float(v) * LENGTH_TO_A["m"] for v in h["size_xy"])
     name = names[i]
-    unit = name[name.rfind("(") + 1: name.rfind(")")] if "(" in name else ""
+    unit = name[name.rfind("(") + 1 : name.rfind(")")] if "(" in name else ""
     return _raw(data, (w / nx, hh / ny), z, unit, name)
 
 
@@ -282,7 +307,9 @@ def _read_tiff(path: Path, channel, z_step) -> dict:
         size = _tiff_pixel_size(tif)
     img = np.squeeze(np.asarray(img, float))
     if img.ndim != 2:
-        raise InputError(f"{path}: expected one 2D grey image, got shape {img.shape} (3D stacks: use .gwy, .3ds or .npy)")
+        raise InputError(
+            f"{path}: expected one 2D grey image, got shape {img.shape} (3D stacks: use .gwy, .3ds or .npy)"
+        )
     return _raw(img.T, size, None, "", channel or "image")
 
 
@@ -316,8 +343,11 @@ def write_gwy(m: Measurement, path, title: str | None = None) -> Path:
     nx, ny = m.values.shape
     field = gwyfile.objects.GwyDataField(
         np.ascontiguousarray(m.values.T * si[1], dtype=float),  # Gwyddion: rows are y
-        xreal=nx * m.pixel_size[0] / LENGTH_TO_A["m"], yreal=ny * m.pixel_size[1] / LENGTH_TO_A["m"],
-        si_unit_xy="m", si_unit_z=si[0])
+        xreal=nx * m.pixel_size[0] / LENGTH_TO_A["m"],
+        yreal=ny * m.pixel_size[1] / LENGTH_TO_A["m"],
+        si_unit_xy="m",
+        si_unit_z=si[0],
+    )
     container = gwyfile.objects.GwyContainer()
     container["/0/data"] = field
     container["/0/data/title"] = title or m.channel or "map"

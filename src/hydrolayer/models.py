@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 from .util import InputError, atomic_output
 
@@ -114,7 +114,9 @@ class UNet3D(nn.Module):
     name = "unet"
     attention = False
 
-    def __init__(self, in_channels=3, out_channels=1, channels=(16, 32, 64, 128), kernel_size=3, norm="batch", dropout=0.0):
+    def __init__(
+        self, in_channels=3, out_channels=1, channels=(16, 32, 64, 128), kernel_size=3, norm="batch", dropout=0.0
+    ):
         super().__init__()
         self.hparams = _check_hparams(in_channels, out_channels, channels, kernel_size, norm, dropout)
         c = self.hparams["channels"]
@@ -134,7 +136,9 @@ class UNet3D(nn.Module):
         if x.ndim != 5:
             raise ValueError(f"input must be 5D (N, C, X, Y, Z), got shape {tuple(x.shape)}")
         if x.shape[1] != self.hparams["in_channels"]:
-            raise ValueError(f"input has {x.shape[1]} channels, the model expects in_channels={self.hparams['in_channels']}")
+            raise ValueError(
+                f"input has {x.shape[1]} channels, the model expects in_channels={self.hparams['in_channels']}"
+            )
         if any(s % 8 for s in x.shape[2:]):
             raise ValueError(f"input spatial shape {tuple(x.shape[2:])} must be divisible by 8 (three pooling scales)")
 

@@ -42,8 +42,7 @@ from typing import Callable
 import numpy as np
 
 from .conventions import RHO_BULK, WATER_NUMBER_DENSITY
-from .density import DensityAccumulator, first_layer_counts, grid_shape, normalise, relative_drift
-from .density import PROFILE_EDGES
+from .density import PROFILE_EDGES, DensityAccumulator, first_layer_counts, grid_shape, normalise, relative_drift
 from .lammps_session import SimulationFailed
 from .util import InputError, atomic_output
 
@@ -140,11 +139,13 @@ def _water_molecule(rng) -> np.ndarray:
     q = rng.normal(size=4)
     q /= np.linalg.norm(q)
     w, x, y, z = q
-    R = np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    R = np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
     return m @ R.T
 
 
@@ -177,7 +178,6 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
         raise InputError(f"{source}: left-handed lateral cell (b_y < 0)")
     z = slab.positions[:, 2]
     zmin, zmax = z.min(), z.max()
-    thick = zmax - zmin
     z_top, z_bottom = surface_planes(slab)
     # the atoms beyond the surface planes (carbonate O) stick out by (zmax - z_top)
     lz = (z_top - z_bottom) + gap
@@ -210,7 +210,9 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
             break
     else:
         raise InputError(f"{source}: cannot place {n_target} waters in the gap")
-    fa, fb, fz = np.meshgrid((np.arange(na) + 0.5) / na, (np.arange(nb) + 0.5) / nb, (np.arange(nz) + 0.5) / nz, indexing="ij")
+    fa, fb, fz = np.meshgrid(
+        (np.arange(na) + 0.5) / na, (np.arange(nb) + 0.5) / nb, (np.arange(nz) + 0.5) / nz, indexing="ij"
+    )
     sites = np.stack([fa.ravel(), fb.ravel(), fz.ravel()], axis=1)
     sites = sites[rng.permutation(len(sites))[:n_target]]
     o_pos = sites[:, 0:1] * cell[0] + sites[:, 1:2] * cell[1]
@@ -324,9 +326,11 @@ def _minimise_and_npt(s) -> None:
     s.cmd("thermo 100", "min_style cg", f"minimize 1e-6 1e-4 {p.minimize_steps} {10 * p.minimize_steps}")
     s.check_finite()
     s.log(f"minimised: pe {s.lmp.get_thermo('pe'):.3f} eV")
-    s.cmd(f"velocity all create {p.temperature} {p.seed} mom yes rot no dist gaussian loop geom",
-          f"fix ens all npt temp {p.temperature} {p.temperature} {p.tdamp_ps} z {p.pressure} {p.pressure} {p.pdamp_ps}",
-          "thermo 1000")
+    s.cmd(
+        f"velocity all create {p.temperature} {p.seed} mom yes rot no dist gaussian loop geom",
+        f"fix ens all npt temp {p.temperature} {p.temperature} {p.tdamp_ps} z {p.pressure} {p.pressure} {p.pdamp_ps}",
+        "thermo 1000",
+    )
     lz, done, t = [], 0, time.time()
     while done < steps:
         n = min(500, steps - done)
@@ -336,7 +340,9 @@ def _minimise_and_npt(s) -> None:
         if done > steps / 2:
             lz.append(s.lmp.get_thermo("lz"))
     lz_mean = float(np.mean(lz)) if lz else float(s.lmp.get_thermo("lz"))
-    s.log(f"z-NPT {steps * p.timestep_fs / 1000:.1f} ps: mean Lz {lz_mean:.3f} Å (sd {np.std(lz):.3f}); {(time.time() - t):.0f} s")
+    s.log(
+        f"z-NPT {steps * p.timestep_fs / 1000:.1f} ps: mean Lz {lz_mean:.3f} Å (sd {np.std(lz):.3f}); {(time.time() - t):.0f} s"
+    )
     s.cmd("unfix ens")
     boxlo, cell = s.box()
     zc = boxlo[2] + 0.5 * cell[2, 2]
@@ -362,8 +368,11 @@ def _accumulator(s, cell, resumed: bool) -> DensityAccumulator:
     """The density accumulator of this job: restored from the checkpoint, or new."""
     slab = np.asarray(s.job["slab"], int)
     mass = np.asarray(s.job["masses"])[slab]
-    kw = dict(weights=mass / mass.sum(), centres=np.asarray(s.job["slab_centres"], int),
-              cations=np.asarray(s.job.get("slab_cations", []), int))
+    kw = dict(
+        weights=mass / mass.sum(),
+        centres=np.asarray(s.job["slab_centres"], int),
+        cations=np.asarray(s.job.get("slab_cations", []), int),
+    )
     if resumed:
         with np.load(s.dir / "accumulators.npz") as f:
             return DensityAccumulator.from_state(f, **kw)
@@ -398,7 +407,10 @@ def _production(s) -> None:
                 acc.add_frame(x[slab], x[ow], half=0 if step <= total // 2 else 1)
         pe = s.check_finite()
         if s.rank == 0 and acc.maxdisp > p.max_displacement:
-            raise SimulationFailed("slab_dissolving", f"a slab atom moved {acc.maxdisp:.2f} Å (> {p.max_displacement} Å) in the slab's frame")
+            raise SimulationFailed(
+                "slab_dissolving",
+                f"a slab atom moved {acc.maxdisp:.2f} Å (> {p.max_displacement} Å) in the slab's frame",
+            )
         acc.end_block(n_chunk * p.timestep_fs / 1000)
         wall += time.time() - t0
         _checkpoint(s, acc, step, wall)
@@ -406,8 +418,13 @@ def _production(s) -> None:
     if s.rank == 0:
         nsd = (total * p.timestep_fs * 1e-6) / (wall / 86400)
         with atomic_output(s.dir / "result.npz") as tmp:
-            np.savez(tmp, **acc.result(), ns_per_day=nsd, production_ps=total * p.timestep_fs / 1000,
-                     temp=s.lmp.get_thermo("temp"))
+            np.savez(
+                tmp,
+                **acc.result(),
+                ns_per_day=nsd,
+                production_ps=total * p.timestep_fs / 1000,
+                temp=s.lmp.get_thermo("temp"),
+            )
     s.save_state(stage="finished")
     s.log("production finished")
     s.barrier()
@@ -427,22 +444,33 @@ def _log_progress(s, step, total, wall, pe, maxdisp) -> None:
     dt = s.p.timestep_fs
     nsd = (step * dt * 1e-6) / (wall / 86400) if wall > 0 else float("nan")
     left = (total - step) * dt * 1e-6 / nsd * 86400 if nsd > 0 else float("nan")
-    s.log(f"production {step * dt / 1000:.1f}/{total * dt / 1000:.1f} ps  {nsd:.2f} ns/day  {left / 60:.1f} min left  "
-          f"T {s.lmp.get_thermo('temp'):.1f} K  pe {pe:.1f} eV  max slab disp {maxdisp:.2f} Å")
+    s.log(
+        f"production {step * dt / 1000:.1f}/{total * dt / 1000:.1f} ps  {nsd:.2f} ns/day  {left / 60:.1f} min left  "
+        f"T {s.lmp.get_thermo('temp'):.1f} K  pe {pe:.1f} eV  max slab disp {maxdisp:.2f} Å"
+    )
 
 
 def _bulk_npt(s) -> None:
     """Bulk crystal: box relaxation, then anisotropic NPT; the mean cell lengths."""
     p = s.p
     s.setup(None)
-    s.cmd("thermo 100", "fix relax all box/relax aniso 0.0 vmax 0.001", "min_style cg", "minimize 1e-8 1e-6 2000 20000", "unfix relax")
+    s.cmd(
+        "thermo 100",
+        "fix relax all box/relax aniso 0.0 vmax 0.001",
+        "min_style cg",
+        "minimize 1e-8 1e-6 2000 20000",
+        "unfix relax",
+    )
     s.check_finite()
     _, cell0 = s.box()
     steps = int(round(p.equil_ps * 1000 / p.timestep_fs))
     prod = int(round(p.production_ps * 1000 / p.timestep_fs))
-    s.cmd(f"velocity all create {p.temperature} {p.seed} mom yes rot no dist gaussian loop geom",
-          f"fix ens all npt temp {p.temperature} {p.temperature} {p.tdamp_ps} aniso {p.pressure} {p.pressure} {p.pdamp_ps}",
-          "thermo 1000", f"run {steps}")
+    s.cmd(
+        f"velocity all create {p.temperature} {p.seed} mom yes rot no dist gaussian loop geom",
+        f"fix ens all npt temp {p.temperature} {p.temperature} {p.tdamp_ps} aniso {p.pressure} {p.pressure} {p.pdamp_ps}",
+        "thermo 1000",
+        f"run {steps}",
+    )
     s.check_finite()
     lengths = []
     for _ in range(prod // 100):
@@ -452,9 +480,18 @@ def _bulk_npt(s) -> None:
     lengths = np.array(lengths)
     if s.rank == 0:
         with atomic_output(s.dir / "bulk.json") as tmp:
-            tmp.write_text(json.dumps({"min_cell": np.diag(cell0).tolist(), "mean": lengths.mean(0).tolist(),
-                                       "sd": lengths.std(0).tolist(), "samples": len(lengths),
-                                       "press": s.lmp.get_thermo("press"), "temp": s.lmp.get_thermo("temp")}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "min_cell": np.diag(cell0).tolist(),
+                        "mean": lengths.mean(0).tolist(),
+                        "sd": lengths.std(0).tolist(),
+                        "samples": len(lengths),
+                        "press": s.lmp.get_thermo("press"),
+                        "temp": s.lmp.get_thermo("temp"),
+                    }
+                )
+            )
     s.log("bulk NPT finished")
     s.barrier()
 
@@ -468,12 +505,21 @@ def run_worker(workdir, params: SimulationParams, progress: Callable[[str], None
     workdir = Path(workdir)
     (workdir / "failed.json").unlink(missing_ok=True)
     threads = params.threads if params.mode == "omp" else 1
-    cmd = ff.launch_command(["-m", "hydrolayer.simulate", "--worker", str(workdir)], mode=params.mode, ranks=params.ranks)
+    cmd = ff.launch_command(
+        ["-m", "hydrolayer.simulate", "--worker", str(workdir)], mode=params.mode, ranks=params.ranks
+    )
     env = ff.worker_env(threads)
     src = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True, preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     tail = []
     try:
         for line in proc.stdout:
@@ -505,8 +551,10 @@ def run_worker(workdir, params: SimulationParams, progress: Callable[[str], None
         # killed from outside (a signal to the MPI job, the machine going down): not a failure
         # of the simulation; the checkpoints are intact and the next run resumes from them
         raise SimulationInterrupted(
-            "interrupted", f"worker ended with exit code {proc.returncode} in stage {state.get('stage', 'start')} "
-            f"({state.get('prod_steps', 0)} production steps checkpointed): " + " | ".join(tail[-3:]))
+            "interrupted",
+            f"worker ended with exit code {proc.returncode} in stage {state.get('stage', 'start')} "
+            f"({state.get('prod_steps', 0)} production steps checkpointed): " + " | ".join(tail[-3:]),
+        )
 
 
 def _die_with_parent():
@@ -524,7 +572,7 @@ def _die_with_parent():
 def _lammps_errors(log: Path) -> str:
     if not log.exists():
         return ""
-    lines = [l.strip() for l in log.read_text(errors="replace").splitlines() if "ERROR" in l]
+    lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if "ERROR" in ln]
     return " | ".join(lines[-3:])
 
 
@@ -563,8 +611,11 @@ def finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResul
     halves, rho_bulk, gap = normalise(r["counts1"], r["counts2"], n, cell, z_top, z_bottom)
     rho_ref = RHO_BULK
     if abs(rho_bulk / rho_ref - 1) > params.gap_tolerance:
-        raise SimulationFailed("gap_density", f"water density in the middle of the gap {rho_bulk:.5f} Å^-3 is "
-                               f"{100 * (rho_bulk / rho_ref - 1):+.1f}% off SPC/Fw bulk ({rho_ref:.5f} Å^-3)")
+        raise SimulationFailed(
+            "gap_density",
+            f"water density in the middle of the gap {rho_bulk:.5f} Å^-3 is "
+            f"{100 * (rho_bulk / rho_ref - 1):+.1f}% off SPC/Fw bulk ({rho_ref:.5f} Å^-3)",
+        )
     info = {
         "temperature": params.temperature,
         "production_ps": float(r["production_ps"]),
@@ -595,14 +646,19 @@ def finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResul
     }
     if "profiles" in r and len(r["profiles"]):
         # the equilibration record: per production block, each face's water-O height profile
-        data["face_profiles"] = {"edges": PROFILE_EDGES.tolist(), "block_ps": r["block_ps"].tolist(),
-                                 "mean_counts": r["profiles"].astype(np.float32)}
+        data["face_profiles"] = {
+            "edges": PROFILE_EDGES.tolist(),
+            "block_ps": r["block_ps"].tolist(),
+            "mean_counts": r["profiles"].astype(np.float32),
+        }
         fl = first_layer_counts(r["profiles"])
         info["first_layer_drift"] = relative_drift(fl.sum(1), r["block_ps"])
     return SimulationResult(slab, halves[0], halves[1], cell, rho_bulk, float(r["ns_per_day"]), info, data)
 
 
-def run_simulation(atoms, workdir, params: SimulationParams | None = None, progress=print, source: str = "structure") -> SimulationResult:
+def run_simulation(
+    atoms, workdir, params: SimulationParams | None = None, progress=print, source: str = "structure"
+) -> SimulationResult:
     """One simulation of ``atoms`` (a slab; surface normal +z) in ``workdir``: prepare,
     run (or resume) the LAMMPS worker, and return a :class:`SimulationResult`."""
     params = params or SimulationParams()
@@ -613,8 +669,16 @@ def run_simulation(atoms, workdir, params: SimulationParams | None = None, progr
     return finish(workdir, atoms, params)
 
 
-def simulate(atoms, db, params: SimulationParams | None = None, workdir=None, grids_dir=None, progress=print,
-             source: str = "structure", extra_kvp: dict | None = None) -> int:
+def simulate(
+    atoms,
+    db,
+    params: SimulationParams | None = None,
+    workdir=None,
+    grids_dir=None,
+    progress=print,
+    source: str = "structure",
+    extra_kvp: dict | None = None,
+) -> int:
     """Run one simulation and store it in ``db``; return the row id."""
     from . import store
 
@@ -651,8 +715,14 @@ def bulk_supercell(polymorph: str, min_length: float = 18.0):
     return sc, reps, hexagonal
 
 
-def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, min_length: float = 18.0,
-               progress=print, lattices_file=None) -> dict:
+def relax_bulk(
+    polymorph: str,
+    workdir,
+    params: SimulationParams | None = None,
+    min_length: float = 18.0,
+    progress=print,
+    lattices_file=None,
+) -> dict:
     """NPT (300 K, 1 bar, anisotropic, orthogonal cell) of bulk ``polymorph`` with the force
     field; returns its entry: the lattice parameters (Å: a, c for calcite/vaterite; a, b, c
     for aragonite) with how they were made. With ``lattices_file`` the entry is merged into
@@ -666,9 +736,19 @@ def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, 
     workdir.mkdir(parents=True, exist_ok=True)
     topo = ff.type_atoms(sc, source=polymorph)
     ff.write_data(sc, topo, workdir / "system.data", title=f"bulk {polymorph}")
-    job = {"kind": "bulk", "params": params.to_dict(), "slab": [], "ow": [], "masses": [],
-           "net_charge": topo.net_charge, "settings": ff.settings(params.kspace_accuracy), "grid_shape": [1, 1, 1],
-           "n_atoms": len(sc), "n_water": 0, "source": polymorph}
+    job = {
+        "kind": "bulk",
+        "params": params.to_dict(),
+        "slab": [],
+        "ow": [],
+        "masses": [],
+        "net_charge": topo.net_charge,
+        "settings": ff.settings(params.kspace_accuracy),
+        "grid_shape": [1, 1, 1],
+        "n_atoms": len(sc),
+        "n_water": 0,
+        "source": polymorph,
+    }
     (workdir / "job.json").write_text(json.dumps(job, indent=1))
     (workdir / "state.json").unlink(missing_ok=True)
     run_worker(workdir, params, progress=progress)
@@ -679,10 +759,18 @@ def relax_bulk(polymorph: str, workdir, params: SimulationParams | None = None, 
     else:
         lattice = {"a": round(float(mean[0]), 4), "b": round(float(mean[1]), 4), "c": round(float(mean[2]), 4)}
     entry = {
-        "lattice": lattice, "experiment": dict(POLYMORPHS[polymorph].lattice), "temperature": params.temperature,
-        "pressure_bar": params.pressure, "npt_ps": params.production_ps, "equil_ps": params.equil_ps,
-        "supercell": [int(r) for r in reps], "orthogonal_cell_sd": sd.round(4).tolist(), "n_atoms": len(sc),
-        "forcefield": ff.FORCEFIELD["name"], "lammps_version": ff.lammps_version(), "date": time.strftime("%Y-%m-%d"),
+        "lattice": lattice,
+        "experiment": dict(POLYMORPHS[polymorph].lattice),
+        "temperature": params.temperature,
+        "pressure_bar": params.pressure,
+        "npt_ps": params.production_ps,
+        "equil_ps": params.equil_ps,
+        "supercell": [int(r) for r in reps],
+        "orthogonal_cell_sd": sd.round(4).tolist(),
+        "n_atoms": len(sc),
+        "forcefield": ff.FORCEFIELD["name"],
+        "lammps_version": ff.lammps_version(),
+        "date": time.strftime("%Y-%m-%d"),
     }
     if lattices_file is not None:
         store_lattice(polymorph, entry, lattices_file)
@@ -705,5 +793,8 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         _worker_main(sys.argv[2])
     else:
-        print("usage: python -m hydrolayer.simulate --worker WORKDIR (internal; use `hydrolayer simulate`)", file=sys.stderr)
+        print(
+            "usage: python -m hydrolayer.simulate --worker WORKDIR (internal; use `hydrolayer simulate`)",
+            file=sys.stderr,
+        )
         sys.exit(2)

@@ -53,9 +53,32 @@ GRID_DTYPE = np.float16
 
 # keys ase.db reserves for itself (they cannot be key-value pairs)
 _RESERVED = {
-    "id", "unique_id", "ctime", "mtime", "user", "calculator", "energy", "free_energy",
-    "forces", "stress", "dipole", "charges", "magmom", "magmoms", "natoms", "formula",
-    "age", "pbc", "numbers", "positions", "cell", "fmax", "smax", "volume", "mass", "charge",
+    "id",
+    "unique_id",
+    "ctime",
+    "mtime",
+    "user",
+    "calculator",
+    "energy",
+    "free_energy",
+    "forces",
+    "stress",
+    "dipole",
+    "charges",
+    "magmom",
+    "magmoms",
+    "natoms",
+    "formula",
+    "age",
+    "pbc",
+    "numbers",
+    "positions",
+    "cell",
+    "fmax",
+    "smax",
+    "volume",
+    "mass",
+    "charge",
 }
 # atoms.info keys renamed when they become key-value pairs (the MD seed owns ``seed``)
 _INFO_RENAME = {"seed": "structure_seed", "size": "structure_size"}
@@ -92,7 +115,9 @@ def connect(db):
         try:
             return ase.db.connect(name, type="postgresql")
         except ImportError as err:  # psycopg2 missing
-            raise InputError(f"{name}: PostgreSQL needs psycopg2 and ase-db-backends (pip install psycopg2-binary ase-db-backends): {err}") from None
+            raise InputError(
+                f"{name}: PostgreSQL needs psycopg2 and ase-db-backends (pip install psycopg2-binary ase-db-backends): {err}"
+            ) from None
     path = Path(name)
     if path.parent and not path.parent.exists():
         raise InputError(f"{path}: folder {path.parent} does not exist")
@@ -106,7 +131,9 @@ def grids_folder(db, grids_dir=None) -> Path:
         return Path(grids_dir)
     name = _name(db)
     if is_url(name):
-        raise InputError(f"{_redact(name)}: a PostgreSQL database needs the grids folder given explicitly (--grids DIR)")
+        raise InputError(
+            f"{_redact(name)}: a PostgreSQL database needs the grids folder given explicitly (--grids DIR)"
+        )
     return Path(name).resolve().parent / "grids"
 
 
@@ -210,8 +237,8 @@ def write_simulation(db, atoms, half1, half2, cell, key_value_pairs, data=None, 
     as float16. The grid file is written first and atomically under a fresh name; the row
     follows with ``status="done"`` unless ``key_value_pairs`` says otherwise.
     """
-    from ase.db.row import AtomsRow
     from ase.db.core import now
+    from ase.db.row import AtomsRow
 
     half1 = np.asarray(half1)
     half2 = np.asarray(half2)
@@ -310,7 +337,9 @@ def load_density(db, row_or_id, grids_dir=None) -> dict:
         raise InputError(f"{path}: grid file of row {row.id} is missing")
     sha = _sha256(path)
     if sha != row.get("grid_sha256"):
-        raise InputError(f"{path}: SHA-256 {sha[:12]}... does not match row {row.id} ({str(row.get('grid_sha256'))[:12]}...)")
+        raise InputError(
+            f"{path}: SHA-256 {sha[:12]}... does not match row {row.id} ({str(row.get('grid_sha256'))[:12]}...)"
+        )
     with np.load(path) as f:
         missing = [k for k in GRID_KEYS if k not in f.files]
         if missing:
@@ -361,8 +390,19 @@ def orphan_grids(db, grids_dir=None) -> list[Path]:
     return sorted(p for p in folder.glob("*.npz") if p.name not in used)
 
 
-LIST_COLUMNS = ("id", "surface", "defects", "production_ps", "temperature", "seed", "rho_bulk", "ns_per_day", "net_charge",
-                "first_layer_drift", "status")
+LIST_COLUMNS = (
+    "id",
+    "surface",
+    "defects",
+    "production_ps",
+    "temperature",
+    "seed",
+    "rho_bulk",
+    "ns_per_day",
+    "net_charge",
+    "first_layer_drift",
+    "status",
+)
 
 
 def format_table(db, columns=LIST_COLUMNS, **selection) -> str:
@@ -381,7 +421,10 @@ def format_table(db, columns=LIST_COLUMNS, **selection) -> str:
     if not rows:
         return f"{_redact(_name(db))}: no rows"
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    line = lambda cells: "  ".join(s.ljust(w) for s, w in zip(cells, widths)).rstrip()
+
+    def line(cells):
+        return "  ".join(s.ljust(w) for s, w in zip(cells, widths)).rstrip()
+
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -410,8 +453,10 @@ def format_row(db, row_id) -> str:
     if series is None:
         lines.append("first-layer water per block: not recorded (rows made before data set v1)")
         return "\n".join(lines)
-    lines.append(f"first-layer water (water O 1-3 Å above each face's Ca plane), per block; relative drift over "
-                 f"production {row.get('first_layer_drift', 0.0):+.3f}:")
+    lines.append(
+        f"first-layer water (water O 1-3 Å above each face's Ca plane), per block; relative drift over "
+        f"production {row.get('first_layer_drift', 0.0):+.3f}:"
+    )
     lines.append("  t (ps)    top  bottom")
     lines += [f"  {t:6.1f}  {a:5.1f}  {b:6.1f}" for t, a, b in zip(series["t_ps"], series["top"], series["bottom"])]
     return "\n".join(lines)

@@ -48,8 +48,13 @@ def add_md_parallel_args(parser) -> None:
 def add_action(sub, name: str, help: str, example: str, func):
     """A sub-action parser (``db list``, ``campaign run`` ...) whose help ends with a worked
     example; ``func(args)`` runs it."""
-    p = sub.add_parser(name, help=help, description=help, epilog="example:\n  " + example.strip().replace("\n", "\n  "),
-                       formatter_class=formatter)
+    p = sub.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog="example:\n  " + example.strip().replace("\n", "\n  "),
+        formatter_class=formatter,
+    )
     p.set_defaults(func=func)
     return p
 

@@ -12,17 +12,34 @@ class CLICommand:
     """Gaussian-smeared C, O, Ca densities (Å^-3) of a surface: one window or the whole lateral cell"""
 
     name = "describe"
-    example = ("hydrolayer describe slab.extxyz -o descriptor.npz              # whole lateral cell\n"
-               "hydrolayer describe slab.extxyz -o window.cube --window 2.5,0  # one 10 x 10 x 20 Å window\n"
-               "hydrolayer describe POSCAR -o descriptor.npz --sigma 0.5 --picture descriptor.png")
+    example = (
+        "hydrolayer describe slab.extxyz -o descriptor.npz              # whole lateral cell\n"
+        "hydrolayer describe slab.extxyz -o window.cube --window 2.5,0  # one 10 x 10 x 20 Å window\n"
+        "hydrolayer describe POSCAR -o descriptor.npz --sigma 0.5 --picture descriptor.png"
+    )
 
     @staticmethod
     def add_arguments(p):
         p.add_argument("structure", type=Path, help="any structure file ASE reads (a slab, surface normal +z)")
-        p.add_argument("-o", "--output", required=True, type=Path, help=".npz (all channels) or .cube (one file per channel: OUT.C.cube, ...)")
-        p.add_argument("--sigma", type=float, default=None, help="Gaussian width in Å (default: descriptors.DEFAULT_SIGMA)")
-        p.add_argument("--window", type=pair_arg, default=None, metavar="X0,Y0", help="lateral corner of one 10 x 10 Å window, Å")
-        p.add_argument("--face", choices=["top", "bottom"], default="top", help="which face (the bottom face is mirrored to face +z)")
+        p.add_argument(
+            "-o",
+            "--output",
+            required=True,
+            type=Path,
+            help=".npz (all channels) or .cube (one file per channel: OUT.C.cube, ...)",
+        )
+        p.add_argument(
+            "--sigma", type=float, default=None, help="Gaussian width in Å (default: descriptors.DEFAULT_SIGMA)"
+        )
+        p.add_argument(
+            "--window", type=pair_arg, default=None, metavar="X0,Y0", help="lateral corner of one 10 x 10 Å window, Å"
+        )
+        p.add_argument(
+            "--face",
+            choices=["top", "bottom"],
+            default="top",
+            help="which face (the bottom face is mirrored to face +z)",
+        )
         p.add_argument("--format", default=None, help="input format for ASE when the extension does not tell")
         p.add_argument("--picture", type=Path, default=None, help="also write a PNG of the descriptor")
 

@@ -45,31 +45,60 @@ class CLICommand:
     """
 
     name = "match"
-    example = ("hydrolayer match examples/afm/calcite-co3-vacancy-df.gwy calcite-104 calcite-104:vacancy=CO3 "
-               "calcite-104:vacancy=Ca calcite-104:pairs=1 aragonite-010 aragonite-001 vaterite-010 --out match")
+    example = (
+        "hydrolayer match examples/afm/calcite-co3-vacancy-df.gwy calcite-104 calcite-104:vacancy=CO3 "
+        "calcite-104:vacancy=Ca calcite-104:pairs=1 aragonite-010 aragonite-001 vaterite-010 --out match"
+    )
 
     @staticmethod
     def add_arguments(parser):
         parser.add_argument("measurement", type=Path, help="the measured map (.gwy .sxm .3ds .tif .npy .csv)")
-        parser.add_argument("candidates", nargs="+", metavar="CANDIDATE",
-                            help="structure file or NAME[:size=AxB,vacancy=Ca|CO3,pairs=K,both,seed=S,layers=N]")
+        parser.add_argument(
+            "candidates",
+            nargs="+",
+            metavar="CANDIDATE",
+            help="structure file or NAME[:size=AxB,vacancy=Ca|CO3,pairs=K,both,seed=S,layers=N]",
+        )
         parser.add_argument("--out", type=Path, required=True, help="output folder")
-        parser.add_argument("--model", default=None, help="shipped model name or checkpoint path (default: the default model)")
+        parser.add_argument(
+            "--model", default=None, help="shipped model name or checkpoint path (default: the default model)"
+        )
         h = parser.add_mutually_exclusive_group()
-        h.add_argument("--height", type=float, default=None, help="the map's height above the surface Ca plane, Å, if known")
-        h.add_argument("--heights", type=heights_arg, default=None, metavar="A:B",
-                       help="height range searched, Å above the surface Ca plane (default 1.5:8; a 3D stack: its lowest plane)")
-        parser.add_argument("--pixel-size", type=pixel_arg, default=None, metavar="S",
-                            help="pixel size in Å (S or SX,SY); needed for .npy/.csv, overrides the file's")
-        parser.add_argument("--quantity", choices=["force", "df"], default=None,
-                            help="force: F_z compared by value (map in N or nN); df: frequency shift, compared by "
-                                 "pattern (default: force for maps in N, else df)")
+        h.add_argument(
+            "--height", type=float, default=None, help="the map's height above the surface Ca plane, Å, if known"
+        )
+        h.add_argument(
+            "--heights",
+            type=heights_arg,
+            default=None,
+            metavar="A:B",
+            help="height range searched, Å above the surface Ca plane (default 1.5:8; a 3D stack: its lowest plane)",
+        )
+        parser.add_argument(
+            "--pixel-size",
+            type=pixel_arg,
+            default=None,
+            metavar="S",
+            help="pixel size in Å (S or SX,SY); needed for .npy/.csv, overrides the file's",
+        )
+        parser.add_argument(
+            "--quantity",
+            choices=["force", "df"],
+            default=None,
+            help="force: F_z compared by value (map in N or nN); df: frequency shift, compared by "
+            "pattern (default: force for maps in N, else df)",
+        )
         parser.add_argument("--channel", default=None, help="channel (by title or name) of a multi-channel file")
         parser.add_argument("--z-step", type=float, default=None, help="plane spacing of a 3D .npy stack, Å")
-        parser.add_argument("--noise", type=float, default=None,
-                            help="the map's noise (std, in its units): report chi^2 per pixel")
-        parser.add_argument("--amplitude", type=float, default=0.0,
-                            help="df: oscillation amplitude, Å (0: the small-amplitude limit -dF_z/dz)")
+        parser.add_argument(
+            "--noise", type=float, default=None, help="the map's noise (std, in its units): report chi^2 per pixel"
+        )
+        parser.add_argument(
+            "--amplitude",
+            type=float,
+            default=0.0,
+            help="df: oscillation amplitude, Å (0: the small-amplitude limit -dF_z/dz)",
+        )
         parser.add_argument("--tip-radius", type=float, default=None, help="3D Gaussian tip blur of the STA force, Å")
 
     @staticmethod
@@ -77,8 +106,18 @@ class CLICommand:
         from ..match import DEFAULT_HEIGHTS, match_files
 
         heights = (args.height, args.height) if args.height is not None else (args.heights or DEFAULT_HEIGHTS)
-        regs, written = match_files(args.measurement, args.candidates, args.out, model=args.model, heights=heights,
-                                    pixel_size=args.pixel_size, quantity=args.quantity, channel=args.channel,
-                                    z_step=args.z_step, noise=args.noise, amplitude=args.amplitude,
-                                    tip_radius=args.tip_radius)
+        regs, written = match_files(
+            args.measurement,
+            args.candidates,
+            args.out,
+            model=args.model,
+            heights=heights,
+            pixel_size=args.pixel_size,
+            quantity=args.quantity,
+            channel=args.channel,
+            z_step=args.z_step,
+            noise=args.noise,
+            amplitude=args.amplitude,
+            tip_radius=args.tip_radius,
+        )
         print(f"wrote {len(written)} files to {args.out} (best: {regs[0].label})")

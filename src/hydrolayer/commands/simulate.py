@@ -18,7 +18,11 @@ def parallel_settings(ranks=None, threads=None) -> dict:
 
     if threads:
         return {"mode": "omp", "ranks": 1, "threads": int(threads)}
-    return {"mode": DEFAULT_PARALLEL["mode"], "ranks": int(ranks or DEFAULT_PARALLEL["ranks"]), "threads": DEFAULT_PARALLEL["threads"]}
+    return {
+        "mode": DEFAULT_PARALLEL["mode"],
+        "ranks": int(ranks or DEFAULT_PARALLEL["ranks"]),
+        "threads": DEFAULT_PARALLEL["threads"],
+    }
 
 
 def default_workdir(structure: Path, db, params) -> Path:
@@ -37,20 +41,31 @@ class CLICommand:
     """one LAMMPS run of a slab in water -> water density grid, stored as a database row"""
 
     name = "simulate"
-    example = ("hydrolayer surface build calcite-104 --size 5x3 --layers 4 -o calcite.extxyz\n"
-               "hydrolayer simulate calcite.extxyz --db sims.db --ps 100 --equil-ps 50 --seed 1 --workdir run1\n"
-               "# interrupted? the same command resumes from the last checkpoint in the job folder")
+    example = (
+        "hydrolayer surface build calcite-104 --size 5x3 --layers 4 -o calcite.extxyz\n"
+        "hydrolayer simulate calcite.extxyz --db sims.db --ps 100 --equil-ps 50 --seed 1 --workdir run1\n"
+        "# interrupted? the same command resumes from the last checkpoint in the job folder"
+    )
 
     @staticmethod
     def add_arguments(p):
-        p.add_argument("structure", type=Path, help="slab structure file (surface normal +z; water already in it is kept)")
-        p.add_argument("--db", required=True, help="database: a .db file (grids/ beside it) or a postgresql:// URL (needs --grids)")
+        p.add_argument(
+            "structure", type=Path, help="slab structure file (surface normal +z; water already in it is kept)"
+        )
+        p.add_argument(
+            "--db", required=True, help="database: a .db file (grids/ beside it) or a postgresql:// URL (needs --grids)"
+        )
         p.add_argument("--ps", type=float, default=100.0, help="production length, ps (default 100)")
         p.add_argument("--equil-ps", type=float, default=50.0, help="equilibration: z-NPT + NVT, ps (default 50)")
         p.add_argument("--seed", type=int, default=1, help="velocity seed (default 1)")
         p.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
         p.add_argument("--spacing", type=float, default=0.3, help="grid spacing, Å (default 0.3)")
-        p.add_argument("--workdir", type=Path, default=None, help="job folder with checkpoints (default: work/simulate-<hash> beside the database)")
+        p.add_argument(
+            "--workdir",
+            type=Path,
+            default=None,
+            help="job folder with checkpoints (default: work/simulate-<hash> beside the database)",
+        )
         p.add_argument("--grids", type=Path, default=None, help="grids folder (default: grids/ beside the database)")
         add_md_parallel_args(p)
 
@@ -59,13 +74,24 @@ class CLICommand:
         from ..simulate import SimulationFailed, SimulationParams, simulate
         from ..structures import read_structure
 
-        for name, v in (("--ps", args.ps), ("--equil-ps", args.equil_ps), ("--temperature", args.temperature), ("--spacing", args.spacing)):
+        for name, v in (
+            ("--ps", args.ps),
+            ("--equil-ps", args.equil_ps),
+            ("--temperature", args.temperature),
+            ("--spacing", args.spacing),
+        ):
             if not v > 0:
                 raise InputError(f"{args.structure}: {name} must be positive, got {v}")
         atoms = read_structure(args.structure)
         par = parallel_settings(args.ranks, args.threads)
-        params = SimulationParams(production_ps=args.ps, equil_ps=args.equil_ps, seed=args.seed, temperature=args.temperature,
-                                  spacing=args.spacing, **par)
+        params = SimulationParams(
+            production_ps=args.ps,
+            equil_ps=args.equil_ps,
+            seed=args.seed,
+            temperature=args.temperature,
+            spacing=args.spacing,
+            **par,
+        )
         workdir = args.workdir
         if workdir is None:
             workdir = default_workdir(args.structure, args.db, params)
@@ -74,10 +100,14 @@ class CLICommand:
         if (Path(workdir) / "job.json").exists():
             old = json.loads((Path(workdir) / "job.json").read_text())["params"]
             if {k: old.get(k) for k in RESUME_KEYS} != {k: getattr(params, k) for k in RESUME_KEYS}:
-                raise InputError(f"{workdir}: holds a run with other settings; resume it with the same options or use a new --workdir")
+                raise InputError(
+                    f"{workdir}: holds a run with other settings; resume it with the same options or use a new --workdir"
+                )
             params = SimulationParams(**{**old, **par})
         try:
             row = simulate(atoms, args.db, params, workdir=workdir, grids_dir=args.grids, source=str(args.structure))
         except SimulationFailed as err:
-            raise InputError(f"{args.structure}: simulation failed, nothing stored ({err}); job folder {workdir}") from None
+            raise InputError(
+                f"{args.structure}: simulation failed, nothing stored ({err}); job folder {workdir}"
+            ) from None
         print(f"stored row {row} in {args.db}")

@@ -47,7 +47,12 @@ POLYMORPHS = {
         {"a": 4.96062, "b": 7.97006, "c": 5.74181},
         (
             ("Ca", "C", "O", "O"),
-            ((0.25, 0.41502, 0.75770), (0.25, 0.76160, -0.08080), (0.25, 0.92200, -0.09440), (0.475, 0.68240, -0.09050)),
+            (
+                (0.25, 0.41502, 0.75770),
+                (0.25, 0.76160, -0.08080),
+                (0.25, 0.92200, -0.09440),
+                (0.475, 0.68240, -0.09050),
+            ),
         ),
         "Pmcn; Antao & Hassan 2009, AMCSD 0006301",
     ),
@@ -57,10 +62,16 @@ POLYMORPHS = {
         (
             ("Ca", "Ca", "Ca", "C", "C", "O", "O", "O", "O", "O"),
             (
-                (0.007, -0.007, 1 / 12), (0.681, -0.681, 1 / 12), (0.343, -0.343, 1 / 12),
-                (0.375, 0.327, 0.1658), (0.691, 0, 0.5),
-                (0.859, 0, 0.5), (0.602, -0.008, 0.5409), (0.556, 0.337, 0.1714),
-                (0.270, 0.326, 0.2059), (0.300, 0.317, 0.1201),
+                (0.007, -0.007, 1 / 12),
+                (0.681, -0.681, 1 / 12),
+                (0.343, -0.343, 1 / 12),
+                (0.375, 0.327, 0.1658),
+                (0.691, 0, 0.5),
+                (0.859, 0, 0.5),
+                (0.602, -0.008, 0.5409),
+                (0.556, 0.337, 0.1714),
+                (0.270, 0.326, 0.2059),
+                (0.300, 0.317, 0.1201),
             ),
         ),
         "P3_221 derived from the P6_522 model of Sci. Rep. 6, 36799 (2016), Table 1",
@@ -117,10 +128,15 @@ def bulk(polymorph: str, lattice: dict | None = None) -> Atoms:
     symbols, basis = p.basis
     if polymorph == "aragonite":
         # Pmcn (x, y, z) is Pnma with axes (z, x, y): build in Pnma, permute back.
-        at = crystal(symbols, [(z, x, y) for x, y, z in basis], spacegroup=62,
-                     cellpar=[lat["c"], lat["a"], lat["b"], 90, 90, 90])
-        atoms = Atoms(at.numbers, scaled_positions=at.get_scaled_positions()[:, [1, 2, 0]],
-                      cell=[lat["a"], lat["b"], lat["c"]], pbc=True)
+        at = crystal(
+            symbols, [(z, x, y) for x, y, z in basis], spacegroup=62, cellpar=[lat["c"], lat["a"], lat["b"], 90, 90, 90]
+        )
+        atoms = Atoms(
+            at.numbers,
+            scaled_positions=at.get_scaled_positions()[:, [1, 2, 0]],
+            cell=[lat["a"], lat["b"], lat["c"]],
+            pbc=True,
+        )
     else:
         cellpar = [lat["a"], lat["a"], lat["c"], 90, 90, 120]
         atoms = crystal(symbols, basis, spacegroup=p.spacegroup, cellpar=cellpar)

@@ -74,7 +74,9 @@ class DefectSite:
         missing = [k for k in _KEYS if k not in d]
         extra = sorted(set(d) - set(_KEYS))
         if missing or extra:
-            what = f"missing key(s) {', '.join(missing)}" if missing else f"unexpected key(s) {', '.join(map(str, extra))}"
+            what = (
+                f"missing key(s) {', '.join(missing)}" if missing else f"unexpected key(s) {', '.join(map(str, extra))}"
+            )
             raise InputError(f"{_short(d)}: {what} (need exactly {', '.join(_KEYS)})")
         return cls(d["species"], d["position"], d["face"])
 
@@ -106,8 +108,9 @@ def parse_defect_sites(value, where: str = "<structure>") -> list[DefectSite]:
     if isinstance(value, np.ndarray):
         if value.size == 0:
             return []
-        raise InputError(f"{prefix} is an array of numbers {_short(value)}; need a list of records "
-                         f"with keys {', '.join(_KEYS)}")
+        raise InputError(
+            f"{prefix} is an array of numbers {_short(value)}; need a list of records with keys {', '.join(_KEYS)}"
+        )
     if not isinstance(value, (list, tuple)):
         raise InputError(f"{prefix} is {_short(value)}, not a list of records with keys {', '.join(_KEYS)}")
     out = []
@@ -142,7 +145,9 @@ def _remove(atoms: Atoms, cations: list[int], carbonates: list[tuple[int, list[i
     del out[gone]
     out.info = dict(atoms.info)
     set_defect_sites(out, defect_sites(atoms) + new)
-    out.info["defects"] = label if atoms.info.get("defects", "pristine") == "pristine" else f"{atoms.info['defects']}; {label}"
+    out.info["defects"] = (
+        label if atoms.info.get("defects", "pristine") == "pristine" else f"{atoms.info['defects']}; {label}"
+    )
     charge = 2 * len(carbonates) - 2 * len(cations)
     out.info["net_charge"] = int(atoms.info.get("net_charge", 0)) + charge
     return out
@@ -169,7 +174,9 @@ def _placed_sites(atoms: Atoms, layer: dict, k: int, placement: str, rng) -> tup
     d_cc = _lateral_distances(atoms, cat, cat)
     d_co = _lateral_distances(atoms, cat, co3)
     if placement == "adjacent":
-        return sorted(np.argsort(d_cc[start], kind="stable")[:k].tolist()), sorted(np.argsort(d_co[start], kind="stable")[:k].tolist())
+        return sorted(np.argsort(d_cc[start], kind="stable")[:k].tolist()), sorted(
+            np.argsort(d_co[start], kind="stable")[:k].tolist()
+        )
     ci = [start]
     while len(ci) < k:
         far = d_cc[:, ci].min(axis=1)
@@ -182,7 +189,9 @@ def _placed_sites(atoms: Atoms, layer: dict, k: int, placement: str, rng) -> tup
     return sorted(ci), sorted(oi)
 
 
-def add_pair_vacancies(atoms: Atoms, k: int, rng=None, face: str = "top", sites=None, placement: str = "random") -> Atoms:
+def add_pair_vacancies(
+    atoms: Atoms, k: int, rng=None, face: str = "top", sites=None, placement: str = "random"
+) -> Atoms:
     """Remove ``k`` cations and ``k`` carbonate ions (neutral pairs) from the outermost
     layer of ``face`` ("top" or "bottom") of the slab ``atoms`` (positions in Å), chosen by
     ``rng`` (a seed or ``numpy.random.Generator``), or the given ``sites`` = (cation
@@ -210,8 +219,13 @@ def add_pair_vacancies(atoms: Atoms, k: int, rng=None, face: str = "top", sites=
     else:
         ci, oi = sites
     how = "" if placement == "random" or sites is not None else f", {placement}"
-    return _remove(atoms, [layer["cation"][i] for i in ci], [layer["CO3"][i] for i in oi], face,
-                   f"{k} pair vacanc{'y' if k == 1 else 'ies'} ({face}{how})")
+    return _remove(
+        atoms,
+        [layer["cation"][i] for i in ci],
+        [layer["CO3"][i] for i in oi],
+        face,
+        f"{k} pair vacanc{'y' if k == 1 else 'ies'} ({face}{how})",
+    )
 
 
 def add_vacancy(atoms: Atoms, species: str, rng=None, face: str = "top") -> Atoms:
@@ -231,8 +245,9 @@ def add_vacancy(atoms: Atoms, species: str, rng=None, face: str = "top") -> Atom
 
 
 # ------------------------------------------------------------------ enumeration
-def enumerate_pair_vacancies(atoms: Atoms, k: int, face: str = "top", max_count: int | None = None,
-                             seed: int = 0) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+def enumerate_pair_vacancies(
+    atoms: Atoms, k: int, face: str = "top", max_count: int | None = None, seed: int = 0
+) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
     """Distinct ways of removing ``k`` pairs (a count) from the outermost layer of ``face``
     ("top" or "bottom"), one representative per class of configurations equivalent under a
     lateral translation of the surface lattice. Returns ``(cation_sites, carbonate_sites)``
@@ -277,7 +292,9 @@ def _layer_translations(atoms: Atoms, layer: dict) -> list[tuple[np.ndarray, np.
     cat_pos = atoms.positions[layer["cation"], :2]
     co3_pos = atoms.positions[[c for c, _ in layer["CO3"]], :2]
     # a carbonate is only equivalent to another if its orientation is the same too
-    co3_dir = np.array([atoms.get_distances(c, os_, mic=True, vector=True)[:, :2].round(2).tolist() for c, os_ in layer["CO3"]])
+    co3_dir = np.array(
+        [atoms.get_distances(c, os_, mic=True, vector=True)[:, :2].round(2).tolist() for c, os_ in layer["CO3"]]
+    )
     co3_dir = np.array([sorted(map(tuple, d)) for d in co3_dir]).reshape(len(co3_pos), -1) if len(co3_pos) else co3_dir
     cell2 = atoms.cell[:2, :2]
     perms = []

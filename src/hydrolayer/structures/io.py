@@ -102,13 +102,17 @@ def _check_slab(atoms: Atoms, path) -> None:
     zs = np.sort(np.mod(z - z.min(), lz))
     gaps = np.diff(np.concatenate([zs, [zs[0] + lz]]))
     if gaps.max() < 6.0:
-        raise InputError(f"{path}: not a slab: no gap of at least 6 Å above the top face to place water in "
-                         f"(largest gap along z is {gaps.max():.1f} Å)")
+        raise InputError(
+            f"{path}: not a slab: no gap of at least 6 Å above the top face to place water in "
+            f"(largest gap along z is {gaps.max():.1f} Å)"
+        )
     if not np.isin(atoms.get_chemical_symbols(), ("Ca", "Mg")).any():
         raise InputError(f"{path}: no Ca or Mg atoms: cannot place the surface plane")
     if np.argmax(gaps) != len(zs) - 1:  # the widest gap must be the one across the boundary
-        raise InputError(f"{path}: the slab crosses the cell boundary along z; "
-                         "shift it so that the gap (vacuum or water) is above the top face")
+        raise InputError(
+            f"{path}: the slab crosses the cell boundary along z; "
+            "shift it so that the gap (vacuum or water) is above the top face"
+        )
 
 
 # atoms.info keys the pipeline parses after the MD (simulate, store, data, descriptors,

@@ -208,7 +208,9 @@ def build_surface(
         try:
             slab = _cut_slab(conv, sd, size, layers, vacuum)
         except RuntimeError:
-            raise InputError(f"{name}: no symmetric, neutral slab of {layers} layer(s) at this lattice; try another number of layers") from None
+            raise InputError(
+                f"{name}: no symmetric, neutral slab of {layers} layer(s) at this lattice; try another number of layers"
+            ) from None
     slab.info.update(z_top=surface_planes(slab)[0], z_bottom=surface_planes(slab)[1])
     slab.info.update(
         surface=name,
@@ -368,5 +370,3 @@ def _assemble(sel, units: RigidIons, U, V, n, hc, vacuum) -> Atoms:
     z_top, z_bottom = surface_planes(atoms)
     atoms.info.update(z_top=float(z_top), z_bottom=float(z_bottom))
     return atoms
-
-
