@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hydrolayer import match
+from hydrolayer import match, store
 from hydrolayer.util import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 DB = ROOT / "data" / "simulations.db"
 EXAMPLE = ROOT / "examples" / "afm" / "calcite-co3-vacancy-df.gwy"
-needs_db = pytest.mark.skipif(not DB.exists(), reason="data/simulations.db not present")
+needs_db = pytest.mark.skipif(not store.database_exists(DB), reason="data/simulations.db (or data/rows/) not present")
 
 
 def _md(row: int, which: str = "mean"):

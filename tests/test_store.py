@@ -250,3 +250,46 @@ def test_postgres_roundtrip(postgres, tmp_path):
     assert [r.id for r in store.iter_rows(postgres, defects="CO3 vacancy (top)")] == [row_id]
     with pytest.raises(InputError, match="grids folder"):
         store.load_density(postgres, row_id)
+
+
+def test_row_files_are_what_git_keeps_and_rebuild_the_index(tmp_path):
+    # every row also goes to rows/<id>-<uid>.json, written once; the SQLite index is derived
+    db = tmp_path / "sims.db"
+    ids = []
+    for seed in (1, 2, 3):
+        h1, h2 = _halves(seed=seed)
+        ids.append(store.write_simulation(db, _slab(), h1, h2, np.diag([8.0, 9.0, 10.0]), KVP))
+    files = sorted((tmp_path / "rows").glob("*.json"))
+    assert [f.name[:5] for f in files] == ["00001", "00002", "00003"]
+    stamp = [f.stat().st_mtime_ns for f in files]
+    before = {r.id: (r.unique_id, r.key_value_pairs, r.positions.copy()) for r in store.connect(db).select()}
+    # a fresh clone: no index, only rows/ and grids/ -> the index is rebuilt, same ids and rows
+    clone = tmp_path / "clone"
+    clone.mkdir()
+    shutil.copytree(tmp_path / "rows", clone / "rows")
+    shutil.copytree(tmp_path / "grids", clone / "grids")
+    con = store.connect(clone / "sims.db")
+    assert con.count() == 3
+    for r in con.select():
+        uid, kvp, pos = before[r.id]
+        assert r.unique_id == uid and r.key_value_pairs == kvp and np.array_equal(r.positions, pos)
+        np.testing.assert_array_equal(
+            store.load_density(clone / "sims.db", r.id)["half1"], store.load_density(db, r.id)["half1"]
+        )
+    # a row written elsewhere arrives as a new row file (git pull): the next connect adds it
+    h1, h2 = _halves(seed=4)
+    store.write_simulation(db, _slab(), h1, h2, np.diag([8.0, 9.0, 10.0]), KVP)
+    new = next((tmp_path / "rows").glob("00004-*.json"))
+    shutil.copy(new, clone / "rows")
+    shutil.copy(tmp_path / store.get_row(db, 4).grid_file, clone / "grids")
+    assert store.connect(clone / "sims.db").count() == 4 and store.get_row(clone / "sims.db", 4).unique_id in new.name
+    # a row in the index without its file (written by older code): the file appears
+    new.unlink()
+    store.connect(db)
+    assert len(list((tmp_path / "rows").glob("00004-*.json"))) == 1
+    assert [f.stat().st_mtime_ns for f in files] == stamp  # the other row files were never rewritten
+    # row files that disagree with the index are refused
+    bad = clone / "rows" / "00005-0123abcd.json"
+    shutil.copy(files[0], bad)
+    with pytest.raises(InputError, match="holds row"):
+        store.connect(clone / "sims.db")

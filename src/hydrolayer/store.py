@@ -3,7 +3,14 @@
 Layout on disk (SQLite, the default)::
 
     simulations.db          the ase.db index: one row per finished simulation
+    rows/<id>-<uid>.json    each row on its own (ase.db JSON), written once: what git keeps
     grids/<unique_id>.npz   water_density_half1, water_density_half2 (float16), cell
+
+Every file in git is written once and never rewritten: the grids and the row files. The
+SQLite index is derived from the row files (not kept in git): :func:`connect` builds it
+when it is missing and adds the rows of new row files (say, after ``git pull``); rows
+written to the index (by this process or an older one) get their row files at the next
+:func:`connect` too (:func:`sync_rows`).
 
 A row holds the slab ``Atoms`` (no water, time-averaged positions, in the grid's frame),
 key-value pairs ``surface``, ``defects``, ``temperature``, ``production_ps``, ``seed``,
@@ -25,8 +32,10 @@ A ``postgresql://`` URL works as well; the grids folder must then be given expli
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import re
 import uuid
 from pathlib import Path, PurePath
 from typing import Any, Iterator
@@ -37,6 +46,7 @@ from .util import InputError, atomic_output
 
 __all__ = [
     "connect",
+    "database_exists",
     "write_simulation",
     "load_density",
     "density_grid",
@@ -121,7 +131,76 @@ def connect(db):
     path = Path(name)
     if path.parent and not path.parent.exists():
         raise InputError(f"{path}: folder {path.parent} does not exist")
-    return ase.db.connect(str(path), type="db")
+    con = ase.db.connect(str(path), type="db")
+    if (path.parent / ROWS_DIR).is_dir():
+        sync_rows(con, path)
+    return con
+
+
+def database_exists(db) -> bool:
+    """True for a URL, an open connection, a database file, or a database file's ``rows/``
+    folder with row files in it (the index is then built by :func:`connect`)."""
+    name = db if isinstance(db, (str, PurePath)) else None
+    if name is None or is_url(str(name)):
+        return True
+    path = Path(name)
+    return path.is_file() or (path.parent.is_dir() and bool(_row_files(path.parent / ROWS_DIR)))
+
+
+ROWS_DIR = "rows"  # beside a database file: one JSON file per row, written once
+_ROW_FILE = re.compile(r"^(\d{5,})-([0-9a-f]+)\.json$")
+
+
+def _row_files(folder: Path) -> dict[int, Path]:
+    files = {}
+    for f in folder.glob("*.json"):
+        m = _ROW_FILE.match(f.name)
+        if m:
+            files[int(m.group(1))] = f
+    return files
+
+
+def sync_rows(con, path: Path) -> None:
+    """Bring a database file and its ``rows/`` folder together: rows of the index without a
+    row file get one (written once); row files beyond the index's last row are added to it,
+    in id order, keeping their ids and unique ids. A mismatch (a row file whose id the
+    index holds with another unique id) is an :class:`InputError`."""
+    folder = path.parent / ROWS_DIR
+    with open(folder / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        files = _row_files(folder)
+        n = con.count()
+        for row in con.select() if len(files) < n else ():
+            if row.id not in files:
+                export_row(row, folder)
+        for i in sorted(k for k in files if k > n):
+            _import_row(con, files[i], i, path)
+
+
+def export_row(row, folder: Path) -> Path:
+    """Write one row to ``folder/<id>-<unique_id>.json`` (ase.db JSON), once."""
+    import ase.db
+
+    target = Path(folder) / f"{row.id:05d}-{row.unique_id}.json"
+    if target.exists():
+        return target
+    with atomic_output(target) as tmp:
+        ase.db.connect(str(tmp), type="json", append=False).write(
+            row, key_value_pairs=row.key_value_pairs, data=row.data
+        )
+        os.chmod(tmp, 0o644)
+    return target
+
+
+def _import_row(con, file: Path, row_id: int, path: Path) -> None:
+    import ase.db
+
+    row = ase.db.connect(str(file), type="json").get(id=1)
+    if row.unique_id != _ROW_FILE.match(file.name).group(2):
+        raise InputError(f"{file}: holds row {row.unique_id}, not the one its name says")
+    new = con.write(row, key_value_pairs=row.key_value_pairs, data=row.data)
+    if new != row_id:
+        raise InputError(f"{path}: row file {file.name} became row {new}; the index and {file.parent} disagree")
 
 
 def grids_folder(db, grids_dir=None) -> Path:
@@ -292,11 +371,16 @@ def write_simulation(db, atoms, half1, half2, cell, key_value_pairs, data=None, 
     row.ctime = now()
     row.user = os.getenv("USER")
     try:
-        return con.write(row, key_value_pairs=kvp, data=all_data)
+        row_id = con.write(row, key_value_pairs=kvp, data=all_data)
     except BaseException:
         # the row did not make it: the grid would be an orphan, remove it
         target.unlink(missing_ok=True)
         raise
+    if not is_url(_name(db)):
+        rows = Path(_name(db)).resolve().parent / ROWS_DIR
+        rows.mkdir(exist_ok=True)
+        export_row(con.get(id=row_id), rows)
+    return row_id
 
 
 def get_row(db, row_or_id):
