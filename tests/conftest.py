@@ -40,8 +40,17 @@ def tiny():
     from hydrolayer.train import TrainConfig
 
     def make(cache, **kw):
-        base = dict(channels=(2, 4, 4, 4), epochs=2, batch_size=2, windows_per_interface=1, max_val_windows=2,
-                    dropout=0.1, cache_dir=str(cache), seed=1, threads=1)
+        base = dict(
+            channels=(2, 4, 4, 4),
+            epochs=2,
+            batch_size=2,
+            windows_per_interface=1,
+            max_val_windows=2,
+            dropout=0.1,
+            cache_dir=str(cache),
+            seed=1,
+            threads=1,
+        )
         base.update(kw)
         return TrainConfig(**base)
 

@@ -205,7 +205,8 @@ def test_outputs_and_cli(tmp_path, slab, predictor, capsys):
     assert len(atoms) == len(slab)
 
     path = write_structure(slab, tmp_path / "slab.extxyz")
-    from hydrolayer.commands import models, predict as predict_command
+    from hydrolayer.commands import models
+    from hydrolayer.commands import predict as predict_command
 
     parser = argparse.ArgumentParser(prog="hydrolayer")
     sub = parser.add_subparsers(dest="command", required=True)

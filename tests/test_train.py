@@ -54,8 +54,18 @@ def test_fit_writes_the_run_and_compares_losses(toy, tiny, tmp_path):
     db, cache = toy
     out = tmp_path / "run"
     summary = fit(db, out, tiny(cache), progress=False)
-    for name in ("config.json", "split.json", "baseline.json", "model.pt", "summary.json",
-                 "l1/checkpoint.pt", "l1/best.pt", "l1/metrics.jsonl", "l2/best.pt", "l2/metrics.jsonl"):
+    for name in (
+        "config.json",
+        "split.json",
+        "baseline.json",
+        "model.pt",
+        "summary.json",
+        "l1/checkpoint.pt",
+        "l1/best.pt",
+        "l1/metrics.jsonl",
+        "l2/best.pt",
+        "l2/metrics.jsonl",
+    ):
         assert (out / name).exists(), name
     assert set(summary["losses"]) == {"l1", "l2"} and summary["kept"] in ("l1", "l2")
     recs = [json.loads(line) for line in (out / "l1" / "metrics.jsonl").read_text().splitlines()]
@@ -80,10 +90,18 @@ def test_resume_after_a_kill_is_exact(toy, tiny, tmp_path):
     killed = fit(db, tmp_path / "resumed", tiny(cache, **cfg), progress=False, stop_after=1)
     assert killed.get("stopped")
     fit(db, tmp_path / "resumed", resume=True, progress=False)
-    a, b = _weights(tmp_path / "straight" / "l1" / "checkpoint.pt"), _weights(tmp_path / "resumed" / "l1" / "checkpoint.pt")
+    a, b = (
+        _weights(tmp_path / "straight" / "l1" / "checkpoint.pt"),
+        _weights(tmp_path / "resumed" / "l1" / "checkpoint.pt"),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    strip = lambda p: [{k: v for k, v in json.loads(x).items() if k not in ("windows_per_s", "load_s", "step_s", "val_s")}
-                       for x in p.read_text().splitlines()]
+
+    def strip(p):
+        return [
+            {k: v for k, v in json.loads(x).items() if k not in ("windows_per_s", "load_s", "step_s", "val_s")}
+            for x in p.read_text().splitlines()
+        ]
+
     assert strip(tmp_path / "straight" / "l1" / "metrics.jsonl") == strip(tmp_path / "resumed" / "l1" / "metrics.jsonl")
     # extending a finished run continues from its last epoch
     fit(db, tmp_path / "resumed", resume=True, epochs=4, progress=False)
@@ -130,9 +148,28 @@ def test_cli_train_attention_unet(toy, tmp_path):
 
     db, cache = toy
     f = tmp_path / "c.yaml"
-    f.write_text(f"channels: [2, 4, 4, 4]\nthreads: 1\nloss: l1\nwindows_per_interface: 1\nbatch_size: 2\nmax_val_windows: 2\ncache_dir: {cache}\n")
-    assert main(["train", "--db", str(db), "--model", "attention-unet", "--out", str(tmp_path / "att"), "--epochs", "1",
-                 "--config", str(f), "--no-progress"]) == 0
+    f.write_text(
+        f"channels: [2, 4, 4, 4]\nthreads: 1\nloss: l1\nwindows_per_interface: 1\nbatch_size: 2\nmax_val_windows: 2\ncache_dir: {cache}\n"
+    )
+    assert (
+        main(
+            [
+                "train",
+                "--db",
+                str(db),
+                "--model",
+                "attention-unet",
+                "--out",
+                str(tmp_path / "att"),
+                "--epochs",
+                "1",
+                "--config",
+                str(f),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     model, meta = load_model(tmp_path / "att" / "model.pt")
     assert meta["model"] == "attention-unet"
     assert main(["train", "--db", str(db), "--out", str(tmp_path / "att"), "--resume", "--model", "unet"]) == 2
@@ -142,14 +179,32 @@ def test_torchrun_two_processes_match_one(toy, tmp_path):
     """DDP with gloo, 2 processes x 1 window == 1 process x 2 windows (norm none, no dropout)."""
     db, cache = toy
     f = tmp_path / "c.yaml"
-    f.write_text(f"channels: [2, 4, 4, 4]\nnorm: none\ndropout: 0.0\nloss: l1\nepochs: 1\nwindows_per_interface: 1\n"
-                 f"batch_size: 2\nmax_val_windows: 2\ncache_dir: {cache}\nseed: 2\nthreads: 1\n")
+    f.write_text(
+        f"channels: [2, 4, 4, 4]\nnorm: none\ndropout: 0.0\nloss: l1\nepochs: 1\nwindows_per_interface: 1\n"
+        f"batch_size: 2\nmax_val_windows: 2\ncache_dir: {cache}\nseed: 2\nthreads: 1\n"
+    )
     fit(db, tmp_path / "one", load_config(f), progress=False)
     src = str(Path(__import__("hydrolayer").__file__).resolve().parents[1])
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     env.pop("WORLD_SIZE", None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "hydrolayer.cli",
-           "train", "--db", str(db), "--out", str(tmp_path / "two"), "--config", str(f), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "hydrolayer.cli",
+        "train",
+        "--db",
+        str(db),
+        "--out",
+        str(tmp_path / "two"),
+        "--config",
+        str(f),
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     recs = [json.loads(x) for x in (tmp_path / "two" / "l1" / "metrics.jsonl").read_text().splitlines()]
@@ -166,7 +221,12 @@ def test_a_second_model_can_reuse_an_earlier_split(toy, tiny, tmp_path):
     fit(db, tmp_path / "a", tiny(cache, epochs=1, loss="l1", split_fractions=(0.75, 0.25, 0.0)), progress=False)
     a = json.loads((tmp_path / "a" / "split.json").read_text())
     assert a["test"] == [] and len(a["val"]) == 1 and len(a["train"]) == 3  # 4 pool rows, no pool test set
-    fit(db, tmp_path / "b", tiny(cache, epochs=1, loss="l1", split_file=str(tmp_path / "a" / "split.json")), progress=False)
+    fit(
+        db,
+        tmp_path / "b",
+        tiny(cache, epochs=1, loss="l1", split_file=str(tmp_path / "a" / "split.json")),
+        progress=False,
+    )
     b = json.loads((tmp_path / "b" / "split.json").read_text())
     assert (b["train"], b["val"], b["test"]) == (a["train"], a["val"], a["test"])
     bad = dict(a, train=a["train"] + ["0" * 32])

@@ -18,6 +18,14 @@ it was trained on and gives most weight to window centres; :func:`cell_predict` 
 the cell padded periodically by half a window) is seamless by construction but out of the
 training distribution, offered for speed and comparison.
 
+Ensembles (:class:`EnsemblePredictor`, loaded from a JSON manifest, see
+:mod:`hydrolayer.registry`): every member runs on the same descriptor windows (one descriptor
+computation, the windows cut once per batch): :func:`tile_predict` and :func:`cell_predict`
+take a list of networks and return one blended prediction per member, (M, NX, NY, NZ).
+``EnsemblePredictor.net`` is the members' mean as one network, for code that runs windows
+itself (:func:`run_batches`). All members must share descriptor settings (sigma, channels)
+and window (shape, spacing); their architectures may differ.
+
 Precision: ``"float32"``, or ``"bfloat16"`` (CPU autocast: convolutions in bfloat16 with
 float32 accumulation, output float32), or ``"auto"``: bfloat16 where the CPU runs it natively.
 torch is imported only when a model is loaded or run.
@@ -35,13 +43,17 @@ from typing import Callable
 import numpy as np
 
 from .conventions import SPACING, WINDOW_SHAPE
-from .registry import resolve_model
+from .registry import is_ensemble_path, read_ensemble, resolve_model
+from .util import InputError
 
 __all__ = [
     "MODEL_ELEMENTS",
     "PRECISIONS",
     "Predictor",
+    "EnsemblePredictor",
     "load_predictor",
+    "load_ensemble",
+    "mean_net",
     "bf16_supported",
     "resolve_precision",
     "autocast",
@@ -107,9 +119,40 @@ class Predictor:
         s = t.get("surfaces") if isinstance(t, dict) else None
         return list(s) if s else None
 
+    @property
+    def nets(self) -> tuple:
+        """The networks to run: this one (an ensemble: its members')."""
+        return (self.net,)
 
-def load_predictor(model: str | Path | None = None, directory=None, threads: int | None = None, optimise: bool = True,
-                   precision: str | None = "auto") -> Predictor:
+
+@dataclasses.dataclass
+class EnsemblePredictor(Predictor):
+    """Several loaded :class:`Predictor` members that share descriptor and window (checked by
+    :func:`load_ensemble`). ``net`` is their mean as one network; ``nets`` the members' networks;
+    ``meta`` the first member's metadata plus ``"ensemble"`` (names, sources, note)."""
+
+    members: list = dataclasses.field(default_factory=list)
+
+    @property
+    def nets(self) -> tuple:
+        return tuple(m.net for m in self.members)
+
+    @property
+    def training_surfaces(self) -> list[str] | None:
+        """The union of the members' training surfaces (None if one does not record them)."""
+        per = [m.training_surfaces for m in self.members]
+        if any(s is None for s in per):
+            return None
+        return list(dict.fromkeys(s for surfaces in per for s in surfaces))
+
+
+def load_predictor(
+    model: str | Path | None = None,
+    directory=None,
+    threads: int | None = None,
+    optimise: bool = True,
+    precision: str | None = "auto",
+) -> Predictor:
     """Load a shipped model by name, a checkpoint by path, or the default shipped model.
 
     ``optimise``: fold batch norms into the convolutions and use the channels-last layout
@@ -119,6 +162,8 @@ def load_predictor(model: str | Path | None = None, directory=None, threads: int
     ``"bfloat16"`` force one (the evaluation uses float32)."""
     precision = resolve_precision(precision)
     path = resolve_model(model, directory)
+    if is_ensemble_path(path):
+        return load_ensemble(path, threads=threads, optimise=optimise, precision=precision)
     t0 = time.perf_counter()
     import torch
 
@@ -137,8 +182,76 @@ def load_predictor(model: str | Path | None = None, directory=None, threads: int
     notes = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
     for n in notes:
         warnings.warn(n, stacklevel=2)
-    return Predictor(net, meta, name=path.stem, source=str(path), load_seconds=time.perf_counter() - t0, notes=notes,
-                     precision=precision)
+    return Predictor(
+        net,
+        meta,
+        name=path.stem,
+        source=str(path),
+        load_seconds=time.perf_counter() - t0,
+        notes=notes,
+        precision=precision,
+    )
+
+
+def load_ensemble(
+    path: str | Path, threads: int | None = None, optimise: bool = True, precision: str | None = "auto"
+) -> EnsemblePredictor:
+    """Load every member of the ensemble manifest ``path`` (:func:`registry.read_ensemble`) as
+    :func:`load_predictor` would, and check that they share descriptor sigma (Å), channels,
+    window shape and spacing (Å): one-line :class:`InputError` otherwise."""
+    manifest = read_ensemble(path)
+    members = [load_predictor(m, threads=threads, optimise=optimise, precision=precision) for m in manifest.members]
+    first = members[0]
+
+    def key(p: Predictor):
+        return p.sigma, p.elements, p.window_shape, round(p.spacing, 6)
+
+    for m in members[1:]:
+        if key(m) != key(first):
+            raise InputError(
+                f"{manifest.path}: members do not match: {m.source} has descriptor sigma {m.sigma} Å, channels "
+                f"{','.join(m.elements)}, window {m.window_shape} at {m.spacing:.4f} Å; {first.source} has "
+                f"{first.sigma} Å, {','.join(first.elements)}, {first.window_shape} at {first.spacing:.4f} Å"
+            )
+    meta = dict(
+        first.meta,
+        ensemble={"members": [m.name for m in members], "sources": [m.source for m in members], "note": manifest.note},
+    )
+    notes = list(dict.fromkeys(n for m in members for n in m.notes))
+    return EnsemblePredictor(
+        mean_net([m.net for m in members]),
+        meta,
+        name=manifest.name,
+        source=str(manifest.path),
+        load_seconds=sum(m.load_seconds for m in members),
+        notes=notes,
+        precision=first.precision,
+        members=members,
+    )
+
+
+def mean_net(nets):
+    """One network that returns the mean of ``nets``' outputs (an ensemble's mean)."""
+    return _mean_class()(nets).eval()
+
+
+@functools.cache
+def _mean_class():
+    """The mean-of-networks class, defined once on first use (torch imported only when needed)."""
+    from torch import nn
+
+    class MeanNet(nn.Module):
+        def __init__(self, nets):
+            super().__init__()
+            self.nets = nn.ModuleList(nets)
+
+        def forward(self, x):
+            out = self.nets[0](x)
+            for net in self.nets[1:]:
+                out = out + net(x)
+            return out / len(self.nets)
+
+    return MeanNet
 
 
 def _optimise(net):
@@ -275,14 +388,18 @@ def _offsets(n: int, window: int, stride: int) -> np.ndarray:
     return np.array(sorted({int(round(m * n / k)) % n for m in range(k)}))
 
 
-def tile_predict(desc: np.ndarray, net: Callable, window: int = 32, stride: int | None = None, batch: int = 8) -> np.ndarray:
+def tile_predict(
+    desc: np.ndarray, net: Callable, window: int = 32, stride: int | None = None, batch: int = 8
+) -> np.ndarray:
     """Blend window predictions over a periodic descriptor ``desc`` (C, NX, NY, NZ).
 
     Windows of ``window`` x ``window`` lateral points at about ``stride`` (default
     :func:`default_stride`: three quarters of a window) are cut with periodic wrap, run
     through ``net`` in batches and blended with :func:`blend_weight`. Returns (NX, NY, NZ)
-    float32.
+    float32. ``net`` a list or tuple of networks (an ensemble's members): each runs on the
+    same windows, returns (M, NX, NY, NZ), each member's exactly as it would be alone.
     """
+    nets = list(net) if isinstance(net, (list, tuple)) else [net]
     desc = np.asarray(desc, dtype=np.float32)
     _, nx, ny, nz = desc.shape
     stride = stride or default_stride(window)
@@ -291,22 +408,27 @@ def tile_predict(desc: np.ndarray, net: Callable, window: int = 32, stride: int 
     ox, oy = _offsets(nx, window, stride), _offsets(ny, window, stride)
     w1 = blend_weight(window, window - stride).astype(np.float32)
     w2 = w1[:, None] * w1[None, :]
-    acc = np.zeros((nx, ny, nz), np.float32)
+    acc = np.zeros((len(nets), nx, ny, nz), np.float32)
     wsum = np.zeros((nx, ny), np.float32)
     starts = [(i0, j0) for i0 in ox for j0 in oy]
     dup = window > nx or window > ny  # a window wraps onto itself: accumulate with add.at
     for s in range(0, len(starts), batch):
         idx = [((i0 + np.arange(window)) % nx, (j0 + np.arange(window)) % ny) for i0, j0 in starts[s : s + batch]]
         win = np.stack([desc[:, ii][:, :, jj] for ii, jj in idx])
-        for (ii, jj), p in zip(idx, run_batches(net, win, batch)):
-            sel = np.ix_(ii, jj)
+        for k, one in enumerate(nets):
+            for (ii, jj), p in zip(idx, run_batches(one, win, batch)):
+                sel = np.ix_(ii, jj)
+                if dup:
+                    np.add.at(acc[k], sel, w2[..., None] * p)
+                else:
+                    acc[k][sel] += w2[..., None] * p
+        for ii, jj in idx:
             if dup:
-                np.add.at(acc, sel, w2[..., None] * p)
-                np.add.at(wsum, sel, w2)
+                np.add.at(wsum, np.ix_(ii, jj), w2)
             else:
-                acc[sel] += w2[..., None] * p
-                wsum[sel] += w2
-    return acc / wsum[..., None]
+                wsum[np.ix_(ii, jj)] += w2
+    out = acc / wsum[None, ..., None]
+    return out if isinstance(net, (list, tuple)) else out[0]
 
 
 def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int = 8) -> np.ndarray:
@@ -318,7 +440,8 @@ def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int =
     periodicity and shift symmetry are exact only as far as the network ignores context
     beyond the margin; the tiles method has no such limit (each window is what the network
     was trained on). Memory grows with the cell area (one activation map of the whole padded
-    cell per layer), while tiles need a fixed amount per batch of windows."""
+    cell per layer), while tiles need a fixed amount per batch of windows. ``net`` a list or
+    tuple of networks: (M, NX, NY, NZ), one per network, as in :func:`tile_predict`."""
     desc = np.asarray(desc, dtype=np.float32)
     _, nx, ny, nz = desc.shape
     if nz % multiple:
@@ -326,5 +449,6 @@ def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int =
     px = pad + (-(nx + 2 * pad)) % multiple
     py = pad + (-(ny + 2 * pad)) % multiple
     big = np.pad(desc, ((0, 0), (pad, px), (pad, py), (0, 0)), mode="wrap")
-    out = run_batches(net, big[None], 1)[0]
-    return np.ascontiguousarray(out[pad : pad + nx, pad : pad + ny])
+    nets = list(net) if isinstance(net, (list, tuple)) else [net]
+    out = np.stack([run_batches(one, big[None], 1)[0][pad : pad + nx, pad : pad + ny] for one in nets])
+    return out if isinstance(net, (list, tuple)) else np.ascontiguousarray(out[0])

@@ -20,6 +20,13 @@ a surface rotated in the plane relative to the training data is presented rotate
 
 Heights and layers follow :mod:`hydrolayer.conventions` (``heights_above``, ``grid_peaks``):
 ``profile.png`` names the same layer heights as the evaluation report for the same density.
+
+Ensembles (a ``.json`` manifest as the model, :class:`~hydrolayer.inference.EnsemblePredictor`):
+one descriptor, every member on the same windows; the result is the members' mean, and with
+``uncertainty=True`` also their spread (:mod:`hydrolayer.uncertainty`: its definition, the
+per-window flag and the summary, which both grids carry in ``meta["uncertainty"]``).
+``write_outputs(..., spread=)`` adds ``uncertainty.cube``, ``uncertainty.npz`` and
+``uncertainty.png``. A single model runs exactly as before (no extra work).
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from .conventions import PLANE_TOL, Z_BELOW, grid_peaks, heights_above
 from .domain import check_domain
 from .grids import Grid, bilinear_periodic
 from .inference import (
+    EnsemblePredictor,
     Predictor,
     bf16_supported,
     blend_weight,
@@ -81,38 +89,72 @@ def predict_density(
     batch: int = 8,
     face: str = "top",
     source: str | None = None,
-) -> Grid:
+    uncertainty: bool = False,
+) -> "Grid | tuple[Grid, Grid]":
     """Water density over the whole lateral cell of ``atoms`` (rho/rho_bulk, one channel "water").
 
-    ``model``: a shipped model's name, a checkpoint path, a :class:`Predictor`, or ``None``
-    for the default shipped model. ``source`` names the structure in messages (a file name).
-    ``method``: ``"tiles"`` (default) or ``"cell"`` (:mod:`hydrolayer.inference`). The grid
-    spans the lateral cell and z from z_s - 5 to z_s + 15 Å (the descriptor grid of
+    ``model``: a shipped model's or ensemble's name, a checkpoint or ensemble-manifest path, a
+    :class:`Predictor`, or ``None`` for the default shipped model. ``source`` names the
+    structure in messages (a file name). ``method``: ``"tiles"`` (default) or ``"cell"``
+    (:mod:`hydrolayer.inference`). ``stride``: tile step in grid points. The grid spans the
+    lateral cell and z from z_s - 5 to z_s + 15 Å (the descriptor grid of
     ``descriptors.describe_cell``); ``grid.atoms`` are the input atoms and ``grid.meta`` holds
     the model, method, surface plane and domain notes. For ``face="bottom"`` the slab is
     mirrored (z -> -z) first: the grid and its atoms are in that mirrored frame, the bottom
     face pointing up.
-    """
-    from . import descriptors
 
+    An ensemble gives the members' mean. ``uncertainty=True`` (an ensemble only) returns
+    ``(mean_grid, spread_grid)``: the spread is the members' standard deviation (ddof 0,
+    rho/rho_bulk, channel "spread"); both grids' ``meta["uncertainty"]`` hold the first-layer
+    spread, each 10 x 10 Å window's spread and the flagged windows' corners (Å)
+    (:func:`hydrolayer.uncertainty.summarize`).
+    """
     src = source or "<structure>"
     if method not in ("tiles", "cell"):
         raise ValueError(f"method must be 'tiles' or 'cell', got {method!r}")
     if face not in ("top", "bottom"):
         raise ValueError(f"face must be 'top' or 'bottom', got {face!r}")
     pred = model if isinstance(model, Predictor) else load_predictor(model)
+    ensemble = isinstance(pred, EnsemblePredictor)
+    if uncertainty and not ensemble:
+        raise InputError(
+            f"{pred.source or pred.name}: uncertainty needs an ensemble (a .json manifest of several "
+            f"checkpoints); {pred.name} is a single network"
+        )
     M = lateral_supercell(atoms, src)
-    if M is not None:
-        return _predict_via_supercell(atoms, M, pred, src, face, method=method, stride=stride, batch=batch)
+    kw = dict(method=method, stride=stride, batch=batch)
+    if M is None:
+        grids = _predict_cell(atoms, pred, src, face, **kw)
+    else:
+        grids = _predict_via_supercell(atoms, M, pred, src, face, **kw)
+    if not ensemble:
+        return grids[0]
+    from .uncertainty import summarize
+
+    mean, spread = grids
+    mean.meta["uncertainty"] = spread.meta["uncertainty"] = summarize(mean, spread, len(pred.members))
+    return (mean, spread) if uncertainty else mean
+
+
+def _predict_cell(
+    atoms, pred: Predictor, src: str, face: str, method: str, stride: int | None, batch: int
+) -> tuple[Grid, ...]:
+    """The prediction on the cell as given (orthogonal): ``(grid,)`` for one network,
+    ``(mean, spread)`` for an ensemble (every member on the same descriptor windows)."""
+    from . import descriptors
+
     notes = check_domain(atoms, pred, src, face)
     desc = descriptors.describe_cell(atoms, sigma=pred.sigma, face=face, spacing=pred.spacing)
     _check_grid(desc.spec, pred, stride, src)
     window = pred.window_shape
+    ensemble = isinstance(pred, EnsemblePredictor)
+    nets = list(pred.nets) if ensemble else pred.net
     t0 = time.perf_counter()
     if method == "tiles":
-        rho = tile_predict(desc.values, pred.net, window=window[0], stride=stride, batch=batch)
+        rho = tile_predict(desc.values, nets, window=window[0], stride=stride, batch=batch)
     else:
-        rho = cell_predict(desc.values, pred.net, pad=window[0] // 2)
+        rho = cell_predict(desc.values, nets, pad=window[0] // 2)
+    values = [rho.mean(axis=0), rho.std(axis=0)] if ensemble else [rho]  # over the members, ddof 0
     meta = {
         "model": pred.name,
         "checkpoint": pred.source,
@@ -128,8 +170,21 @@ def predict_density(
         "predict_seconds": time.perf_counter() - t0,
         "source": src,
     }
-    return Grid(desc.spec, rho[None], ("water",), units="rho/rho_bulk", sigma=pred.meta.get("sigma_target"), meta=meta,
-                atoms=desc.atoms)
+    if ensemble:
+        meta["members"] = [m.source for m in pred.members]
+    grids = [
+        Grid(
+            desc.spec,
+            v[None],
+            (name,),
+            units="rho/rho_bulk",
+            sigma=pred.meta.get("sigma_target"),
+            meta=dict(meta),
+            atoms=desc.atoms,
+        )
+        for v, name in zip(values, ("water", "spread"))
+    ]
+    return tuple(grids)
 
 
 def _check_grid(spec, pred: Predictor, stride: int | None, src: str) -> None:
@@ -142,11 +197,14 @@ def _check_grid(spec, pred: Predictor, stride: int | None, src: str) -> None:
     if np.any(np.abs(spacing / pred.spacing - 1) > 0.02):
         warnings.warn(
             f"{src}: the cell's grid spacing {np.round(spacing, 4).tolist()} Å differs from the model's "
-            f"{pred.spacing} Å by more than 2%", stacklevel=3
+            f"{pred.spacing} Å by more than 2%",
+            stacklevel=3,
         )
     if stride is not None and not window[0] // 2 <= stride < window[0]:
-        raise InputError(f"{src}: stride must be {window[0] // 2}..{window[0] - 1} grid points "
-                         f"(half a window to one less than a window), got {stride}")
+        raise InputError(
+            f"{src}: stride must be {window[0] // 2}..{window[0] - 1} grid points "
+            f"(half a window to one less than a window), got {stride}"
+        )
 
 
 # =========================================================================== skewed cells
@@ -189,10 +247,10 @@ def lateral_supercell(atoms, source: str) -> np.ndarray | None:
     return M
 
 
-def _predict_via_supercell(atoms, M, pred, src, face, **kw) -> Grid:
+def _predict_via_supercell(atoms, M, pred, src, face, **kw) -> tuple[Grid, ...]:
     """Predict on the orthogonal supercell ``M`` of a non-orthogonal cell and interpolate
-    the density (periodic bilinear, laterally; the z planes coincide) back onto the grid of
-    the original cell."""
+    each grid (density; an ensemble's mean and spread) back onto the grid of the original
+    cell (periodic bilinear, laterally; the z planes coincide)."""
     from ase.build import make_supercell
 
     from . import descriptors
@@ -201,23 +259,33 @@ def _predict_via_supercell(atoms, M, pred, src, face, **kw) -> Grid:
     P[:2, :2] = M
     big = make_supercell(atoms, P, wrap=True)
     big.info = dict(atoms.info)
-    inner = predict_density(big, model=pred, face=face, source=src, **kw)
+    inner = _predict_cell(big, pred, src, face, **kw)
     own = descriptors.mirror(atoms) if face == "bottom" else atoms
-    target = descriptors.cell_spec(own, inner.meta["surface_z"], spacing=pred.spacing)
-    if target.shape[2] != inner.spec.shape[2] or not np.isclose(target.origin[2], inner.spec.origin[2]):
+    spec = inner[0].spec
+    target = descriptors.cell_spec(own, inner[0].meta["surface_z"], spacing=pred.spacing)
+    if target.shape[2] != spec.shape[2] or not np.isclose(target.origin[2], spec.origin[2]):
         raise RuntimeError("supercell and cell grids have different z planes")
     nx, ny, nz = target.shape
     pts = target.points()[:, :, 0, :2].reshape(-1, 2)
-    frac = np.mod((pts - inner.spec.origin[:2]) @ np.linalg.inv(inner.spec.cell[:2, :2]), 1.0)
-    rho = bilinear_periodic(inner.values[0], frac).reshape(nx, ny, nz).astype(np.float32)
-    meta = dict(inner.meta, supercell=M.tolist(),
-                supercell_note="non-orthogonal cell: predicted on this orthogonal supercell, interpolated back")
-    return Grid(target, rho[None], ("water",), units=inner.units, sigma=inner.sigma, meta=meta, atoms=own)
+    frac = np.mod((pts - spec.origin[:2]) @ np.linalg.inv(spec.cell[:2, :2]), 1.0)
+    out = []
+    for g in inner:
+        rho = bilinear_periodic(g.values[0], frac).reshape(nx, ny, nz).astype(np.float32)
+        meta = dict(
+            g.meta,
+            supercell=M.tolist(),
+            supercell_note="non-orthogonal cell: predicted on this orthogonal supercell, interpolated back",
+        )
+        out.append(Grid(target, rho[None], g.channels, units=g.units, sigma=g.sigma, meta=meta, atoms=own))
+    return tuple(out)
 
 
 # =========================================================================== outputs
-def write_outputs(grid: Grid, out_dir: str | Path) -> list[Path]:
-    """``water.cube`` (with the atoms), ``water.npz``, ``profile.png``, ``slices.png``, ``xz.png``."""
+def write_outputs(grid: Grid, out_dir: str | Path, spread: Grid | None = None) -> list[Path]:
+    """``water.cube`` (with the atoms), ``water.npz``, ``profile.png``, ``slices.png``, ``xz.png``;
+    with an ensemble's ``spread`` (``predict_density(..., uncertainty=True)``) also
+    ``uncertainty.cube``, ``uncertainty.npz`` and ``uncertainty.png`` (the spread at the
+    predicted layer heights, flagged windows outlined)."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder")
@@ -228,6 +296,9 @@ def write_outputs(grid: Grid, out_dir: str | Path) -> list[Path]:
     written.append(_save(_profile_figure(grid, z_s, peaks), out / "profile.png"))
     written.append(_save(_slices_figure(grid, z_s, peaks or [2.5]), out / "slices.png"))
     written.append(_save(_xz_figure(grid, z_s), out / "xz.png"))
+    if spread is not None:
+        written += [spread.write_cube(out / "uncertainty.cube"), spread.write_npz(out / "uncertainty.npz")]
+        written.append(_save(_uncertainty_figure(spread, z_s, peaks or [2.5]), out / "uncertainty.png"))
     return written
 
 
@@ -271,8 +342,8 @@ def _profile_figure(grid: Grid, z_s: float, peaks: list[float]):
     return fig
 
 
-def _slices_figure(grid: Grid, z_s: float, heights: list[float]):
-    """xy slices through the grid planes nearest to ``heights`` (Å above z_s)."""
+def _slices_figure(grid: Grid, z_s: float, heights: list[float], what: str = "water density", cmap: str = "viridis"):
+    """xy slices through the grid planes nearest to ``heights`` (Å above z_s) of ``what``."""
     from matplotlib.figure import Figure
 
     h = heights_above(grid.spec, z_s)
@@ -286,16 +357,33 @@ def _slices_figure(grid: Grid, z_s: float, heights: list[float]):
     atoms = grid.atoms
     for ax, hh in zip(axes, heights):
         k = int(np.argmin(np.abs(h - hh)))
-        mesh = ax.pcolormesh(XY[..., 0], XY[..., 1], rho[:, :, k], cmap="viridis", vmin=0, vmax=vmax, shading="flat")
+        mesh = ax.pcolormesh(XY[..., 0], XY[..., 1], rho[:, :, k], cmap=cmap, vmin=0, vmax=vmax, shading="flat")
         if atoms is not None and len(atoms):
             top = _top_cations(atoms, z_s)
-            ax.plot(atoms.positions[top, 0], atoms.positions[top, 1], "o", mfc="none", mec="w", ms=5, label="surface Ca")
+            ax.plot(
+                atoms.positions[top, 0], atoms.positions[top, 1], "o", mfc="none", mec="w", ms=5, label="surface Ca"
+            )
         ax.set_aspect("equal")
         ax.set_xlabel("x (Å)")
         ax.set_ylabel("y (Å)")
         ax.set_title(f"h = {h[k]:.2f} Å above the Ca plane", fontsize=9)
-    fig.colorbar(mesh, ax=list(axes), label="water density (rho / rho_bulk)")
-    fig.suptitle(f"Predicted water density, xy slices ({_title_model(grid)})", fontsize=10)
+    fig.colorbar(mesh, ax=list(axes), label=f"{what} (rho / rho_bulk)")
+    fig.suptitle(f"Predicted {what}, xy slices ({_title_model(grid)})", fontsize=10)
+    return fig
+
+
+def _uncertainty_figure(spread: Grid, z_s: float, heights: list[float]):
+    """The ensemble spread in xy slices at ``heights`` (Å above z_s), the flagged 10 x 10 Å
+    windows outlined (``meta["uncertainty"]``)."""
+    from matplotlib.patches import Rectangle
+
+    info = spread.meta.get("uncertainty") or {}
+    fig = _slices_figure(spread, z_s, heights, what="ensemble spread (std over members)", cmap="magma")
+    side = info.get("window_A", 10.0)
+    for ax in fig.axes[: len(heights)]:
+        for x0, y0 in info.get("flagged_windows_A", []):
+            ax.add_patch(Rectangle((x0, y0), side, side, fill=False, ec="c", lw=1.2, ls="--"))
+        ax.set_title(ax.get_title() + f"; {len(info.get('flagged_windows_A', []))} windows flagged", fontsize=8)
     return fig
 
 
@@ -315,7 +403,9 @@ def _xz_figure(grid: Grid, z_s: float):
     zedges = np.concatenate([h - dz / 2, [h[-1] + dz / 2]])
     fig = Figure(figsize=(7.0, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    mesh = ax.pcolormesh(x, zedges, grid.values[0][:, j, :].T, cmap="viridis", vmin=0, vmax=_vmax(grid, h), shading="flat")
+    mesh = ax.pcolormesh(
+        x, zedges, grid.values[0][:, j, :].T, cmap="viridis", vmin=0, vmax=_vmax(grid, h), shading="flat"
+    )
     yj = spec.origin[1] + j / ny * spec.cell[1, 1]
     if atoms is not None and len(atoms):
         _mark_atoms_near_row(ax, atoms, spec, row, yj, z_s, h[0])
@@ -332,7 +422,11 @@ def _mark_atoms_near_row(ax, atoms, spec, row: np.ndarray, yj: float, z_s: float
     ly = spec.cell[1, 1]
     dy = (atoms.positions[:, 1] - yj + 0.5 * ly) % ly - 0.5 * ly
     near = np.abs(dy) < 1.0
-    styles = (("Ca", dict(mfc="none", mec="w", ms=7)), ("C", dict(mfc="0.2", mec="w", ms=4)), ("O", dict(mfc="r", mec="w", ms=4)))
+    styles = (
+        ("Ca", dict(mfc="none", mec="w", ms=7)),
+        ("C", dict(mfc="0.2", mec="w", ms=4)),
+        ("O", dict(mfc="r", mec="w", ms=4)),
+    )
     for el, style in styles:
         m = near & (sym == el) & (atoms.positions[:, 2] - z_s > hmin)
         if m.any():

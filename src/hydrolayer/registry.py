@@ -1,20 +1,44 @@
-"""The shipped models: ``src/hydrolayer/pretrained/<name>.pt`` with its model card ``<name>.md``.
+"""The shipped models: ``src/hydrolayer/pretrained/<name>.pt`` with its model card ``<name>.md``,
+and ensembles: ``<name>.ensemble.json`` (card ``<name>.md`` too).
 
-``pretrained/DEFAULT`` (one line, a name) picks the default, else the first U-Net by name.
-:func:`resolve_model` turns what a user gives (a shipped name, a checkpoint path or nothing)
-into a checkpoint path; :func:`models_text` is what ``hydrolayer models`` prints. No torch here.
+``pretrained/DEFAULT`` (one line, a name) picks the default, else the first single U-Net by
+name. :func:`resolve_model` turns what a user gives (a shipped name, a checkpoint or manifest
+path, or nothing) into a path; :func:`models_text` is what ``hydrolayer models`` prints.
+
+An ensemble is a small JSON manifest (:func:`read_ensemble`, :func:`write_ensemble`)::
+
+    {"name": "unet-v1-ens", "members": ["member-0/model.pt", "member-1/model.pt"], "note": "..."}
+
+member paths relative to the manifest's folder (absolute paths work too). Any ``.json`` path
+given as a model is read as a manifest (``hydrolayer train --ensemble`` writes
+``RUN/ensemble.json``); shipped ones are named ``<name>.ensemble.json``. No torch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from pathlib import Path
 
-from .util import InputError
+from .util import InputError, atomic_output
 
-__all__ = ["PRETRAINED_DIR", "ShippedModel", "list_models", "default_model_name", "resolve_model", "models_text"]
+__all__ = [
+    "PRETRAINED_DIR",
+    "ENSEMBLE_SUFFIX",
+    "ShippedModel",
+    "EnsembleManifest",
+    "list_models",
+    "default_model_name",
+    "resolve_model",
+    "is_ensemble_path",
+    "read_ensemble",
+    "write_ensemble",
+    "models_text",
+]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+ENSEMBLE_SUFFIX = ".ensemble.json"  # a shipped ensemble's manifest: pretrained/<name>.ensemble.json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +48,10 @@ class ShippedModel:
     name: str
     path: Path
     card: Path | None
+
+    @property
+    def is_ensemble(self) -> bool:
+        return is_ensemble_path(self.path)
 
     def card_text(self) -> str:
         return self.card.read_text() if self.card is not None and self.card.exists() else "(no model card)"
@@ -44,20 +72,24 @@ def _folder(directory) -> Path:
 
 
 def list_models(directory: Path | str | None = None) -> list[ShippedModel]:
-    """Checkpoints in the registry folder (default: the package's ``pretrained/``), by name."""
+    """Checkpoints and ensemble manifests in the registry folder (default: the package's
+    ``pretrained/``), by name."""
     d = _folder(directory)
     if not d.is_dir():
         return []
+    found = {pt.stem: pt for pt in d.glob("*.pt")}
+    found.update({m.name[: -len(ENSEMBLE_SUFFIX)]: m for m in d.glob(f"*{ENSEMBLE_SUFFIX}")})
     out = []
-    for pt in sorted(d.glob("*.pt")):
-        card = pt.with_suffix(".md")
-        out.append(ShippedModel(pt.stem, pt, card if card.exists() else None))
+    for name in sorted(found):
+        card = d / f"{name}.md"
+        out.append(ShippedModel(name, found[name], card if card.exists() else None))
     return out
 
 
 def default_model_name(directory: Path | str | None = None) -> str | None:
-    """``pretrained/DEFAULT`` if present, else the first shipped model whose name starts with
-    ``unet`` (the U-Net family), else the first one; ``None`` when nothing is shipped."""
+    """``pretrained/DEFAULT`` if present (a single model or an ensemble), else the first shipped
+    single model whose name starts with ``unet`` (the U-Net family), else the first single
+    model; ``None`` when nothing is shipped."""
     d = _folder(directory)
     models = list_models(d)
     if not models:
@@ -68,31 +100,97 @@ def default_model_name(directory: Path | str | None = None) -> str | None:
         name = marker.read_text().strip()
         if name in names:
             return name
-    unets = [n for n in names if n.startswith("unet")]
-    return (unets or names)[0]
+    singles = [m.name for m in models if not m.is_ensemble] or names
+    unets = [n for n in singles if n.startswith("unet")]
+    return (unets or singles)[0]
 
 
 def resolve_model(model: str | Path | None, directory: Path | str | None = None) -> Path:
-    """The checkpoint path of ``model``: a shipped model's name, a path to a ``.pt`` file, or
-    ``None`` for the default shipped model. :class:`InputError` when there is none."""
+    """The path of ``model``: a shipped model's or ensemble's name, a path to a ``.pt``
+    checkpoint or a ``.json`` ensemble manifest, or ``None`` for the default shipped model.
+    :class:`InputError` when there is none."""
     d = _folder(directory)
+    shipped = {m.name: m.path for m in list_models(d)}
     if model is None:
         name = default_model_name(d)
         if name is None:
             raise InputError(
                 f"{d}: no trained model is shipped yet; pass --model PATH to a checkpoint (.pt) written by training"
             )
-        return d / f"{name}.pt"
+        return shipped[name]
     p = Path(model)
-    if p.suffix == ".pt" or p.exists() or "/" in str(model):
+    if p.suffix in (".pt", ".json") or p.exists() or "/" in str(model):
         if not p.exists():
-            raise InputError(f"{p}: checkpoint not found")
+            raise InputError(f"{p}: {'ensemble manifest' if is_ensemble_path(p) else 'checkpoint'} not found")
         return p
-    names = [m.name for m in list_models(d)]
-    if str(model) in names:
-        return d / f"{model}.pt"
-    shipped = ", ".join(names) if names else "none shipped yet"
-    raise InputError(f"{model}: no such model (shipped: {shipped}); or give a path to a .pt checkpoint")
+    if str(model) in shipped:
+        return shipped[str(model)]
+    names = ", ".join(shipped) if shipped else "none shipped yet"
+    raise InputError(
+        f"{model}: no such model (shipped: {names}); or give a path to a .pt checkpoint or an ensemble .json"
+    )
+
+
+# =========================================================================== ensembles
+def is_ensemble_path(path: str | Path) -> bool:
+    """Whether a resolved model path is an ensemble manifest (any ``.json``)."""
+    return Path(path).suffix == ".json"
+
+
+@dataclasses.dataclass(frozen=True)
+class EnsembleManifest:
+    """A read ensemble manifest: ``name``, member checkpoint ``members`` (absolute paths,
+    checked to exist), ``note`` and the manifest's own ``path``."""
+
+    name: str
+    members: tuple
+    note: str
+    path: Path
+
+
+def read_ensemble(path: str | Path) -> EnsembleManifest:
+    """Read and check an ensemble manifest: JSON with a non-empty ``members`` list of ``.pt``
+    paths (relative to the manifest's folder), each existing. One-line :class:`InputError`."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: ensemble manifest not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise InputError(f"{path}: not an ensemble manifest (not JSON: {str(err).splitlines()[0]})") from None
+    members = doc.get("members") if isinstance(doc, dict) else None
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) for m in members):
+        raise InputError(f'{path}: an ensemble manifest needs "members": a non-empty list of checkpoint paths')
+    resolved = []
+    for m in members:
+        p = Path(m) if os.path.isabs(m) else path.parent / m
+        if is_ensemble_path(p):
+            raise InputError(f"{path}: member {m} is itself a manifest; members must be .pt checkpoints")
+        if not p.is_file():
+            raise InputError(f"{path}: member {m} not found ({p})")
+        resolved.append(p)
+    name = str(doc.get("name") or path.name.removesuffix(ENSEMBLE_SUFFIX).removesuffix(".json"))
+    return EnsembleManifest(name, tuple(resolved), str(doc.get("note") or ""), path)
+
+
+def write_ensemble(path: str | Path, members, name: str | None = None, note: str = "", **extra) -> Path:
+    """Write a manifest at ``path`` listing the checkpoints ``members`` (stored relative to
+    the manifest's folder when they are inside it); ``extra`` keys are kept as they are."""
+    path = Path(path)
+    base = path.parent.resolve()
+    rel = []
+    for m in members:
+        m = Path(m).resolve()
+        rel.append(str(m.relative_to(base)) if m.is_relative_to(base) else str(m))
+    doc = {
+        "name": name or path.name.removesuffix(ENSEMBLE_SUFFIX).removesuffix(".json"),
+        "members": rel,
+        "note": note,
+        **extra,
+    }
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
 
 
 def models_text(card: str | None = None, directory: Path | str | None = None) -> str:
@@ -104,12 +202,12 @@ def models_text(card: str | None = None, directory: Path | str | None = None) ->
             raise InputError(f"{card}: no such shipped model (shipped: {', '.join(models) or 'none yet'})")
         return models[card].card_text().rstrip()
     if not models:
-        return f"no trained models shipped yet ({d} has no .pt files)"
+        return f"no trained models shipped yet ({d} has no .pt files or {ENSEMBLE_SUFFIX} manifests)"
     default = default_model_name(d)
     lines = []
     for name, m in models.items():
         lines.append(f"{name}{' (default)' if name == default else ''}: {m.summary()}")
-        lines.append(f"    checkpoint {m.path}")
+        lines.append(f"    {'ensemble  ' if m.is_ensemble else 'checkpoint'} {m.path}")
         lines.append(f"    card       {m.card if m.card else '(missing)'}")
     lines.append("(hydrolayer models --card NAME prints a card)")
     return "\n".join(lines)

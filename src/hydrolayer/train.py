@@ -19,6 +19,15 @@ targets L1 learns the median and L2 the mean. Adam, ReduceLROnPlateau on the val
 early stopping after ``patience`` epochs without improvement. Every epoch is a checkpoint;
 ``resume=True`` continues exactly (same split, windows, optimiser state, RNG state).
 
+Ensembles (:func:`fit_ensemble`, ``hydrolayer train --ensemble N [--bootstrap]``): N
+ordinary runs ``RUN/member-<k>/`` one after another, member k with seed ``seed + k`` and,
+with ``bootstrap``, its own resample of the training simulations (by simulation, with
+replacement, as many as the split has; a simulation drawn twice weighs twice); validation
+and test simulations are the same for every member (``RUN/split.json``; the bootstrap splits
+in ``RUN/splits/``). ``RUN/ensemble-plan.json`` holds the settings, ``RUN/ensemble.json`` (the
+manifest ``hydrolayer predict --model`` takes) is written when every member is done; a
+killed ensemble resumes member by member (``resume=True``). One process (not under torchrun).
+
 Several processes: launched by ``torchrun`` (``WORLD_SIZE`` > 1 in the environment) the
 same command uses DistributedDataParallel with the gloo backend (CPU); every global batch
 is cut into one share per process, so the result matches one process with the same global
@@ -42,10 +51,27 @@ import numpy as np
 from .conventions import WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW
 from .util import InputError, atomic_output
 
-__all__ = ["TrainConfig", "TrainState", "Training", "CheckpointIO", "FitContext", "load_config", "fit", "validation_score",
-           "checkpoint_extra", "check_db", "d4", "LOSSES"]
+__all__ = [
+    "TrainConfig",
+    "TrainState",
+    "Training",
+    "CheckpointIO",
+    "FitContext",
+    "load_config",
+    "fit",
+    "validation_score",
+    "checkpoint_extra",
+    "check_db",
+    "d4",
+    "LOSSES",
+    "fit_ensemble",
+    "is_ensemble_run",
+    "bootstrap_split",
+    "ENSEMBLE_PLAN",
+]
 
 LOSSES = ("l1", "l2")
+ENSEMBLE_PLAN = "ensemble-plan.json"  # in an ensemble's run folder: members, bootstrap, config, splits
 
 
 @dataclasses.dataclass
@@ -78,7 +104,9 @@ class TrainConfig:
     grids_dir: str | None = None  # the database's grid folder if not beside it
     max_val_windows: int | None = None  # cap validation windows (speed), None: all
     threads: int | None = None  # torch CPU threads per process; None: torch's default
-    precision: str = "float32"  # training forward pass: "float32" or "bfloat16" (CPU autocast; validation stays float32)
+    precision: str = (
+        "float32"  # training forward pass: "float32" or "bfloat16" (CPU autocast; validation stays float32)
+    )
 
     def __post_init__(self):
         from .models import MODELS
@@ -88,10 +116,14 @@ class TrainConfig:
         try:
             self.split_fractions = tuple(float(f) for f in self.split_fractions)
         except (TypeError, ValueError):
-            raise ValueError(f"split_fractions must be three numbers (train, val, test), got {self.split_fractions!r}") from None
+            raise ValueError(
+                f"split_fractions must be three numbers (train, val, test), got {self.split_fractions!r}"
+            ) from None
         f = self.split_fractions
         if len(f) != 3 or min(f) < 0 or f[0] <= 0 or f[1] <= 0 or abs(sum(f) - 1) > 1e-6:
-            raise ValueError(f"split_fractions must be three numbers >= 0 summing to 1 with train and val > 0, got {self.split_fractions!r}")
+            raise ValueError(
+                f"split_fractions must be three numbers >= 0 summing to 1 with train and val > 0, got {self.split_fractions!r}"
+            )
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.loss not in (*LOSSES, "compare"):
@@ -148,7 +180,9 @@ def load_config(path=None, **overrides) -> TrainConfig:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InputError(f"{path or 'config'}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        raise InputError(
+            f"{path or 'config'}: unknown setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+        )
     try:
         return TrainConfig(**values)
     except (ValueError, TypeError) as err:
@@ -250,7 +284,9 @@ def window_spec_dict() -> dict:
     return GridSpec.orthogonal(WINDOW_SIZE, WINDOW_SHAPE, origin=(0.0, 0.0, -Z_BELOW)).to_dict()
 
 
-def checkpoint_extra(cfg: TrainConfig, loss: str, db=None, split: dict | None = None, baseline: dict | None = None) -> dict:
+def checkpoint_extra(
+    cfg: TrainConfig, loss: str, db=None, split: dict | None = None, baseline: dict | None = None
+) -> dict:
     """Checkpoint metadata beside the weights. ``training`` carries the split (unique ids)
     and the height-only baseline so that a checkpoint alone can be evaluated."""
     from .data import DEFAULT_SIGMA_TARGET
@@ -268,7 +304,9 @@ def checkpoint_extra(cfg: TrainConfig, loss: str, db=None, split: dict | None = 
             "db": None if db is None else str(db),
             "simulations": None if split is None else len(split["train"]),
             "held_out": None if split is None else sorted(split["named"]),
-            "split": None if split is None else {k: split[k] for k in ("seed", "train", "val", "test", "named") if k in split},
+            "split": None
+            if split is None
+            else {k: split[k] for k in ("seed", "train", "val", "test", "named") if k in split},
             "baseline": baseline,
         },
     }
@@ -279,7 +317,9 @@ def _progress(prefix, done, total, rate, loss, tty):
         return
     width = 24
     fill = int(width * done / max(total, 1))
-    sys.stderr.write(f"\r{prefix} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} windows  {rate:5.1f} windows/s  loss {loss:.4f} ")
+    sys.stderr.write(
+        f"\r{prefix} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} windows  {rate:5.1f} windows/s  loss {loss:.4f} "
+    )
     sys.stderr.flush()
 
 
@@ -356,7 +396,9 @@ class Training:
         # per step; the same arithmetic up to summation order (benchmarks/RESULTS.md)
         model = build_model(cfg.model, **cfg.model_kwargs()).to(memory_format=torch.channels_last_3d)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
+        )
         return cls(model, opt, sched, TrainState())
 
     @property
@@ -383,8 +425,12 @@ class CheckpointIO:
         if improved:
             save_checkpoint(self.folder / "best.pt", training.model, extra)
         payload = checkpoint_payload(training.model, extra)
-        payload.update(optimizer=training.optimizer.state_dict(), scheduler=training.scheduler.state_dict(),
-                       torch_rng=torch.get_rng_state(), train_state=training.state.to_dict())
+        payload.update(
+            optimizer=training.optimizer.state_dict(),
+            scheduler=training.scheduler.state_dict(),
+            torch_rng=torch.get_rng_state(),
+            train_state=training.state.to_dict(),
+        )
         with atomic_output(self.checkpoint) as tmp:
             torch.save(payload, tmp)
         with open(self.metrics, "a") as fh:
@@ -430,8 +476,15 @@ class FitContext:
         _log(msg, self.dist.rank)
 
 
-def fit(db, out, config: TrainConfig | None = None, resume: bool = False, epochs: int | None = None,
-        progress: bool = True, stop_after: int | None = None) -> dict:
+def fit(
+    db,
+    out,
+    config: TrainConfig | None = None,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
     """Train (or resume) a run in ``out``; return the summary (also ``out/summary.json``).
 
     ``epochs`` overrides the configured number (e.g. to extend a resumed run).
@@ -500,29 +553,45 @@ def _fit(ctx: FitContext) -> dict:
 
 def _prepare_split(ctx: FitContext) -> None:
     """split.json: an earlier run's (``cfg.split_file``) or a new one; read back on every process."""
-    from . import data, store
+    from . import data
 
     cfg, db = ctx.cfg, ctx.db
     split_path = ctx.out / "split.json"
     if ctx.dist.rank == 0 and not split_path.exists():
-        rows = list(store.iter_rows(db))
-        if not rows:
-            raise InputError(f"{db}: no finished simulations in the database")
-        if cfg.split_file:  # the split of an earlier run: models trained on the same simulations
-            split = data.load_split(cfg.split_file)
-            known = {r.unique_id for r in rows}
-            missing = [u for u in split["train"] + split["val"] + split["test"] if u not in known]
-            if missing:
-                raise InputError(f"{cfg.split_file}: {len(missing)} simulation(s) of the split are not in {db} (e.g. {missing[0]})")
-        else:
-            split = data.make_split(rows, seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
-                                    fractions=cfg.split_fractions, train_surfaces=cfg.train_surfaces)
-        split["db"] = str(db)
+        split = _new_split(db, cfg)
         data.save_split(split, split_path)
-        ctx.log(f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test simulations; "
-                f"held out by name: {', '.join(f'{k} ({len(v)})' for k, v in split['named'].items()) or 'none'}")
+        ctx.log(
+            f"split: {len(split['train'])} train, {len(split['val'])} val, {len(split['test'])} test simulations; "
+            f"held out by name: {', '.join(f'{k} ({len(v)})' for k, v in split['named'].items()) or 'none'}"
+        )
     ctx.dist.barrier()
     ctx.split = data.load_split(split_path)
+
+
+def _new_split(db, cfg: TrainConfig) -> dict:
+    """The split of a new run: ``cfg.split_file`` (checked against ``db``) or a new one."""
+    from . import data, store
+
+    rows = list(store.iter_rows(db))
+    if not rows:
+        raise InputError(f"{db}: no finished simulations in the database")
+    if cfg.split_file:  # the split of an earlier run: models trained on the same simulations
+        split = data.load_split(cfg.split_file)
+        known = {r.unique_id for r in rows}
+        missing = [u for u in split["train"] + split["val"] + split["test"] if u not in known]
+        if missing:
+            raise InputError(
+                f"{cfg.split_file}: {len(missing)} simulation(s) of the split are not in {db} (e.g. {missing[0]})"
+            )
+    else:
+        split = data.make_split(
+            rows,
+            seed=cfg.seed if cfg.split_seed is None else cfg.split_seed,
+            fractions=cfg.split_fractions,
+            train_surfaces=cfg.train_surfaces,
+        )
+    split["db"] = str(db)
+    return split
 
 
 def _prepare_banks(ctx: FitContext) -> None:
@@ -531,7 +600,9 @@ def _prepare_banks(ctx: FitContext) -> None:
 
     cfg, rank = ctx.cfg, ctx.dist.rank
     cache = Path(cfg.cache_dir) if cfg.cache_dir else ctx.out / "cache"
-    kw = dict(sigma=cfg.sigma, sigma_target=cfg.sigma_target, grids_dir=cfg.grids_dir, train_surfaces=cfg.train_surfaces)
+    kw = dict(
+        sigma=cfg.sigma, sigma_target=cfg.sigma_target, grids_dir=cfg.grids_dir, train_surfaces=cfg.train_surfaces
+    )
     t0 = time.perf_counter()
     if rank == 0:
         ctx.train_bank = data.build_bank(ctx.db, ctx.split["train"], cache, log=ctx.log, **kw)
@@ -540,8 +611,10 @@ def _prepare_banks(ctx: FitContext) -> None:
     if rank != 0:
         ctx.train_bank = data.build_bank(ctx.db, ctx.split["train"], cache, **kw)
         ctx.val_bank = data.build_bank(ctx.db, ctx.split["val"], cache, **kw)
-    ctx.log(f"window bank ready in {time.perf_counter() - t0:.1f} s: {len(ctx.train_bank)} training and "
-            f"{len(ctx.val_bank)} validation interfaces")
+    ctx.log(
+        f"window bank ready in {time.perf_counter() - t0:.1f} s: {len(ctx.train_bank)} training and "
+        f"{len(ctx.val_bank)} validation interfaces"
+    )
     ctx.val_plan = ctx.val_bank.grid_plan()
     if cfg.max_val_windows:
         ctx.val_plan = ctx.val_plan[: cfg.max_val_windows]
@@ -551,12 +624,15 @@ def _prepare_baseline(ctx: FitContext) -> None:
     """baseline.json: the height-only baseline (mean training target per height)."""
     path = ctx.out / "baseline.json"
     if ctx.dist.rank == 0 and not path.exists():
-        _write_json(path, {
-            "what": "height-only baseline: mean training target (rho/rho_bulk) per height above the surface plane",
-            "height": ctx.train_bank.heights().tolist(),
-            "profile": ctx.train_bank.mean_profile().tolist(),
-            "sigma_target": ctx.cfg.sigma_target,
-        })
+        _write_json(
+            path,
+            {
+                "what": "height-only baseline: mean training target (rho/rho_bulk) per height above the surface plane",
+                "height": ctx.train_bank.heights().tolist(),
+                "profile": ctx.train_bank.mean_profile().tolist(),
+                "sigma_target": ctx.cfg.sigma_target,
+            },
+        )
     ctx.dist.barrier()
     ctx.baseline = json.loads(path.read_text())
 
@@ -568,15 +644,22 @@ def _conclude(ctx: FitContext, results: dict) -> dict:
         "model": ctx.cfg.model,
         "losses": results,
         "kept": best,
-        "why": f"lower validation MAE ({results[best]['best_val_mae']:.4g} rho/rho_bulk)" if len(results) > 1 else "only loss trained",
+        "why": f"lower validation MAE ({results[best]['best_val_mae']:.4g} rho/rho_bulk)"
+        if len(results) > 1
+        else "only loss trained",
         "split": "split.json",
     }
     if ctx.dist.rank == 0:
         with atomic_output(ctx.out / "model.pt") as tmp:
             shutil.copyfile(ctx.out / best / "best.pt", tmp)
         _write_json(ctx.out / "summary.json", summary)
-        ctx.log(f"kept {best}: " + ", ".join(f"{k} best val MAE {v['best_val_mae']:.4g} (epoch {v['best_epoch']})"
-                                             for k, v in results.items()) + f" -> {ctx.out / 'model.pt'}")
+        ctx.log(
+            f"kept {best}: "
+            + ", ".join(
+                f"{k} best val MAE {v['best_val_mae']:.4g} (epoch {v['best_epoch']})" for k, v in results.items()
+            )
+            + f" -> {ctx.out / 'model.pt'}"
+        )
     return summary
 
 
@@ -595,7 +678,9 @@ def _fit_one(ctx: FitContext, loss_name: str) -> dict:
     if ctx.resume and io.checkpoint.exists():
         io.restore(training, cfg, dist.rank)
         s = training.state
-        ctx.log(f"[{loss_name}] resumed after epoch {s.epoch} (best val MAE {s.best_val_mae:.4g} at epoch {s.best_epoch})")
+        ctx.log(
+            f"[{loss_name}] resumed after epoch {s.epoch} (best val MAE {s.best_val_mae:.4g} at epoch {s.best_epoch})"
+        )
     state = training.state
     if state.done or state.epoch >= cfg.epochs:
         state.done = True
@@ -606,7 +691,11 @@ def _fit_one(ctx: FitContext, loss_name: str) -> dict:
     for n_run, epoch in enumerate(range(state.epoch, cfg.epochs), start=1):
         rec = _run_epoch(ctx, training, net, lossf, loss_name)
         if dist.rank == 0:
-            extra = dict(checkpoint_extra(cfg, loss_name, ctx.db, ctx.split, ctx.baseline), epoch=epoch + 1, val_mae=rec["val_mae"])
+            extra = dict(
+                checkpoint_extra(cfg, loss_name, ctx.db, ctx.split, ctx.baseline),
+                epoch=epoch + 1,
+                val_mae=rec["val_mae"],
+            )
             io.save(training, extra, rec["best"])
             _log_epoch(ctx, rec)
         dist.barrier()
@@ -623,8 +712,10 @@ def _check_plan_size(ctx: FitContext) -> None:
     cfg = ctx.cfg
     n_plan = len(ctx.train_bank) * cfg.windows_per_interface
     if n_plan < cfg.batch_size:
-        raise InputError(f"{ctx.out}: {n_plan} training windows per epoch ({len(ctx.train_bank)} slab faces x "
-                         f"windows_per_interface {cfg.windows_per_interface}) is less than batch_size {cfg.batch_size}")
+        raise InputError(
+            f"{ctx.out}: {n_plan} training windows per epoch ({len(ctx.train_bank)} slab faces x "
+            f"windows_per_interface {cfg.windows_per_interface}) is less than batch_size {cfg.batch_size}"
+        )
 
 
 def _run_epoch(ctx: FitContext, training: Training, net, lossf, loss_name: str) -> dict:
@@ -666,7 +757,11 @@ def _train_pass(ctx: FitContext, training: Training, net, lossf, loss_name: str)
     cfg, rank, epoch = ctx.cfg, ctx.dist.rank, training.state.epoch
     local_b = cfg.batch_size // ctx.dist.world
     plan = ctx.train_bank.random_plan(np.random.default_rng([cfg.seed, epoch]), cfg.windows_per_interface)
-    ops = np.random.default_rng([cfg.seed, epoch, 1]).integers(0, 8, size=len(plan)) if cfg.symmetry else np.zeros(len(plan), int)
+    ops = (
+        np.random.default_rng([cfg.seed, epoch, 1]).integers(0, 8, size=len(plan))
+        if cfg.symmetry
+        else np.zeros(len(plan), int)
+    )
     nb = max(1, len(plan) // cfg.batch_size)
     tty = ctx.progress and rank == 0 and sys.stderr.isatty()
     t = {"loss_sum": 0.0, "load_s": 0.0, "step_s": 0.0, "batches": nb, "windows": nb * cfg.batch_size}
@@ -691,7 +786,14 @@ def _train_pass(ctx: FitContext, training: Training, net, lossf, loss_name: str)
         t["step_s"] += t3 - t2
         t["loss_sum"] += float(loss.detach())
         done = (b + 1) * cfg.batch_size
-        _progress(f"[{loss_name}] epoch {epoch + 1}/{cfg.epochs}", done, t["windows"], done / (t3 - t_ep), t["loss_sum"] / (b + 1), tty)
+        _progress(
+            f"[{loss_name}] epoch {epoch + 1}/{cfg.epochs}",
+            done,
+            t["windows"],
+            done / (t3 - t_ep),
+            t["loss_sum"] / (b + 1),
+            tty,
+        )
     if tty:
         sys.stderr.write("\n")
     t["train_s"] = time.perf_counter() - t_ep
@@ -721,7 +823,124 @@ def validation_score(model, bank, plan, batch: int, dist: _Dist | None = None) -
 
 
 def _log_epoch(ctx: FitContext, rec: dict) -> None:
-    ctx.log(f"[{rec['loss']}] epoch {rec['epoch']}/{ctx.cfg.epochs}: train {rec['loss']} {rec['train_loss']:.4f}, "
-            f"val MAE {rec['val_mae']:.4f} rho/rho_bulk ({rec['val_mae_A3']:.3e} A^-3){' *' if rec['best'] else ''}, "
-            f"lr {rec['lr']:.2e}, {rec['windows_per_s']:.1f} windows/s (loading {rec['load_s']:.2f} s of "
-            f"{rec['windows'] / rec['windows_per_s']:.1f} s)")
+    ctx.log(
+        f"[{rec['loss']}] epoch {rec['epoch']}/{ctx.cfg.epochs}: train {rec['loss']} {rec['train_loss']:.4f}, "
+        f"val MAE {rec['val_mae']:.4f} rho/rho_bulk ({rec['val_mae_A3']:.3e} A^-3){' *' if rec['best'] else ''}, "
+        f"lr {rec['lr']:.2e}, {rec['windows_per_s']:.1f} windows/s (loading {rec['load_s']:.2f} s of "
+        f"{rec['windows'] / rec['windows_per_s']:.1f} s)"
+    )
+
+
+# ------------------------------------------------------------------ ensembles
+def is_ensemble_run(out) -> bool:
+    """Whether ``out`` is an ensemble's run folder (it has :data:`ENSEMBLE_PLAN`)."""
+    return (Path(out) / ENSEMBLE_PLAN).is_file()
+
+
+def bootstrap_split(split: dict, seed) -> dict:
+    """``split`` with its training simulations resampled by simulation, with replacement (as
+    many as there are; duplicates kept, sorted), by ``numpy.random.default_rng(seed)``;
+    validation, test and named sets unchanged. The draw is recorded in ``"bootstrap"``."""
+    train = list(split["train"])
+    rng = np.random.default_rng(seed)
+    drawn = sorted(train[i] for i in rng.integers(0, len(train), size=len(train)))
+    seed_list = [int(v) for v in np.atleast_1d(seed)]
+    return dict(split, train=drawn, bootstrap={"seed": seed_list, "of": train, "distinct": len(set(drawn))})
+
+
+def fit_ensemble(
+    db,
+    out,
+    config: TrainConfig | None = None,
+    members: int = 4,
+    bootstrap: bool = False,
+    resume: bool = False,
+    epochs: int | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict:
+    """Train (or resume) an ensemble of ``members`` runs in ``out/member-<k>/`` (module notes),
+    then write ``out/ensemble.json``; return ``{"members": [summary, ...], "manifest": path}``
+    (``{"stopped": True, ...}`` when ``stop_after`` ended a member early, as in :func:`fit`).
+    ``epochs`` overrides the configured number (resume: extends every member)."""
+    from .registry import write_ensemble
+
+    out = Path(out)
+    check_db(db)
+    if _Dist().world > 1:
+        raise InputError(f"{out}: an ensemble trains its members one after another in one process; not under torchrun")
+    plan = _load_plan(out) if resume else _new_plan(db, out, config, members, bootstrap)
+    results = []
+    for k in range(plan["members"]):
+        run = out / f"member-{k}"
+        if resume and (run / "summary.json").exists() and epochs is None:
+            results.append(json.loads((run / "summary.json").read_text()))
+            continue
+        _log(f"ensemble member {k + 1} of {plan['members']}: {run}")
+        if (run / "config.json").exists():
+            r = fit(db, run, resume=True, epochs=epochs, progress=progress, stop_after=stop_after)
+        else:
+            cfg = TrainConfig(**dict(plan["config"], seed=plan["seeds"][k], split_file=str(out / plan["splits"][k])))
+            r = fit(db, run, cfg, epochs=epochs, progress=progress, stop_after=stop_after)
+        if r.get("stopped"):
+            return {"stopped": True, "member": k, "members": results}
+        results.append(r)
+    note = (
+        f"{plan['members']} members, seeds {plan['seeds']}"
+        + (", each on a bootstrap resample of the training simulations" if plan["bootstrap"] else ", one training set")
+        + "; the same validation and test simulations (split.json)"
+    )
+    manifest = write_ensemble(
+        out / "ensemble.json",
+        [out / f"member-{k}" / "model.pt" for k in range(plan["members"])],
+        name=out.name,
+        note=note,
+        bootstrap=plan["bootstrap"],
+        seeds=plan["seeds"],
+    )
+    _log(f"ensemble of {plan['members']} written: {manifest}")
+    return {"members": results, "manifest": str(manifest)}
+
+
+def _new_plan(db, out: Path, config: TrainConfig | None, members: int, bootstrap: bool) -> dict:
+    """A new ensemble's plan: the shared split (``out/split.json``), the members' seeds and
+    splits (bootstrap: ``out/splits/member-<k>.json``), one window cache (``out/cache``)."""
+    from . import data
+
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise InputError(f"{out}: --ensemble needs a number of members >= 1, got {members!r}")
+    if out.exists() and any(out.iterdir()):
+        what = (
+            "an ensemble is already there; use --resume to continue it"
+            if is_ensemble_run(out)
+            else "folder is not empty"
+        )
+        raise InputError(f"{out}: {what} or choose another --out")
+    cfg = dataclasses.replace(config or TrainConfig())
+    if cfg.cache_dir is None:
+        cfg.cache_dir = str(out / "cache")  # one window bank for all members
+    split = _new_split(db, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    data.save_split(split, out / "split.json")
+    base_seed = cfg.seed if cfg.split_seed is None else cfg.split_seed
+    splits = ["split.json"] * members
+    if bootstrap:
+        (out / "splits").mkdir(exist_ok=True)
+        for k in range(members):
+            splits[k] = f"splits/member-{k}.json"
+            data.save_split(bootstrap_split(split, [base_seed, k]), out / splits[k])
+    plan = {
+        "members": members,
+        "bootstrap": bool(bootstrap),
+        "seeds": [cfg.seed + k for k in range(members)],
+        "splits": splits,
+        "config": cfg.to_dict(),
+    }
+    _write_json(out / ENSEMBLE_PLAN, plan)
+    return plan
+
+
+def _load_plan(out: Path) -> dict:
+    if not is_ensemble_run(out):
+        raise InputError(f"{out}: nothing to resume (no {ENSEMBLE_PLAN})")
+    return json.loads((out / ENSEMBLE_PLAN).read_text())

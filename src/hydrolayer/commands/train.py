@@ -25,16 +25,34 @@ class CLICommand:
         add("--out", required=True, type=Path, help="run directory (checkpoints, metrics.jsonl, split.json, model.pt)")
         add("--epochs", type=int, default=None, help="number of epochs (default 60; with --resume: extend the run)")
         add("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-        add("--config", type=Path, default=None, help="YAML file of TrainConfig settings (see hydrolayer.train.TrainConfig)")
-        add("--loss", choices=["l1", "l2", "compare"], default=None, help="loss (default compare: train both, keep the better)")
+        add(
+            "--config",
+            type=Path,
+            default=None,
+            help="YAML file of TrainConfig settings (see hydrolayer.train.TrainConfig)",
+        )
+        add(
+            "--loss",
+            choices=["l1", "l2", "compare"],
+            default=None,
+            help="loss (default compare: train both, keep the better)",
+        )
         add("--seed", type=int, default=None, help="random seed (default 0)")
         add("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
-        add("--ensemble", type=int, default=None, metavar="N",
+        add(
+            "--ensemble",
+            type=int,
+            default=None,
+            metavar="N",
             help="train N members (seeds seed..seed+N-1) into --out/member-<k>/, then --out/ensemble.json; "
-            "--resume continues a killed ensemble")
-        add("--bootstrap", action="store_true",
+            "--resume continues a killed ensemble",
+        )
+        add(
+            "--bootstrap",
+            action="store_true",
             help="with --ensemble: each member trains on its own bootstrap resample of the training simulations "
-            "(validation and test stay the same)")
+            "(validation and test stay the same)",
+        )
 
     @staticmethod
     def run(args):
@@ -45,15 +63,29 @@ class CLICommand:
         if args.bootstrap and not args.ensemble and not args.resume:
             raise InputError(f"{args.out}: --bootstrap needs --ensemble N")
         if args.resume:
-            given = [n for n, v in (("--model", args.model), ("--config", args.config), ("--loss", args.loss), ("--seed", args.seed),
-                                    ("--ensemble", args.ensemble), ("--bootstrap", args.bootstrap or None)) if v is not None]
+            given = [
+                n
+                for n, v in (
+                    ("--model", args.model),
+                    ("--config", args.config),
+                    ("--loss", args.loss),
+                    ("--seed", args.seed),
+                    ("--ensemble", args.ensemble),
+                    ("--bootstrap", args.bootstrap or None),
+                )
+                if v is not None
+            ]
             if given:
-                raise InputError(f"{args.out}: --resume continues with the run's own config.json; only --epochs may change "
-                                 f"(drop {', '.join(given)})")
+                raise InputError(
+                    f"{args.out}: --resume continues with the run's own config.json; only --epochs may change "
+                    f"(drop {', '.join(given)})"
+                )
             if is_ensemble_run(args.out):
                 return fit_ensemble(args.db, args.out, resume=True, epochs=args.epochs, progress=progress)
             return fit(args.db, args.out, resume=True, epochs=args.epochs, progress=progress)
         cfg = load_config(args.config, model=args.model, epochs=args.epochs, loss=args.loss, seed=args.seed)
         if args.ensemble is not None:
-            return fit_ensemble(args.db, args.out, cfg, members=args.ensemble, bootstrap=args.bootstrap, progress=progress)
+            return fit_ensemble(
+                args.db, args.out, cfg, members=args.ensemble, bootstrap=args.bootstrap, progress=progress
+            )
         return fit(args.db, args.out, cfg, progress=progress)
