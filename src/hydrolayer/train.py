@@ -231,10 +231,11 @@ class _Dist:
 
 # ------------------------------------------------------------------ helpers
 def check_db(db) -> None:
-    """A database path that does not exist is a user error (ase.db would create an empty one)."""
-    from .store import is_url
+    """A database path that does not exist is a user error (ase.db would create an empty one);
+    a missing index beside its ``rows/`` folder is fine (``store.connect`` builds it)."""
+    from .store import database_exists
 
-    if not is_url(str(db)) and not Path(db).is_file():
+    if not database_exists(db):
         raise InputError(f"{db}: database not found")
 
 
