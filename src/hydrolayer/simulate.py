@@ -159,16 +159,46 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
     Returns a new ``Atoms`` (slab first, then water O, H, H triples); ``info`` is copied.
     """
     from ase import Atoms
-    from ase.neighborlist import neighbor_list
 
-    from .structures import find_waters, surface_planes
+    from .structures import find_waters
 
     if find_waters(slab):
         return slab.copy()
+    slab, box = _centred_box(slab, gap, source)
+    # number of molecules: 1 g/cm3 over the gap between the surface planes, minus an
+    # excluded layer of EXCLUDED Å per face; calibrated so that the gap after z-NPT at 300 K
+    # stays at or above ``gap`` (1.5 Å per face gave 24.6 Å for a 25 Å target on calcite 10-14)
+    n_target = int(round(density * WATER_NUMBER_DENSITY * box["area"] * (gap - 2 * EXCLUDED)))
+    if n_target <= 0 or box["w_hi"] - box["w_lo"] < 3.0:
+        raise InputError(f"{source}: no room for water (gap {gap} Å)")
+    rng = np.random.default_rng(seed)
+    o_pos = _oxygen_sites(box, n_target, rng, source)
+    pos, wsym = [box["positions"]], []
+    for o in o_pos:
+        for _ in range(50):
+            mol = _water_molecule(rng) + o
+            if mol[:, 2].min() > box["zmax"] + 1.0 and mol[:, 2].max() < box["zmin"] + box["lz"] - 1.0:
+                break
+        pos.append(mol)
+        wsym += ["O", "H", "H"]
+    out = Atoms(list(slab.get_chemical_symbols()) + wsym, positions=np.concatenate(pos), cell=box["cell"], pbc=True)
+    out.info.update(slab.info)
+    out.wrap()
+    _check_overlaps(out, len(slab))
+    out.info["n_water"] = int(n_target)
+    out.info["gap"] = float(gap)
+    return out
+
+
+def _centred_box(slab, gap: float, source: str) -> tuple:
+    """The slab rotated so that a lies along x (LAMMPS), and its box: the cell with ``gap``
+    Å between the surface planes of neighbouring images, the slab's positions centred in it,
+    its extent in z and the water region (Å)."""
+    from .structures import surface_planes
+
     cell = np.array(slab.cell[:], dtype=float)
     if abs(cell[0, 2]) > 1e-6 or abs(cell[1, 2]) > 1e-6:
         raise InputError(f"{source}: cell vectors a and b must lie in the xy plane (surface normal +z)")
-    # a along x (LAMMPS): rotate about z if needed
     ang = math.atan2(cell[0, 1], cell[0, 0])
     slab = slab.copy()
     if abs(ang) > 1e-9:
@@ -176,31 +206,34 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
         cell = np.array(slab.cell[:], dtype=float)
     if cell[1, 1] < 0:
         raise InputError(f"{source}: left-handed lateral cell (b_y < 0)")
-    z = slab.positions[:, 2]
-    zmin, zmax = z.min(), z.max()
     z_top, z_bottom = surface_planes(slab)
-    # the atoms beyond the surface planes (carbonate O) stick out by (zmax - z_top)
     lz = (z_top - z_bottom) + gap
-    area = abs(cell[0, 0] * cell[1, 1])
-    new_cell = np.array([cell[0], cell[1], [0.0, 0.0, lz]])
-    # centre the slab (the mid-plane of the surface planes) at lz/2
+    # centre the slab (the mid-plane of the surface planes) at lz/2; the atoms beyond the
+    # surface planes (carbonate O) stick out by (zmax - z_top)
     shift = 0.5 * lz - 0.5 * (z_top + z_bottom)
     positions = slab.positions.copy()
     positions[:, 2] += shift
-    zmin, zmax, z_top, z_bottom = zmin + shift, zmax + shift, z_top + shift, z_bottom + shift
+    zmin, zmax = positions[:, 2].min(), positions[:, 2].max()
+    clear = 1.6  # water region: zmax + clear to zmin + lz - clear (through the periodic boundary)
+    box = dict(
+        cell=np.array([cell[0], cell[1], [0.0, 0.0, lz]]),
+        lateral=cell,
+        positions=positions,
+        lz=lz,
+        zmin=zmin,
+        zmax=zmax,
+        area=abs(cell[0, 0] * cell[1, 1]),
+        w_lo=zmax + clear,
+        w_hi=zmin + lz - clear,
+    )
+    return slab, box
 
-    # water region: from zmax + clearance to zmin + lz - clearance (through the periodic boundary)
-    clear = 1.6
-    w_lo, w_hi = zmax + clear, zmin + lz - clear
-    # number of molecules: 1 g/cm3 over the gap between the surface planes, minus an
-    # excluded layer of EXCLUDED Å per face; calibrated so that the gap after z-NPT at 300 K
-    # stays at or above ``gap`` (1.5 Å per face gave 24.6 Å for a 25 Å target on calcite 10-14)
-    n_target = int(round(density * WATER_NUMBER_DENSITY * area * (gap - 2 * EXCLUDED)))
-    if n_target <= 0 or w_hi - w_lo < 3.0:
-        raise InputError(f"{source}: no room for water (gap {gap} Å)")
-    rng = np.random.default_rng(seed)
-    # candidate O sites: a lattice in (fractional a, fractional b, z) with ~water spacing
-    vol_per = (area * (w_hi - w_lo)) / n_target
+
+def _oxygen_sites(box: dict, n_target: int, rng, source: str) -> np.ndarray:
+    """``n_target`` water-O positions (Å) drawn from a lattice in (fractional a, fractional
+    b, z) of about the water spacing filling the water region."""
+    cell, w_lo, w_hi = box["lateral"], box["w_lo"], box["w_hi"]
+    vol_per = (box["area"] * (w_hi - w_lo)) / n_target
     for scale in (1.0, 0.97, 0.94, 0.91, 0.88, 0.85, 0.82, 0.8):
         h = scale * vol_per ** (1 / 3)
         na = max(1, int(cell[0, 0] / h))
@@ -217,21 +250,13 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
     sites = sites[rng.permutation(len(sites))[:n_target]]
     o_pos = sites[:, 0:1] * cell[0] + sites[:, 1:2] * cell[1]
     o_pos[:, 2] = w_lo + sites[:, 2] * (w_hi - w_lo)
-    symbols = list(slab.get_chemical_symbols())
-    pos = [positions]
-    wsym = []
-    for o in o_pos:
-        for _ in range(50):
-            mol = _water_molecule(rng) + o
-            if mol[:, 2].min() > zmax + 1.0 and mol[:, 2].max() < zmin + lz - 1.0:
-                break
-        pos.append(mol)
-        wsym += ["O", "H", "H"]
-    out = Atoms(symbols + wsym, positions=np.concatenate(pos), cell=new_cell, pbc=True)
-    out.info.update(slab.info)
-    out.wrap()
-    # overlap check (no water atom within 1.8 Å of a slab atom; water O-O >= 2.3 Å)
-    nslab = len(slab)
+    return o_pos
+
+
+def _check_overlaps(out, nslab: int) -> None:
+    """No water atom within 1.8 Å of a slab atom, water O-O at least 2.3 Å."""
+    from ase.neighborlist import neighbor_list
+
     i, j, d = neighbor_list("ijd", out, 2.3)
     sym = np.array(out.get_chemical_symbols())
     bad = (i >= nslab) & (j < nslab) & (d < 1.8)
@@ -239,9 +264,6 @@ def solvate(slab, gap: float = 25.0, density: float = 1.0, seed: int = 0, source
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
         raise RuntimeError(f"solvate: overlap between atoms {i[k]} and {j[k]} ({d[k]:.2f} Å); report this")
-    out.info["n_water"] = int(n_target)
-    out.info["gap"] = float(gap)
-    return out
 
 
 # =========================================================================== preparing a job
@@ -578,43 +600,23 @@ def _lammps_errors(log: Path) -> str:
 
 def finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResult:
     """Turn the worker's result into normalised half-run densities + the slab + metadata."""
-    from ase.io import read
-
-    from . import forcefield as ff
-    from .structures import defect_sites, set_defect_sites, surface_planes
+    from .structures import surface_planes
 
     job = json.loads((workdir / "job.json").read_text())
     state = json.loads((workdir / "state.json").read_text())
-    system = read(workdir / "system.extxyz")
     with np.load(workdir / "result.npz") as f:
         r = {k: f[k] for k in f.files}
     cell = r["cell"]
-    slab = system[job["slab"]]
-    slab.set_cell(cell, scale_atoms=False)
-    slab.positions = r["mean_slab"]
-    slab.info = dict(atoms_in.info)
-    # the builder's frame -> the grid's frame: a pure translation (the slab's mean centre of
-    # mass moved by solvation centring and by drift during equilibration)
-    if len(atoms_in) == len(slab) and np.allclose(atoms_in.cell[0], cell[0], atol=1e-6):
-        m = slab.get_masses()
-        d = slab.positions - atoms_in.positions
-        f = d @ np.linalg.inv(cell)
-        f[:, :2] -= np.round(f[:, :2])  # lateral minimum image
-        delta = m @ (f @ cell) / m.sum()
-        if "defect_sites" in slab.info:
-            set_defect_sites(slab, [site.shifted(delta) for site in defect_sites(slab)])
-        slab.info["frame_shift"] = json.dumps([float(v) for v in delta])
-    slab.wrap(pbc=[True, True, False])
+    slab = _mean_slab(workdir, job, r, atoms_in)
     # time-averaged slab in the grid's frame; planes from it
     z_top, z_bottom = surface_planes(slab)
     n = [int(r["n1"]), int(r["n2"])]
     halves, rho_bulk, gap = normalise(r["counts1"], r["counts2"], n, cell, z_top, z_bottom)
-    rho_ref = RHO_BULK
-    if abs(rho_bulk / rho_ref - 1) > params.gap_tolerance:
+    if abs(rho_bulk / RHO_BULK - 1) > params.gap_tolerance:
         raise SimulationFailed(
             "gap_density",
             f"water density in the middle of the gap {rho_bulk:.5f} Å^-3 is "
-            f"{100 * (rho_bulk / rho_ref - 1):+.1f}% off SPC/Fw bulk ({rho_ref:.5f} Å^-3)",
+            f"{100 * (rho_bulk / RHO_BULK - 1):+.1f}% off SPC/Fw bulk ({RHO_BULK:.5f} Å^-3)",
         )
     info = {
         "temperature": params.temperature,
@@ -633,7 +635,48 @@ def finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResul
     }
     if "surface" not in slab.info and "surface" in atoms_in.info:
         info["surface"] = atoms_in.info["surface"]
-    data = {
+    data = _row_data(job, state, params, n)
+    if "profiles" in r and len(r["profiles"]):
+        # the equilibration record: per production block, each face's water-O height profile
+        data["face_profiles"] = {
+            "edges": PROFILE_EDGES.tolist(),
+            "block_ps": r["block_ps"].tolist(),
+            "mean_counts": r["profiles"].astype(np.float32),
+        }
+        info["first_layer_drift"] = relative_drift(first_layer_counts(r["profiles"]).sum(1), r["block_ps"])
+    return SimulationResult(slab, halves[0], halves[1], cell, rho_bulk, float(r["ns_per_day"]), info, data)
+
+
+def _mean_slab(workdir: Path, job: dict, r: dict, atoms_in):
+    """The time-averaged slab in the grid's frame, with the input's info; its defect sites
+    moved by the same pure translation (the slab's mean centre of mass moved by solvation
+    centring and by drift during equilibration), recorded as ``frame_shift`` (Å)."""
+    from ase.io import read
+
+    from .structures import defect_sites, set_defect_sites
+
+    cell = r["cell"]
+    slab = read(workdir / "system.extxyz")[job["slab"]]
+    slab.set_cell(cell, scale_atoms=False)
+    slab.positions = r["mean_slab"]
+    slab.info = dict(atoms_in.info)
+    if len(atoms_in) == len(slab) and np.allclose(atoms_in.cell[0], cell[0], atol=1e-6):
+        m = slab.get_masses()
+        f = (slab.positions - atoms_in.positions) @ np.linalg.inv(cell)
+        f[:, :2] -= np.round(f[:, :2])  # lateral minimum image
+        delta = m @ (f @ cell) / m.sum()
+        if "defect_sites" in slab.info:
+            set_defect_sites(slab, [site.shifted(delta) for site in defect_sites(slab)])
+        slab.info["frame_shift"] = json.dumps([float(v) for v in delta])
+    slab.wrap(pbc=[True, True, False])
+    return slab
+
+
+def _row_data(job: dict, state: dict, params: SimulationParams, n: list[int]) -> dict:
+    """What reproduces the run: parameters, LAMMPS settings and version, force field."""
+    from . import forcefield as ff
+
+    return {
         "params": params.to_dict(),
         "lammps_settings": job["settings"],
         "lammps_version": ff.lammps_version(),
@@ -644,16 +687,6 @@ def finish(workdir: Path, atoms_in, params: SimulationParams) -> SimulationResul
         "frame": "slab frame: slab COM drift subtracted from water-O positions at every sample",
         "source": job.get("source"),
     }
-    if "profiles" in r and len(r["profiles"]):
-        # the equilibration record: per production block, each face's water-O height profile
-        data["face_profiles"] = {
-            "edges": PROFILE_EDGES.tolist(),
-            "block_ps": r["block_ps"].tolist(),
-            "mean_counts": r["profiles"].astype(np.float32),
-        }
-        fl = first_layer_counts(r["profiles"])
-        info["first_layer_drift"] = relative_drift(fl.sum(1), r["block_ps"])
-    return SimulationResult(slab, halves[0], halves[1], cell, rho_bulk, float(r["ns_per_day"]), info, data)
 
 
 def run_simulation(
