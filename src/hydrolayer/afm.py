@@ -395,23 +395,32 @@ def afm_maps(
     force = sta_force(grid, temperature, floor, tip_radius, rho_bulk, units="nN")
     fz = force.channel("Fz")
     meta = dict(force.meta, surface_z=zs, surface_z_from=zs_from, source=source)
-    written: list[Path] = []
-
     fz_grid = Grid(grid.spec, fz[None], ("Fz",), units="nN", meta=meta, atoms=grid.atoms)
-    written.append(fz_grid.write_cube(out / "fz.cube"))
-    written.append(fz_grid.write_npz(out / "fz.npz"))
-
+    written = [fz_grid.write_cube(out / "fz.cube"), fz_grid.write_npz(out / "fz.npz")]
     if heights is None:
         heights = hydration_peaks(grid, zs, n=3, rho_bulk=rho_bulk) or [3.0]
-    heights = [float(h) for h in heights]
-    imgs = constant_height(fz, grid.spec, zs, heights)
     sites_xy, labels, kind = surface_sites(grid, zs, rho_bulk=rho_bulk)
-    marks = sites_xy if kind == "surface Ca" else None
     tip = f", tip radius {tip_radius:g} Å" if tip_radius else ""
+    notes = dict(meta=meta, temperature=temperature, tip=tip)
+    written += _write_images(
+        fz, grid.spec, zs, [float(h) for h in heights], sites_xy if kind == "surface Ca" else None, out, notes
+    )
+    written += _write_curves(fz, grid.spec, zs, (sites_xy, labels, kind), out, notes)
+    return written
+
+
+def _write_images(fz, spec: GridSpec, zs: float, heights: list[float], marks, out: Path, notes: dict) -> list[Path]:
+    """Constant-height F_z images (nN) at ``heights`` Å above the plane ``zs``: a PNG each
+    and ``fz_heights.npz``."""
+    imgs = constant_height(fz, spec, zs, heights)
+    written = []
     for h, img in zip(heights, imgs):
-        title = f"STA F_z at {h:.2f} Å above the surface Ca plane (z = {zs + h:.2f} Å)\nT = {temperature:g} K{tip}"
-        written.append(_plot_image(img, grid.spec, title, out / f"fz_h{h:.2f}A.png", "F_z (nN); > 0 repulsive", marks))
-    pts = grid.spec.points()[:, :, 0, :2]
+        title = (
+            f"STA F_z at {h:.2f} Å above the surface Ca plane (z = {zs + h:.2f} Å)\n"
+            f"T = {notes['temperature']:g} K{notes['tip']}"
+        )
+        written.append(_plot_image(img, spec, title, out / f"fz_h{h:.2f}A.png", "F_z (nN); > 0 repulsive", marks))
+    pts = spec.points()[:, :, 0, :2]
     written.append(
         _write_npz(
             out / "fz_heights.npz",
@@ -421,27 +430,30 @@ def afm_maps(
             x_A=pts[..., 0],
             y_A=pts[..., 1],
             surface_z_A=np.array(zs),
-            meta=np.array(json.dumps(meta)),
-        )
-    )
-
-    h, curves = force_distance(fz, grid.spec, sites_xy, zs)
-    keep = h >= -1.0
-    title = f"STA force-distance curves above {kind}\nT = {temperature:g} K{tip}"
-    written.append(_plot_curves(h[keep], curves[:, keep], labels, title, out / "force_curves.png", "nN"))
-    written.append(
-        _write_npz(
-            out / "force_curves.npz",
-            h_A=h,
-            fz_nN=curves.astype(np.float32),
-            xy_A=np.asarray(sites_xy),
-            labels=np.array(labels),
-            site_kind=np.array(kind),
-            surface_z_A=np.array(zs),
-            meta=np.array(json.dumps(meta)),
+            meta=np.array(json.dumps(notes["meta"])),
         )
     )
     return written
+
+
+def _write_curves(fz, spec: GridSpec, zs: float, sites, out: Path, notes: dict) -> list[Path]:
+    """Force-distance curves (nN against Å above ``zs``) above each site: PNG and npz."""
+    sites_xy, labels, kind = sites
+    h, curves = force_distance(fz, spec, sites_xy, zs)
+    keep = h >= -1.0
+    title = f"STA force-distance curves above {kind}\nT = {notes['temperature']:g} K{notes['tip']}"
+    png = _plot_curves(h[keep], curves[:, keep], labels, title, out / "force_curves.png", "nN")
+    npz = _write_npz(
+        out / "force_curves.npz",
+        h_A=h,
+        fz_nN=curves.astype(np.float32),
+        xy_A=np.asarray(sites_xy),
+        labels=np.array(labels),
+        site_kind=np.array(kind),
+        surface_z_A=np.array(zs),
+        meta=np.array(json.dumps(notes["meta"])),
+    )
+    return [png, npz]
 
 
 def _write_npz(path: Path, **arrays) -> Path:
