@@ -307,6 +307,20 @@ def _json_default(o):
     return str(o)
 
 
+def _checked_halves(half1, half2, cell):
+    """The two halves (rho/rho_bulk) and the cell (Å) as arrays, or ValueError."""
+    half1, half2, cell = np.asarray(half1), np.asarray(half2), np.asarray(cell, dtype=float)
+    if half1.ndim != 3 or half1.shape != half2.shape:
+        raise ValueError(f"half1 and half2 must be 3D arrays of the same shape, got {half1.shape} and {half2.shape}")
+    if cell.shape != (3, 3):
+        raise ValueError(f"cell must be 3x3, got {cell.shape}")
+    if not (np.isfinite(half1).all() and np.isfinite(half2).all()):
+        raise ValueError("half-run densities contain NaN or inf; refusing to store them")
+    if max(float(half1.max(initial=0)), float(half2.max(initial=0))) > float(np.finfo(GRID_DTYPE).max):
+        raise ValueError("half-run densities overflow float16; are they normalised by rho_bulk?")
+    return half1, half2, cell
+
+
 def write_simulation(db, atoms, half1, half2, cell, key_value_pairs, data=None, grids_dir=None) -> int:
     """Store one finished simulation; return the new row id.
 
@@ -319,17 +333,7 @@ def write_simulation(db, atoms, half1, half2, cell, key_value_pairs, data=None, 
     from ase.db.core import now
     from ase.db.row import AtomsRow
 
-    half1 = np.asarray(half1)
-    half2 = np.asarray(half2)
-    cell = np.asarray(cell, dtype=float)
-    if half1.ndim != 3 or half1.shape != half2.shape:
-        raise ValueError(f"half1 and half2 must be 3D arrays of the same shape, got {half1.shape} and {half2.shape}")
-    if cell.shape != (3, 3):
-        raise ValueError(f"cell must be 3x3, got {cell.shape}")
-    if not (np.isfinite(half1).all() and np.isfinite(half2).all()):
-        raise ValueError("half-run densities contain NaN or inf; refusing to store them")
-    if max(float(half1.max(initial=0)), float(half2.max(initial=0))) > float(np.finfo(GRID_DTYPE).max):
-        raise ValueError("half-run densities overflow float16; are they normalised by rho_bulk?")
+    half1, half2, cell = _checked_halves(half1, half2, cell)
 
     con = connect(db)
     folder = grids_folder(db, grids_dir)
