@@ -44,7 +44,7 @@ from typing import Sequence
 import numpy as np
 
 from .conventions import KB, NN_PER_EV_PER_A, RHO_BULK, Z_BELOW, grid_peaks, heights_above, surface_planes
-from .grids import Grid, GridSpec
+from .grids import Grid, GridSpec, bilinear_periodic
 from .util import InputError, atomic_output
 
 __all__ = [
@@ -241,27 +241,6 @@ def _lateral_frac(xy: np.ndarray, spec: GridSpec) -> np.ndarray:
     return np.mod(xy @ np.linalg.inv(spec.cell[:2, :2]), 1.0)
 
 
-def _bilinear_periodic(field2d: np.ndarray, frac: np.ndarray) -> np.ndarray:
-    """Periodic bilinear interpolation of (nx, ny[, ...]) at fractional points (n, 2)."""
-    nx, ny = field2d.shape[:2]
-    u = frac[:, 0] * nx
-    v = frac[:, 1] * ny
-    i0 = np.floor(u).astype(int)
-    j0 = np.floor(v).astype(int)
-    wu = (u - i0)[:, None] if field2d.ndim == 3 else u - i0
-    wv = (v - j0)[:, None] if field2d.ndim == 3 else v - j0
-    i0 %= nx
-    j0 %= ny
-    i1 = (i0 + 1) % nx
-    j1 = (j0 + 1) % ny
-    return (
-        (1 - wu) * (1 - wv) * field2d[i0, j0]
-        + wu * (1 - wv) * field2d[i1, j0]
-        + (1 - wu) * wv * field2d[i0, j1]
-        + wu * wv * field2d[i1, j1]
-    )
-
-
 def surface_sites(grid: Grid, surface_z: float, max_sites: int | None = None, rho_bulk: float | None = None):
     """Lateral sites for force-distance curves: ``(xy (n, 2) Å, labels, kind)``.
 
@@ -303,7 +282,7 @@ def constant_height(fz: np.ndarray, spec: GridSpec, surface_z: float, heights: S
 def force_distance(fz: np.ndarray, spec: GridSpec, xy: np.ndarray, surface_z: float) -> tuple[np.ndarray, np.ndarray]:
     """F_z(z) above lateral points ``xy`` (n, 2): returns ``(h, curves (n, nz))``, h in Å above z_s."""
     frac = _lateral_frac(xy, spec)
-    curves = _bilinear_periodic(fz, frac)  # (n, nz)
+    curves = bilinear_periodic(fz, frac)  # (n, nz)
     return heights_above(spec, surface_z), np.atleast_2d(curves)
 
 

@@ -116,6 +116,14 @@ def planes_from_heights(z_cations, tol: float = PLANE_TOL) -> tuple[float, float
     return float(z[z >= z.max() - tol].mean()), float(z[z <= z.min() + tol].mean())
 
 
+def window_starts(n: int, w: int) -> list[int]:
+    """Start indices of the windows of ``w`` points that tile a periodic axis of ``n``
+    points with a slight overlap: k = ceil(n / w) windows at round(m n / k) (one window
+    when n <= w). The evaluation's fixed window grid and the uncertainty flags use it."""
+    k = max(1, -(-n // w))
+    return [int(round(m * n / k)) % n for m in range(k)]
+
+
 def window_heights() -> np.ndarray:
     """Height above the surface plane (Å) of each k plane of a window (64 values)."""
     return -Z_BELOW + SPACING * np.arange(WINDOW_SHAPE[2])

@@ -56,7 +56,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .conventions import WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW, window_heights
+from .conventions import WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW, window_heights, window_starts
 from .util import InputError, atomic_output
 
 __all__ = [
@@ -454,10 +454,7 @@ class WindowBank:
         wx, wy = self.window_shape[:2]
         for i in range(len(self.entries)) if indices is None else indices:
             nx, ny = self.entries[i].n_offsets
-            kx, ky = max(1, math.ceil(nx / wx)), max(1, math.ceil(ny / wy))
-            for a in range(kx):
-                for b in range(ky):
-                    plan.append((i, int(round(a * nx / kx)) % nx, int(round(b * ny / ky)) % ny))
+            plan += [(i, a, b) for a in window_starts(nx, wx) for b in window_starts(ny, wy)]
         return plan
 
     def centred_plan(self, i: int, points: np.ndarray) -> list[tuple[int, int, int]]:

@@ -30,24 +30,15 @@ windows flagged. No torch here.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from .conventions import FIRST_LAYER, WINDOW_SIZE, heights_above
+from .conventions import FIRST_LAYER, WINDOW_SIZE, heights_above, window_starts
 
-__all__ = ["FLAG_SPREAD", "FLAG_HEIGHTS", "WINDOW_A", "window_starts", "window_spreads", "summarize", "summary_line"]
+__all__ = ["FLAG_SPREAD", "FLAG_HEIGHTS", "WINDOW_A", "window_spreads", "summarize", "summary_line"]
 
 FLAG_SPREAD = 0.10  # rho/rho_bulk: a window whose mean spread (0-10 Å above z_s) exceeds this is flagged
 FLAG_HEIGHTS = (0.0, 10.0)  # Å above z_s: the heights a window's spread is averaged over
 WINDOW_A = float(WINDOW_SIZE[0])  # Å: the side of a flag window (the model's training window, 10 Å)
-
-
-def window_starts(n: int, w: int) -> list[int]:
-    """Start indices of the windows of ``w`` points along a periodic axis of ``n`` points:
-    k = ceil(n / w) windows at round(m n / k) (one window when n <= w)."""
-    k = max(1, math.ceil(n / w))
-    return [int(round(m * n / k)) % n for m in range(k)]
 
 
 def window_spreads(spread, z_s: float) -> list[dict]:
