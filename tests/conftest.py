@@ -55,3 +55,27 @@ def tiny():
         return TrainConfig(**base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_member():
+    """``tiny_member(path, seed, sigma=0.5, split=None)``: a tiny *untrained* U-Net saved as a
+    checkpoint with the metadata training writes (``split``: the training split it records)."""
+    torch = pytest.importorskip("torch")
+
+    def make(path, seed, sigma=0.5, split=None):
+        from hydrolayer.models import UNet3D, save_checkpoint
+        from hydrolayer.train import TrainConfig, checkpoint_extra
+
+        torch.manual_seed(seed)
+        extra = checkpoint_extra(TrainConfig(sigma=sigma), "l1", split=split)
+        return save_checkpoint(path, UNet3D(channels=(2, 4, 4, 8)).eval(), extra)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def members(tmp_path_factory, tiny_member):
+    """Three tiny untrained members (seeds 0, 1, 2): checkpoint paths."""
+    root = tmp_path_factory.mktemp("members")
+    return [tiny_member(root / f"m{k}.pt", seed=k) for k in range(3)]

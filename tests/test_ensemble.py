@@ -24,22 +24,7 @@ from hydrolayer.inference import EnsemblePredictor, load_predictor  # noqa: E402
 from hydrolayer.registry import list_models, read_ensemble, write_ensemble  # noqa: E402
 from hydrolayer.util import InputError  # noqa: E402
 
-# fixtures slab, toy and tiny: tests/conftest.py
-
-
-def _member(path, seed, sigma=0.5):
-    """A tiny untrained U-Net saved as a checkpoint with the metadata training writes."""
-    from hydrolayer.models import UNet3D, save_checkpoint
-    from hydrolayer.train import TrainConfig, checkpoint_extra
-
-    torch.manual_seed(seed)
-    return save_checkpoint(path, UNet3D(channels=(2, 4, 4, 8)).eval(), checkpoint_extra(TrainConfig(sigma=sigma), "l1"))
-
-
-@pytest.fixture(scope="module")
-def members(tmp_path_factory):
-    root = tmp_path_factory.mktemp("members")
-    return [_member(root / f"m{k}.pt", seed=k) for k in range(3)]
+# fixtures slab, toy, tiny, tiny_member and members: tests/conftest.py
 
 
 def test_mean_and_spread_are_those_of_the_members(tmp_path, slab, members):
@@ -118,11 +103,11 @@ def test_cli_writes_the_uncertainty_files_and_summary(tmp_path, slab, members, c
     assert mean.meta["uncertainty"]["windows"] and "flagged_windows_A" in spread.meta["uncertainty"]
 
 
-def test_bad_manifests_fail_in_one_line(tmp_path, slab, members, capsys):
+def test_bad_manifests_fail_in_one_line(tmp_path, slab, members, tiny_member, capsys):
     from hydrolayer.structures import write_structure
 
     path = write_structure(slab, tmp_path / "slab.extxyz")
-    other = _member(tmp_path / "wide.pt", seed=9, sigma=0.7)
+    other = tiny_member(tmp_path / "wide.pt", seed=9, sigma=0.7)
     cases = {
         "missing": ({"members": [str(members[0]), "gone.pt"]}, "member gone.pt not found"),
         "mismatch": ({"members": [str(members[0]), str(other)]}, "members do not match.*sigma 0.7"),

@@ -1,4 +1,4 @@
-"""``hydrolayer campaign run|status|snapshot``: campaigns from a YAML spec (``hydrolayer.campaign``)."""
+"""``hydrolayer campaign run|status|snapshot|propose``: campaigns from a YAML spec (``hydrolayer.campaign``)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,28 @@ class CLICommand:
         k.add_argument("--db", required=True, help="database file")
         k.add_argument("--workdir", type=Path, default=None, help="job folders (default: work/ beside the database)")
 
+        p = add_action(
+            sub,
+            "propose",
+            "rank candidate pair-vacancy surfaces by an ensemble's disagreement and write the top K as a campaign spec "
+            "(skips surfaces the database already holds)",
+            "hydrolayer campaign propose --model runs/ens/ensemble.json --db data/simulations.db --top 4 --out next.yaml\n"
+            "hydrolayer campaign run next.yaml --db data/simulations.db",
+            _propose,
+        )
+        p.add_argument("--model", required=True, help="ensemble: a shipped ensemble's name or a .json manifest")
+        p.add_argument("--db", required=True, help="simulation database (its rows count as already simulated)")
+        p.add_argument("--top", type=int, required=True, metavar="K", help="how many candidates the spec gets")
+        p.add_argument("--out", type=Path, required=True, help="campaign spec to write (YAML); scores beside it")
+        p.add_argument(
+            "--candidates",
+            type=Path,
+            default=None,
+            help="YAML with a 'candidates' list (default: calcite-104 5x3x4 and aragonite-010 5x4x3, 1-6 pairs, "
+            "three placements; see hydrolayer.proposal)",
+        )
+        p.add_argument("--production-ps", type=float, default=200.0, help="production time of each proposed run (ps)")
+
     @staticmethod
     def run(args):
         args.func(args)
@@ -130,3 +152,18 @@ def _snapshot(args):
 
     snaps = snapshot_campaign(args.spec, args.db, workdir=args.workdir)
     print(f"{len(snaps)} job snapshot(s) written")
+
+
+def _propose(args):
+    from ..proposal import format_ranking, propose
+
+    result = propose(
+        args.model,
+        args.db,
+        args.top,
+        args.out,
+        candidates=args.candidates,
+        production_ps=args.production_ps,
+        log=lambda line: print(line, flush=True),
+    )
+    print(format_ranking(result))
