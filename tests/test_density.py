@@ -159,3 +159,28 @@ def test_normalise_uniform_water():
     counts2[:, :, 24] = 600  # z = 12 Å, at the top plane
     _, rho_bulk2, _ = normalise(counts2, counts2, [3, 3], CELL, z_top=12.0, z_bottom=8.0)
     assert rho_bulk2 == pytest.approx(rho_bulk)
+
+
+def test_an_ion_leaving_the_surface_moves_the_plane_by_its_share():
+    # one of the 4 top-layer cations rises 2 Å out of the surface for the whole run after
+    # the first frame: the top plane follows the first frame's outer layer, 12 + 2/4 Å,
+    # not the risen ion alone (which would put the water at 14 Å *in* the plane)
+    slab, water = slab_and_water(np.random.default_rng(5))
+    acc = new_acc(slab)
+    acc.start(slab)
+    acc.add_frame(slab, water, half=0)
+    risen = slab.copy()
+    risen[0, 2] += 2.0
+    for _ in range(3):
+        acc.add_frame(risen, water, half=0)
+    acc.end_block(0.2)
+    (prof,) = acc.result()["profiles"]
+    centres = 0.5 * (PROFILE_EDGES[1:] + PROFILE_EDGES[:-1])
+    # the slab's centre of mass rose by 2/12 Å: in the slab's frame the water sits 2/12 Å lower
+    shift = 2.0 / len(slab)
+    expected_first = 14.0 - 12.0  # frame 1: plane at 12
+    expected_later = 14.0 - shift - (12.0 - shift + 2.0 / 4)  # later frames: the plane 12 + 0.5 in the old frame
+    top = centres[prof[0] > 0]
+    assert np.isclose(top, expected_first + 0.05, atol=0.051).any()
+    assert np.isclose(top, expected_later, atol=0.051).any()
+    assert (top > 1.0).all()  # never at 0-0.5 Å, where the old rule (the risen ion's plane) put it

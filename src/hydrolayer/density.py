@@ -11,7 +11,8 @@
 3. the water O are binned nearest-grid-point on the full periodic cell from its corner (cube
    convention: ``counts[i, j, k]`` belongs to ``(i/nx) a + (j/ny) b + (k/nz) c``), into the
    accumulator of the frame's half of the run (two halves: the noise estimate);
-4. each face's water-O height profile above its surface plane (``PROFILE_EDGES``) is added
+4. each face's water-O height profile above its surface plane (``PROFILE_EDGES``; the plane
+   follows the ions of the face's outermost layer in the first frame) is added
    to the current block; :meth:`end_block` closes a block (one checkpoint interval), so a row
    carries the first-layer water over time (the equilibration record).
 
@@ -28,7 +29,7 @@ import math
 
 import numpy as np
 
-from .conventions import FIRST_LAYER, planes_from_heights
+from .conventions import FIRST_LAYER, PLANE_TOL
 
 __all__ = [
     "PROFILE_EDGES",
@@ -115,7 +116,12 @@ class DensityAccumulator:
     ``weights``: the slab atoms' masses normalised to sum 1 (centre of mass); ``centres``:
     indices into the slab of its Ca and C (the displacement check follows ion centres, not
     carbonate O, which move 2.2 Å when a carbonate turns); ``cations``: indices into the slab
-    of its Ca/Mg (the face planes of the profiles)."""
+    of its Ca/Mg (the face planes of the profiles).
+
+    The face planes of the profiles follow the outermost cation layer of each face as it was
+    in the first frame (the cations within ``PLANE_TOL`` of the outermost one then): the mean
+    height of those same ions in every frame, so that one ion leaving the surface moves the
+    plane by its share only, instead of redefining the layer."""
 
     cell: np.ndarray
     shape: tuple[int, int, int]
@@ -142,6 +148,7 @@ class DensityAccumulator:
         self.block_ps = self.block_ps or []
         self.block = np.zeros((2, len(PROFILE_EDGES) - 1))
         self.block_n = 0
+        self._outer = None
         if self.sum_pos is None:
             self.sum_pos = np.zeros((len(self.weights), 3))
 
@@ -173,9 +180,18 @@ class DensityAccumulator:
         bin_positions(self.counts[half], water, self.cell)
         self.n[half] += 1
         if len(self.cations):
-            z_top, z_bottom = planes_from_heights(frame[self.cations, 2])
+            top, bottom = self.outer_ions()
+            z_top, z_bottom = float(frame[top, 2].mean()), float(frame[bottom, 2].mean())
             self.block += face_profiles(water[:, 2], z_top, z_bottom, self.cell[2, 2])
             self.block_n += 1
+
+    def outer_ions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Indices into the slab of the outermost cation layer of the top and of the bottom
+        face in the first frame (``conventions.surface_planes``' rule, applied once)."""
+        if self._outer is None:
+            z = self.ref[self.cations, 2]
+            self._outer = (self.cations[z >= z.max() - PLANE_TOL], self.cations[z <= z.min() + PLANE_TOL])
+        return self._outer
 
     def end_block(self, block_ps: float) -> None:
         """Close the current block of ``block_ps`` ps: its mean profile joins the record."""
