@@ -283,3 +283,37 @@ def test_split_file_round_trip(tmp_path, toy_db):
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(InputError, match="bad.json"):
         data.load_split(tmp_path / "bad.json")
+
+
+def test_classify_rows_for_calcite_and_calcite_plus_aragonite_models():
+    from hydrolayer.data import classify_row
+
+    c, ca = ("calcite-104",), ("calcite-104", "aragonite-010")
+    rows = {
+        "calcite pristine": ({"surface": "calcite-104", "defects": "pristine", "net_charge": 0}, "", ""),
+        "calcite pairs": ({"surface": "calcite-104", "defects": "2 pair vacancies (top)", "net_charge": 0}, "", ""),
+        "calcite CO3": (
+            {"surface": "calcite-104", "defects": "CO3 vacancy (top)", "net_charge": 2},
+            "calcite-104 CO3 vacancy",
+            "calcite-104 CO3 vacancy",
+        ),
+        # the paper's named pristine surfaces stay held out even when their facet is trained on
+        "aragonite pristine": (
+            {"surface": "aragonite-010", "defects": "pristine", "net_charge": 0},
+            "aragonite-010",
+            "aragonite-010",
+        ),
+        "aragonite pairs": (
+            {"surface": "aragonite-010", "defects": "1 pair vacancy (top)", "net_charge": 0},
+            "aragonite-010 pair vacancies",
+            "",
+        ),
+        "vaterite": (
+            {"surface": "vaterite-010", "defects": "pristine", "net_charge": 0},
+            "vaterite-010",
+            "vaterite-010",
+        ),
+    }
+    for what, (row, for_c, for_ca) in rows.items():
+        assert classify_row(row, c) == for_c, what
+        assert classify_row(row, ca) == for_ca, what

@@ -83,6 +83,7 @@ NAMED_TESTS = {
     "calcite-104 CO3 vacancy": "calcite (10-14) with a CO3 2- vacancy",
     "calcite-104 Ca vacancy": "calcite (10-14) with a Ca2+ vacancy",
     "aragonite-010": "aragonite (010)",
+    "aragonite-010 pair vacancies": "aragonite (010) with pair vacancies",
     "aragonite-001": "aragonite (001)",
     "vaterite-010": "vaterite (010)",
 }
@@ -181,30 +182,30 @@ class Interface:
 
 
 def classify_row(row, train_surfaces: Sequence[str] = TRAIN_SURFACES) -> str:
-    """The named test surface a row belongs to, or ``""`` for the training pool.
+    """The named test group a row belongs to, or ``""`` for the training pool.
 
-    Rule: a surface that is not a training surface is its own named test (e.g.
-    ``"aragonite-010"``); a training-surface slab with a net charge (a single ion vacancy:
-    CO3 2- vacancy +2 e, Ca2+ vacancy -2 e) is ``"<surface> CO3 vacancy"`` or ``"<surface> Ca
-    vacancy"``. Neutral training-surface slabs (pristine, pair vacancies) are the pool.
+    Rule: a slab with a net charge (a single ion vacancy: CO3 2- vacancy +2 e, Ca2+ vacancy
+    -2 e) is ``"<surface> CO3 vacancy"`` or ``"<surface> Ca vacancy"``; a pristine slab of a
+    facet named in :data:`NAMED_TESTS` (aragonite (010), (001), vaterite (010): the paper's
+    named test surfaces) is ``"<surface>"``, held out even when its facet is trained on; a
+    neutral defect slab of a facet that is not trained on is ``"<surface> pair vacancies"``.
+    Everything else (neutral slabs of the training facets) is the pool.
     """
     surface = str(row.get("surface", "unknown"))
-    if surface not in train_surfaces:
-        return surface
-    q = row.get("net_charge")
     defects = str(row.get("defects", "")).lower()
+    q = row.get("net_charge")
     if q is None:  # fall back to the defect label
-        q = (
-            2
-            if ("co3 vacancy" in defects and "pair" not in defects)
-            else -2
-            if ("ca vacancy" in defects and "pair" not in defects)
-            else 0
-        )
+        single = "pair" not in defects
+        q = 2 if (single and "co3 vacancy" in defects) else -2 if (single and "ca vacancy" in defects) else 0
     if q > 0.5:
         return f"{surface} CO3 vacancy"
     if q < -0.5:
         return f"{surface} Ca vacancy"
+    pristine = defects in ("", "pristine")
+    if pristine and surface in NAMED_TESTS:
+        return surface
+    if surface not in train_surfaces:
+        return surface if pristine else f"{surface} pair vacancies"
     return ""
 
 

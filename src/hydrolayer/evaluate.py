@@ -728,8 +728,14 @@ def _groups(db, cols: list[dict], st: dict, max_row: int | None, log) -> list[tu
         groups.append(("new simulations near defects", f"{title}, near defects", sorted(new_rows), True))
     order = list(data.NAMED_TESTS) + sorted(set(named) - set(data.NAMED_TESTS))
     for name in order:
-        if name in named:
-            groups.append((name, data.NAMED_TESTS.get(name, name), sorted(named[name]), "vacancy" in name))
+        if name not in named:
+            continue
+        title = data.NAMED_TESTS.get(name, name)
+        if name.endswith("pair vacancies"):  # whole windows, and again near the vacancies
+            groups.append((name, title, sorted(named[name]), False))
+            groups.append((f"{name} near defects", f"{title}, near defects", sorted(named[name]), True))
+        else:
+            groups.append((name, title, sorted(named[name]), "vacancy" in name))
     if not groups:
         raise InputError(f"{db}: nothing to evaluate (no test split and no named test surfaces)")
     return groups
