@@ -49,6 +49,7 @@ import numpy as np
 from .conventions import hydration_peaks, noise_floor_map
 from .inference import run_batches
 from .scoring import score_windows
+from .uncertainty import calibration, ood_auc, rank_correlation
 from .util import InputError, atomic_output
 
 __all__ = ["evaluate", "DEFECT_RADIUS"]
@@ -123,7 +124,8 @@ def _columns(runs: Sequence[Path]) -> list[dict]:
     for run in runs:
         run = Path(run)
         if run.is_file():
-            cols.append({"path": run, "run": run.parent, "tag": run.stem, "loss": None, "kept": True})
+            tag = run.name.removesuffix(".ensemble.json").removesuffix(".json") if run.suffix == ".json" else run.stem
+            cols.append({"path": run, "run": run.parent, "tag": tag, "loss": None, "kept": True})
             continue
         if not run.is_dir():
             raise InputError(f"{run}: no such run directory or checkpoint")
@@ -151,14 +153,22 @@ def _columns(runs: Sequence[Path]) -> list[dict]:
 
 def _load_columns(cols: list[dict]) -> None:
     from .models import load_model
+    from .registry import is_ensemble_path, read_ensemble
 
     names = {}
     for c in cols:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            c["net"], c["meta"] = load_model(c["path"])
+            if is_ensemble_path(c["path"]):  # an ensemble: its members' mean, and their spread
+                loaded = [load_model(p) for p in read_ensemble(c["path"]).members]
+                c["nets"] = [net for net, _ in loaded]
+                c["net"], c["meta"] = loaded[0]
+            else:
+                c["net"], c["meta"] = load_model(c["path"])
         loss = c["loss"] or c["meta"].get("loss")
         label = MODEL_LABELS.get(c["meta"]["model"], c["meta"]["model"]) + (f" ({loss.upper()})" if loss else "")
+        if "nets" in c:
+            label = f"{label} ensemble of {len(c['nets'])}"
         names.setdefault(label, []).append(c)
     for label, cs in names.items():
         for c in cs:
@@ -225,10 +235,12 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
         bp = np.interp(z, baseline["height"], baseline["profile"])
         res["baseline"] = mae(np.broadcast_to(bp, ref.shape))
         res["profile"]["baseline"] = bp.tolist()
-    preds = _predict_columns(cols, x)
+    preds, spreads = _predict_columns(cols, x)
     for c in cols:
         pred = preds[c["label"]][0]
         m = mae(pred)
+        if c["label"] in spreads:
+            m["calibration"] = calibration(pred, spreads[c["label"]], halves, masks)
         prof = pred.mean(axis=(0, 1, 2))
         m["peaks"] = _match_peaks(sim_peaks, hydration_peaks(z, prof))
         if baseline is not None:
@@ -249,15 +261,20 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
     return res
 
 
-def _predict_columns(cols: list[dict], x: np.ndarray) -> dict:
-    """``{label: (prediction (N, X, Y, Z), attention maps or None)}`` of every column on ``x``."""
-    preds = {}
+def _predict_columns(cols: list[dict], x: np.ndarray) -> tuple[dict, dict]:
+    """``{label: (prediction (N, X, Y, Z), attention maps or None)}`` of every column on ``x``,
+    and ``{label: spread (N, X, Y, Z)}`` of the ensemble columns (members' std, ddof 0)."""
+    preds, spreads = {}, {}
     for c in cols:
-        if c["meta"]["model"] == "attention-unet":
+        if "nets" in c:
+            outs = np.stack([run_batches(net, x, PREDICT_BATCH) for net in c["nets"]])
+            preds[c["label"]] = (outs.mean(axis=0), None)
+            spreads[c["label"]] = outs.std(axis=0)
+        elif c["meta"]["model"] == "attention-unet":
             preds[c["label"]] = run_batches(c["net"], x, PREDICT_BATCH, attention=True)
         else:
             preds[c["label"]] = (run_batches(c["net"], x, PREDICT_BATCH), None)
-    return preds
+    return preds, spreads
 
 
 # ------------------------------------------------------------------ figures
@@ -426,9 +443,8 @@ def _fmt(m: dict | None) -> str:
 
 def _report(result: dict) -> str:
     """report.md: Table 1, unit-cell averaging, verdicts, peaks, training."""
-    lines = (
-        _table1(result) + _paper(result) + _averaging(result) + _verdicts(result) + _peaks(result) + _training(result)
-    )
+    lines = _table1(result) + _paper(result) + _calibration(result) + _averaging(result) + _verdicts(result)
+    lines += _peaks(result) + _training(result)
     return "\n".join(lines) + "\n"
 
 
@@ -498,12 +514,95 @@ def _paper(result: dict) -> list[str]:
                 f"{ours:.3e}",
                 "in training data" if ref is None else (f"{ref:.3e}" if isinstance(ref, float) else ref),
             ]
-        lines.append(
-            f"| {g['title']} | {g['noise_floor']['mae_A3']:.3e} | {g['baseline']['mae_A3']:.3e} | "
-            + " | ".join(cells)
-            + " |"
-        )
+        base = f"{g['baseline']['mae_A3']:.3e}" if g.get("baseline") else "-"
+        lines.append(f"| {g['title']} | {g['noise_floor']['mae_A3']:.3e} | {base} | " + " | ".join(cells) + " |")
     return lines + ["", "The paper's table has no aragonite (001) row.", ""]
+
+
+def _ensemble_labels(result: dict) -> list[str]:
+    return [
+        lab
+        for lab in result["models"]
+        if any("calibration" in g.get("models", {}).get(lab, {}) for g in result["groups"])
+    ]
+
+
+def _calibration(result: dict) -> list[str]:
+    """Does an ensemble's spread tell its error? Per group and pooled over the named test
+    surfaces (``uncertainty.calibration``, ``uncertainty.ood_auc``)."""
+    lines = []
+    for lab in _ensemble_labels(result):
+        lines += [
+            f"## Calibration of the ensemble spread: {lab}",
+            "",
+            "Spread: the members' standard deviation; error: against the MD reference with the reference's own "
+            "split-half noise taken out (module notes of `hydrolayer.uncertainty`). Rank correlations (Spearman) of "
+            "the spread with the error per window and per voxel; coverage: share of voxels within +-2 sigma "
+            "(sigma^2 = spread^2 + the reference's noise); out of domain: area under the ROC curve of the window "
+            "spread for the windows whose MAE is more than twice their MD noise floor.",
+            "",
+            "| | windows | per-window rank correlation | per-voxel rank correlation | coverage of +-2 sigma | "
+            "failing windows | ROC AUC |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        named = []
+        for g in result["groups"]:
+            cal = g.get("models", {}).get(lab, {}).get("calibration")
+            if cal is None:
+                continue
+            if g["name"] not in (
+                "test set",
+                "test set near defects",
+                "new simulations",
+                "new simulations near defects",
+            ):
+                named += cal["windows"]
+            lines.append(_calibration_row(g["title"], cal, ood_auc(cal["windows"])))
+        if named:
+            pooled = ood_auc(named)
+            rho = rank_correlation([w["spread"] for w in named], [w["rms_error"] for w in named])
+            lines.append(
+                f"| named test surfaces, pooled | {len(named)} | {_num(rho)} | | | {pooled['failing']} | "
+                f"{_num(pooled['auc'])} |"
+            )
+        lines += ["", f"Reliability diagram: `figures/reliability_{_slug(lab)}.png`.", ""]
+    return lines
+
+
+def _calibration_row(title: str, cal: dict, ood: dict) -> str:
+    return (
+        f"| {title} | {len(cal['windows'])} | {_num(cal['window_spearman'])} | {_num(cal['voxel_spearman'])} | "
+        f"{cal['coverage_2sigma']:.2f} | {ood['failing']} | {_num(ood['auc'])} |"
+    )
+
+
+def _num(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
+
+
+def _reliability_figures(result: dict, figdir: Path) -> list[str]:
+    """Per ensemble: the corrected RMS error against the mean spread, per quantile bin of the
+    spread, one line per group (a calibrated spread lies on the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for lab in _ensemble_labels(result):
+        fig, ax = plt.subplots(figsize=(5, 4), layout="constrained")
+        top = 0.0
+        for g in result["groups"]:
+            cal = g.get("models", {}).get(lab, {}).get("calibration")
+            if cal:
+                x, y = [b["spread"] for b in cal["reliability"]], [b["rms_error"] for b in cal["reliability"]]
+                ax.plot(x, y, "o-", ms=3, label=g["title"])
+                top = max(top, max(x), max(y))
+        ax.plot([0, top], [0, top], "k:", lw=1, label="calibrated")
+        ax.set(xlabel="ensemble spread (ρ/ρ_bulk)", ylabel="RMS error, MD noise removed (ρ/ρ_bulk)", title=lab)
+        ax.legend(fontsize=7)
+        files.append(_save_figure(fig, figdir, f"reliability_{_slug(lab)}.png"))
+    return files
 
 
 def _verdicts(result: dict) -> list[str]:
@@ -660,6 +759,8 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
         g["title"] = title
         results.append(g)
     result = _result(runs, db, out, cols, st, results, max_row, figdir if figures else None)
+    if figures:
+        result["calibration_figures"] = _reliability_figures(result, figdir)
     _write(out, result)
     log(
         f"wrote {out / 'report.md'}, metrics.csv, metrics.json"

@@ -34,7 +34,16 @@ import numpy as np
 
 from .conventions import FIRST_LAYER, WINDOW_SIZE, heights_above, window_starts
 
-__all__ = ["FLAG_SPREAD", "FLAG_HEIGHTS", "WINDOW_A", "window_spreads", "summarize", "summary_line"]
+__all__ = [
+    "FLAG_SPREAD",
+    "FLAG_HEIGHTS",
+    "WINDOW_A",
+    "window_spreads",
+    "summarize",
+    "summary_line",
+    "calibration",
+    "ood_auc",
+]
 
 FLAG_SPREAD = 0.10  # rho/rho_bulk: a window whose mean spread (0-10 Å above z_s) exceeds this is flagged
 FLAG_HEIGHTS = (0.0, 10.0)  # Å above z_s: the heights a window's spread is averaged over
@@ -99,3 +108,99 @@ def summary_line(summary: dict) -> str:
         f"({100 * s['flagged_share']:.0f}%: mean spread over {s['window_heights_A'][0]:g}-{s['window_heights_A'][1]:g} Å "
         f"above {s['flag_threshold']:g})"
     )
+
+
+# ------------------------------------------------------------------ calibration against MD
+RELIABILITY_BINS = 8  # quantile bins of the predicted spread in the reliability diagram
+FAIL_FACTOR = 2.0  # a window "fails" when its MAE exceeds this many times its MD noise floor
+
+
+def calibration(pred, spread, halves, masks) -> dict:
+    """How well an ensemble's spread tells its actual error, on windows with MD references.
+
+    ``pred``, ``spread``: (N, X, Y, Z) ensemble mean and spread (rho/rho_bulk); ``halves``:
+    (N, 2, X, Y, Z) the MD half-run densities; ``masks``: per window a boolean (X, Y, Z) of
+    the voxels that count, or None for all. The MD reference is the halves' mean; its own
+    noise is taken out of the error: per voxel, e2 = (pred - ref)^2 - ((h1 - h2) / 2)^2 is an
+    unbiased estimate of the squared error against the exact density (the halves' half
+    difference has the reference's variance). Returns
+
+    * ``window_spearman``: rank correlation of the window mean spread with the window's
+      corrected RMS error sqrt(max(0, mean e2)); ``voxel_spearman``: of the spread with e2;
+    * ``coverage_2sigma``: share of voxels with |pred - ref| <= 2 sqrt(spread^2 + s_ref^2),
+      s_ref^2 the window's mean ((h1 - h2) / 2)^2 (the band a calibrated Gaussian error
+      would fall in 95% of the time);
+    * ``reliability``: per quantile bin of the spread, its mean and the corrected RMS error;
+    * ``windows``: per window, the mean spread, MAE and MD noise floor (0.5 mean|h1 - h2|),
+      for the out-of-domain test (:func:`ood_auc`).
+    """
+    ref = 0.5 * (halves[:, 0] + halves[:, 1])
+    half_diff2 = (0.5 * (halves[:, 0] - halves[:, 1])) ** 2
+    s_all, e2_all, covered, windows = [], [], [], []
+    for w in range(len(pred)):
+        m = np.ones(pred[w].shape, bool) if masks[w] is None else masks[w]
+        s, d, hd2 = spread[w][m], (pred[w] - ref[w])[m], half_diff2[w][m]
+        e2 = d**2 - hd2
+        s_all.append(s)
+        e2_all.append(e2)
+        covered.append(np.abs(d) <= 2.0 * np.sqrt(s**2 + hd2.mean()))
+        windows.append(
+            {
+                "spread": float(s.mean()),
+                "mae": float(np.abs(d).mean()),
+                "noise_floor": float(np.sqrt(hd2).mean()),
+                "rms_error": float(np.sqrt(max(0.0, e2.mean()))),
+            }
+        )
+    s_all, e2_all = np.concatenate(s_all), np.concatenate(e2_all)
+    ws = [w["spread"] for w in windows]
+    return {
+        "window_spearman": rank_correlation(ws, [w["rms_error"] for w in windows]),
+        "voxel_spearman": rank_correlation(s_all, e2_all),
+        "coverage_2sigma": float(np.concatenate(covered).mean()),
+        "reliability": _reliability(s_all, e2_all),
+        "windows": windows,
+    }
+
+
+def rank_correlation(a, b) -> float | None:
+    """Spearman's rank correlation; None for fewer than 3 values or a constant input."""
+    from scipy.stats import spearmanr
+
+    a, b = np.asarray(a), np.asarray(b)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return None
+    return float(spearmanr(a, b)[0])
+
+
+def _reliability(s: np.ndarray, e2: np.ndarray) -> list[dict]:
+    """Per quantile bin of the spread ``s``: its mean spread and the corrected RMS error."""
+    edges = np.quantile(s, np.linspace(0, 1, RELIABILITY_BINS + 1))
+    idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, RELIABILITY_BINS - 1)
+    out = []
+    for b in range(RELIABILITY_BINS):
+        sel = idx == b
+        if sel.any():
+            out.append(
+                {
+                    "spread": float(s[sel].mean()),
+                    "rms_error": float(np.sqrt(max(0.0, e2[sel].mean()))),
+                    "voxels": int(sel.sum()),
+                }
+            )
+    return out
+
+
+def ood_auc(windows: list[dict], factor: float = FAIL_FACTOR) -> dict:
+    """Area under the ROC curve of the window spread as a score for the windows where the
+    model fails (MAE > ``factor`` x the window's MD noise floor): the probability that a
+    failing window has a larger spread than a passing one (ties count half). None when all
+    windows pass or all fail."""
+    score = np.array([w["spread"] for w in windows])
+    fail = np.array([w["mae"] > factor * w["noise_floor"] for w in windows])
+    n_fail, n_pass = int(fail.sum()), int((~fail).sum())
+    if n_fail == 0 or n_pass == 0:
+        return {"auc": None, "failing": n_fail, "windows": len(windows)}
+    diff = score[fail][:, None] - score[~fail][None, :]
+    auc = float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / (n_fail * n_pass))
+    return {"auc": auc, "failing": n_fail, "windows": len(windows)}
