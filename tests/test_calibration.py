@@ -86,3 +86,18 @@ def test_evaluate_reports_the_calibration_of_an_ensemble(toy, tiny_member, tmp_p
     md = (tmp_path / "report" / "report.md").read_text()
     assert f"## Calibration of the ensemble spread: {label}" in md
     assert (tmp_path / "report" / "figures" / res["calibration_figures"][0]).is_file()
+
+
+def test_flag_warning_names_the_windows():
+    from hydrolayer.uncertainty import flag_warning
+
+    summary = {
+        "flagged_windows_A": [[0.0, 0.0], [10.2, 0.0]],
+        "windows": [{}] * 9,
+        "flag_threshold": 0.1,
+        "window_heights_A": [0.0, 10.0],
+        "window_A": 10.0,
+    }
+    text = flag_warning(summary, "slab.extxyz")
+    assert text.startswith("slab.extxyz: ") and "in 2 of 9 10 x 10 Å windows" in text and "(10.2, 0.0)" in text
+    assert flag_warning(dict(summary, flagged_windows_A=[])) is None

@@ -93,7 +93,8 @@ def test_cli_writes_the_uncertainty_files_and_summary(tmp_path, slab, members, c
         main(["predict", str(path), "--model", str(manifest), "--out", str(tmp_path / "out"), "--precision", "float32"])
         == 0
     )
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     lines = [x for x in out.splitlines() if x.startswith("uncertainty (3 members): mean spread ")]
     assert len(lines) == 1 and "first layer (1-3 Å)" in lines[0] and "windows flagged" in lines[0]
     for name in ("water.cube", "water.npz", "uncertainty.cube", "uncertainty.npz", "uncertainty.png"):
@@ -101,6 +102,13 @@ def test_cli_writes_the_uncertainty_files_and_summary(tmp_path, slab, members, c
     spread, mean = Grid.read_npz(tmp_path / "out" / "uncertainty.npz"), Grid.read_npz(tmp_path / "out" / "water.npz")
     assert spread.channels == ("spread",) and spread.values.shape == mean.values.shape
     assert mean.meta["uncertainty"]["windows"] and "flagged_windows_A" in spread.meta["uncertainty"]
+    # the out-of-domain warning names the flagged windows (on stderr), or says nothing when none is flagged
+    flagged = mean.meta["uncertainty"]["flagged_windows_A"]
+    warned = [x for x in captured.err.splitlines() if "the ensemble disagrees" in x]
+    assert len(warned) == (1 if flagged else 0)
+    if flagged:
+        x0, y0 = flagged[0]
+        assert f"({x0:.1f}, {y0:.1f})" in warned[0] and f"in {len(flagged)} of" in warned[0]
 
 
 def test_bad_manifests_fail_in_one_line(tmp_path, slab, members, tiny_member, capsys):

@@ -43,6 +43,8 @@ __all__ = [
     "summary_line",
     "calibration",
     "ood_auc",
+    "rank_correlation",
+    "flag_warning",
 ]
 
 FLAG_SPREAD = 0.10  # rho/rho_bulk: a window whose mean spread (0-10 Å above z_s) exceeds this is flagged
@@ -95,6 +97,21 @@ def summarize(mean, spread, members: int, threshold: float = FLAG_SPREAD) -> dic
         "flagged_windows_A": flagged,
         "flagged_share": len(flagged) / len(windows),
     }
+
+
+def flag_warning(summary: dict, source: str = "structure") -> str | None:
+    """The out-of-domain warning for the flagged windows (None when none is flagged): how
+    many, and where on the surface (their lower-left corners, Å)."""
+    flagged = summary["flagged_windows_A"]
+    if not flagged:
+        return None
+    where = "; ".join(f"({x:.1f}, {y:.1f})" for x, y in flagged[:8]) + (" ..." if len(flagged) > 8 else "")
+    return (
+        f"{source}: the ensemble disagrees (mean spread > {summary['flag_threshold']:g} rho/rho_bulk over "
+        f"{summary['window_heights_A'][0]:g}-{summary['window_heights_A'][1]:g} Å) in {len(flagged)} of "
+        f"{len(summary['windows'])} {summary['window_A']:g} x {summary['window_A']:g} Å windows, likely out of its "
+        f"training domain there; window corners (x, y Å): {where}"
+    )
 
 
 def summary_line(summary: dict) -> str:

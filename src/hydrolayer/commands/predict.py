@@ -69,7 +69,7 @@ class CLICommand:
         from ..inference import EnsemblePredictor, load_predictor
         from ..predict import predict_density, write_outputs
         from ..structures import read_structure
-        from ..uncertainty import summary_line
+        from ..uncertainty import flag_warning, summary_line
 
         atoms = read_structure(args.structure, format=args.format)
         with warnings.catch_warnings(record=True) as caught:  # domain warnings: one line each
@@ -100,4 +100,7 @@ class CLICommand:
         )
         if spread is not None:
             print(summary_line(m["uncertainty"]))
+            warning = flag_warning(m["uncertainty"], str(args.structure))
+            if warning:
+                print(f"hydrolayer: warning: {warning}", file=sys.stderr)
         print("wrote " + "\n      ".join(str(w) for w in written))
