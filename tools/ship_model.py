@@ -25,26 +25,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hydrolayer import store  # noqa: E402
+from hydrolayer.evaluate import PAPER_TABLE1  # noqa: E402
 from hydrolayer.util import InputError, atomic_output  # noqa: E402
 
 LABELS = {"unet": "U-Net", "attention-unet": "Attention U-Net"}
-# Ranawat, Jaques & Foster, Nanoscale Adv. 3, 3447 (2021), Table 1, networks trained on
-# calcite (c), MAE in Å^-3 (water density), 3 Å around the defect for the defect rows
+# the paper's Table 1 (Ranawat, Jaques & Foster 2021), calcite-trained (c) columns, Å^-3: one
+# home, hydrolayer.evaluate.PAPER_TABLE1
 PAPER = {
-    "unet": {
-        "test set": 1.1015e-3,
-        "calcite-104 CO3 vacancy": 2.7288e-3,
-        "calcite-104 Ca vacancy": 2.6579e-3,
-        "aragonite-010": 9.4199e-3,
-        "vaterite-010": 6.4501e-3,
-    },
-    "attention-unet": {
-        "test set": 1.1433e-3,
-        "calcite-104 CO3 vacancy": 3.0565e-3,
-        "calcite-104 Ca vacancy": 2.6496e-3,
-        "aragonite-010": 1.0148e-2,
-        "vaterite-010": 7.4893e-3,
-    },
+    model: {row: cells[f"{label} (c)"] for row, cells in PAPER_TABLE1.items()}
+    for model, label in (("unet", "U-Net"), ("attention-unet", "Att U-Net"))
 }
 PAPER_ROWS = {"new simulations": "test set", "test set": "test set"}
 
