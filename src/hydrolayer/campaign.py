@@ -566,20 +566,14 @@ def run_campaign(
     spec's ``cluster:`` section (None values ignored). ``ranks``: MPI ranks per job; ``threads``:
     OpenMP threads per job instead of ranks. Returns counts of done/failed/skipped jobs.
     """
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import as_completed
 
     from . import store
-    from .forcefield import DEFAULT_PARALLEL
 
     spec = load_spec(spec_path)
     jobs = expand(spec)
     cluster_options(spec)  # a bad cluster: section fails before anything runs
-    if threads:
-        mode, ranks, per_job = "omp", 1, threads
-    else:
-        mode, ranks = DEFAULT_PARALLEL["mode"], ranks or DEFAULT_PARALLEL["ranks"]
-        per_job = ranks if mode == "mpi" else DEFAULT_PARALLEL["threads"]
-        threads = None if mode == "mpi" else DEFAULT_PARALLEL["threads"]
+    mode, ranks, threads, per_job = _parallel_layout(ranks, threads)
     root = workroot_for(db, workdir)
     root.mkdir(parents=True, exist_ok=True)
     store.connect(db)  # fail early on a bad path
@@ -603,15 +597,7 @@ def run_campaign(
         return _run_on_slurm(
             spec, spec_path, db, todo, counts, root, mode, ranks, threads, per_job, grids_dir, log, slurm_options
         )
-    if scheduler is not None and not isinstance(scheduler, str):
-        client = Client(scheduler)  # a cluster object, e.g. dask_jobqueue.SLURMCluster
-    elif scheduler:
-        client = Client(scheduler)
-    else:
-        ncores = os.cpu_count() or 1
-        nworkers = workers or max(1, ncores // per_job)
-        cluster = LocalCluster(n_workers=nworkers, threads_per_worker=1, processes=True, dashboard_address=None)
-        client = Client(cluster)
+    client, cluster = _client(scheduler, workers, per_job)
     try:
         futures = {}
         for j in todo:
@@ -626,6 +612,31 @@ def run_campaign(
         if cluster is not None:
             cluster.close()
     return counts
+
+
+def _parallel_layout(ranks, threads) -> tuple:
+    """(mode, ranks, threads, cores per job) of the MD jobs: OpenMP ``threads`` if given,
+    else ``ranks`` MPI ranks (default ``forcefield.DEFAULT_PARALLEL``)."""
+    from .forcefield import DEFAULT_PARALLEL
+
+    if threads:
+        return "omp", 1, threads, threads
+    mode, ranks = DEFAULT_PARALLEL["mode"], ranks or DEFAULT_PARALLEL["ranks"]
+    per_job = ranks if mode == "mpi" else DEFAULT_PARALLEL["threads"]
+    return mode, ranks, None if mode == "mpi" else DEFAULT_PARALLEL["threads"], per_job
+
+
+def _client(scheduler, workers, per_job: int) -> tuple:
+    """A Dask client: to ``scheduler`` (an address or a cluster object, e.g. a
+    ``dask_jobqueue.SLURMCluster``), else to a new LocalCluster of ``workers`` (default
+    cores // ``per_job``) single-threaded worker processes; and the LocalCluster (or None)."""
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler is not None and (not isinstance(scheduler, str) or scheduler):
+        return Client(scheduler), None
+    nworkers = workers or max(1, (os.cpu_count() or 1) // per_job)
+    cluster = LocalCluster(n_workers=nworkers, threads_per_worker=1, processes=True, dashboard_address=None)
+    return Client(cluster), cluster
 
 
 def _store_result(fut, j: Job, db, grids_dir, counts: dict, log) -> None:
