@@ -74,9 +74,10 @@ def test_registry_ships_ensembles_by_name(tmp_path, members):
         shutil.copy(m, tmp_path / f"unet-m{k}.pt")
     write_ensemble(tmp_path / "unet-ens.ensemble.json", [tmp_path / "unet-m0.pt", tmp_path / "unet-m1.pt"])
     assert json.loads((tmp_path / "unet-ens.ensemble.json").read_text())["members"] == ["unet-m0.pt", "unet-m1.pt"]
+    shutil.copy(members[2], tmp_path / "unet-solo.pt")
     shipped = {m.name: m.is_ensemble for m in list_models(tmp_path)}
-    assert shipped == {"unet-ens": True, "unet-m0": False, "unet-m1": False}
-    assert predict.default_model_name(tmp_path) == "unet-m0"  # a single model unless DEFAULT names the ensemble
+    assert shipped == {"unet-ens": True, "unet-solo": False}  # members are listed with their ensemble only
+    assert predict.default_model_name(tmp_path) == "unet-solo"  # a single model unless DEFAULT names the ensemble
     ens = load_predictor("unet-ens", directory=tmp_path)
     assert isinstance(ens, EnsemblePredictor) and [m.name for m in ens.members] == ["unet-m0", "unet-m1"]
     assert "unet-ens" in predict.models_text(directory=tmp_path)

@@ -77,13 +77,24 @@ def list_models(directory: Path | str | None = None) -> list[ShippedModel]:
     d = _folder(directory)
     if not d.is_dir():
         return []
-    found = {pt.stem: pt for pt in d.glob("*.pt")}
-    found.update({m.name[: -len(ENSEMBLE_SUFFIX)]: m for m in d.glob(f"*{ENSEMBLE_SUFFIX}")})
+    manifests = {m.name[: -len(ENSEMBLE_SUFFIX)]: m for m in d.glob(f"*{ENSEMBLE_SUFFIX}")}
+    members = {Path(p).resolve() for m in manifests.values() for p in _member_paths(m)}
+    found = {pt.stem: pt for pt in d.glob("*.pt") if pt.resolve() not in members}  # members listed with their ensemble
+    found.update(manifests)
     out = []
     for name in sorted(found):
         card = d / f"{name}.md"
         out.append(ShippedModel(name, found[name], card if card.exists() else None))
     return out
+
+
+def _member_paths(manifest: Path) -> list[Path]:
+    """The member checkpoints a manifest names (unchecked; empty if it does not parse)."""
+    try:
+        doc = json.loads(manifest.read_text())
+        return [manifest.parent / m for m in doc.get("members", []) if isinstance(m, str)]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def default_model_name(directory: Path | str | None = None) -> str | None:
