@@ -569,11 +569,13 @@ def run_campaign(
     from dask.distributed import as_completed
 
     from . import store
+    from .forcefield import parallel_layout
 
     spec = load_spec(spec_path)
     jobs = expand(spec)
     cluster_options(spec)  # a bad cluster: section fails before anything runs
-    mode, ranks, threads, per_job = _parallel_layout(ranks, threads)
+    layout = parallel_layout(ranks, threads)
+    mode, ranks, threads, per_job = layout["mode"], layout["ranks"], layout["threads"], layout["cores"]
     root = workroot_for(db, workdir)
     root.mkdir(parents=True, exist_ok=True)
     store.connect(db)  # fail early on a bad path
@@ -612,18 +614,6 @@ def run_campaign(
         if cluster is not None:
             cluster.close()
     return counts
-
-
-def _parallel_layout(ranks, threads) -> tuple:
-    """(mode, ranks, threads, cores per job) of the MD jobs: OpenMP ``threads`` if given,
-    else ``ranks`` MPI ranks (default ``forcefield.DEFAULT_PARALLEL``)."""
-    from .forcefield import DEFAULT_PARALLEL
-
-    if threads:
-        return "omp", 1, threads, threads
-    mode, ranks = DEFAULT_PARALLEL["mode"], ranks or DEFAULT_PARALLEL["ranks"]
-    per_job = ranks if mode == "mpi" else DEFAULT_PARALLEL["threads"]
-    return mode, ranks, None if mode == "mpi" else DEFAULT_PARALLEL["threads"], per_job
 
 
 def _client(scheduler, workers, per_job: int) -> tuple:

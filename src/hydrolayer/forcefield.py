@@ -40,6 +40,7 @@ __all__ = [
     "mpiexec_path",
     "lammps_version",
     "DEFAULT_PARALLEL",
+    "parallel_layout",
 ]
 
 CITATION = (
@@ -85,6 +86,21 @@ FORCEFIELD: dict = {
 
 # measured on this machine (benchmarks/RESULTS.md, "## MD"): 2 MPI ranks beat 2 OpenMP threads
 DEFAULT_PARALLEL = {"mode": "mpi", "ranks": 2, "threads": 1}
+
+
+def parallel_layout(ranks: int | None = None, threads: int | None = None) -> dict:
+    """The ``SimulationParams`` fields ``mode``, ``ranks``, ``threads`` of one MD job: OpenMP
+    ``threads`` if given, else ``ranks`` MPI ranks (default :data:`DEFAULT_PARALLEL`), and
+    ``cores``, the cores the job takes."""
+    if threads:
+        return {"mode": "omp", "ranks": 1, "threads": int(threads), "cores": int(threads)}
+    mode, ranks, n_threads = (
+        DEFAULT_PARALLEL["mode"],
+        int(ranks or DEFAULT_PARALLEL["ranks"]),
+        DEFAULT_PARALLEL["threads"],
+    )
+    return {"mode": mode, "ranks": ranks, "threads": n_threads, "cores": ranks if mode == "mpi" else n_threads}
+
 
 BOND_CUT = {"C-O": 1.6, "O-H": 1.25}
 

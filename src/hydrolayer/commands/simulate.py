@@ -13,16 +13,11 @@ RESUME_KEYS = ("production_ps", "equil_ps", "seed", "temperature", "spacing")
 
 
 def parallel_settings(ranks=None, threads=None) -> dict:
-    """``SimulationParams`` fields for ``--ranks`` / ``--threads``."""
-    from ..forcefield import DEFAULT_PARALLEL
+    """``SimulationParams`` fields for ``--ranks`` / ``--threads`` (``forcefield.parallel_layout``)."""
+    from ..forcefield import parallel_layout
 
-    if threads:
-        return {"mode": "omp", "ranks": 1, "threads": int(threads)}
-    return {
-        "mode": DEFAULT_PARALLEL["mode"],
-        "ranks": int(ranks or DEFAULT_PARALLEL["ranks"]),
-        "threads": DEFAULT_PARALLEL["threads"],
-    }
+    layout = parallel_layout(ranks, threads)
+    return {k: layout[k] for k in ("mode", "ranks", "threads")}
 
 
 def default_workdir(structure: Path, db, params) -> Path:
