@@ -47,13 +47,12 @@ def block_summary(row) -> dict | None:
     if s is None:
         return None
     t = np.asarray(s["t_ps"])
-    blocks = np.diff(np.r_[0.0, t])
     out = {}
     for face in ("top", "bottom"):
         y = np.asarray(s[face])
         early = y[t <= 50.0 + 1e-6]
         out[face] = {
-            "drift": relative_drift(y, blocks),
+            "drift": relative_drift(y, s["block_ps"]),
             "first_50ps_vs_rest": float(early.mean() / y[t > 50.0 + 1e-6].mean() - 1)
             if len(early) and (t > 50).any()
             else None,

@@ -12,15 +12,12 @@ from hydrolayer import store  # noqa: E402
 
 
 def _drift(row) -> str:
-    import numpy as np
-
     from hydrolayer.density import relative_drift
 
     s = store.first_layer_series(row)
     if s is None:
         return "-"
-    blocks = np.diff(np.r_[0.0, s["t_ps"]])
-    return " / ".join(f"{100 * relative_drift(s[f], blocks):+.0f}%" for f in ("top", "bottom"))
+    return " / ".join(f"{100 * relative_drift(s[f], s['block_ps']):+.0f}%" for f in ("top", "bottom"))
 
 
 def table(db) -> str:

@@ -503,8 +503,8 @@ def _paper(result: dict) -> list[str]:
         "|---|---|---|" + "---|---|" * len(labels),
     ]
     for g in result["groups"]:
-        paper = PAPER_TABLE1.get(g["name"].replace(" near defects", ""))
-        if not g.get("windows") or paper is None or g["name"] == "test set near defects":
+        paper = PAPER_TABLE1.get(g["name"])
+        if not g.get("windows") or paper is None:
             continue
         cells = []
         for lab in labels:

@@ -517,8 +517,8 @@ def format_table(db, columns=LIST_COLUMNS, **selection) -> str:
 
 
 def first_layer_series(row) -> dict | None:
-    """A row's first-layer water over production: ``{"t_ps": block ends, "top": counts,
-    "bottom": counts}`` (mean number of water O 1-3 Å above each face's plane per block;
+    """A row's first-layer water over production: ``{"t_ps": block ends, "block_ps": block
+    lengths, "top": counts, "bottom": counts}`` (mean number of water O 1-3 Å above each face's plane per block;
     ``conventions.FIRST_LAYER``), or None for rows made before it was recorded."""
     import numpy as np
 
@@ -528,7 +528,12 @@ def first_layer_series(row) -> dict | None:
     if not fp:
         return None
     counts = first_layer_counts(np.asarray(fp["mean_counts"], float), np.asarray(fp["edges"], float))
-    return {"t_ps": np.cumsum(fp["block_ps"]).tolist(), "top": counts[:, 0].tolist(), "bottom": counts[:, 1].tolist()}
+    return {
+        "t_ps": np.cumsum(fp["block_ps"]).tolist(),
+        "block_ps": list(fp["block_ps"]),
+        "top": counts[:, 0].tolist(),
+        "bottom": counts[:, 1].tolist(),
+    }
 
 
 def format_row(db, row_id) -> str:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .conventions import FIRST_LAYER, WINDOW_SIZE, heights_above, window_starts
+from .conventions import FIRST_LAYER, WINDOW_SIZE, heights_above, noise_floor, window_starts
 
 __all__ = [
     "FLAG_SPREAD",
@@ -165,7 +165,7 @@ def calibration(pred, spread, halves, masks) -> dict:
             {
                 "spread": float(s.mean()),
                 "mae": float(np.abs(d).mean()),
-                "noise_floor": float(np.sqrt(hd2).mean()),
+                "noise_floor": noise_floor(halves[w, 0], halves[w, 1], m),
                 "rms_error": float(np.sqrt(max(0.0, e2.mean()))),
             }
         )
