@@ -265,3 +265,22 @@ def test_bfloat16_training_runs_and_stays_close_to_float32(toy, tiny, tmp_path):
     assert rb["val_mae"] > 0
     assert rb["train_loss"] == pytest.approx(ra["train_loss"], rel=2e-3)
     assert rb["val_mae"] == pytest.approx(ra["val_mae"], rel=1e-4)
+
+
+def test_mixed_loss_is_l1_plus_weighted_mse_and_trains_one_network(toy, tiny, tmp_path):
+    """``loss: l1+l2``: L1 + l2_weight x MSE on known numbers, one network in ``l1+l2/``."""
+    from hydrolayer.train import loss_function
+
+    pred, target = torch.tensor([0.0, 1.0, 3.0]), torch.tensor([0.0, 0.0, 1.0])
+    # L1 = (0 + 1 + 2) / 3 = 1; MSE = (0 + 1 + 4) / 3 = 5/3
+    assert loss_function("l1")(pred, target).item() == pytest.approx(1.0)
+    assert loss_function("l2")(pred, target).item() == pytest.approx(5 / 3)
+    assert loss_function("l1+l2", 0.5)(pred, target).item() == pytest.approx(1 + 0.5 * 5 / 3)
+    with pytest.raises(ValueError, match="l2_weight"):
+        tiny(toy[1], loss="l1+l2", l2_weight=0)
+    db, cache = toy
+    summary = fit(db, tmp_path / "mix", tiny(cache, loss="l1+l2", l2_weight=0.5, epochs=1), progress=False)
+    assert set(summary["losses"]) == {"l1+l2"}
+    assert (tmp_path / "mix" / "l1+l2" / "best.pt").exists()
+    _, meta = load_model(tmp_path / "mix" / "model.pt")
+    assert meta["loss"] == "l1+l2" and meta["train_config"]["l2_weight"] == 0.5

@@ -15,7 +15,9 @@ Run directory (``--out RUN``)::
 
 ``loss: compare`` (the default) trains the same initial network twice, with L1 (the paper)
 and with L2 (MSE) on the same windows, and keeps the better on validation MAE: with noisy
-targets L1 learns the median and L2 the mean. Adam, ReduceLROnPlateau on the validation MAE,
+targets L1 learns the median and L2 the mean. ``loss: l1+l2`` trains once on
+L1 + ``l2_weight`` x MSE (:func:`loss_function`): the mean's pull on the high first-layer
+maxima that L1 alone under-fills, with L1's robustness elsewhere (benchmarks/RESULTS.md). Adam, ReduceLROnPlateau on the validation MAE,
 early stopping after ``patience`` epochs without improvement. Every epoch is a checkpoint;
 ``resume=True`` continues exactly (same split, windows, optimiser state, RNG state).
 
@@ -64,13 +66,16 @@ __all__ = [
     "check_db",
     "d4",
     "LOSSES",
+    "MIXED_LOSS",
+    "loss_function",
     "fit_ensemble",
     "is_ensemble_run",
     "bootstrap_split",
     "ENSEMBLE_PLAN",
 ]
 
-LOSSES = ("l1", "l2")
+LOSSES = ("l1", "l2")  # what loss: compare trains and compares
+MIXED_LOSS = "l1+l2"  # L1 + l2_weight * MSE, one network
 ENSEMBLE_PLAN = "ensemble-plan.json"  # in an ensemble's run folder: members, bootstrap, config, splits
 
 
@@ -83,7 +88,8 @@ class TrainConfig:
     kernel_size: int = 3
     norm: str = "batch"  # "batch" or "none"
     dropout: float = 0.0
-    loss: str = "compare"  # "l1", "l2" or "compare" (both; keep the better on validation)
+    loss: str = "compare"  # "l1", "l2", "l1+l2" (mixed) or "compare" (l1 and l2; keep the better on validation)
+    l2_weight: float = 1.0  # loss "l1+l2": weight of the MSE term beside L1
     epochs: int = 60
     batch_size: int = 4  # global batch (split across torchrun processes)
     lr: float = 1e-3  # Adam learning rate
@@ -126,8 +132,10 @@ class TrainConfig:
             )
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if self.loss not in (*LOSSES, "compare"):
-            raise ValueError(f"loss must be 'l1', 'l2' or 'compare', got {self.loss!r}")
+        if self.loss not in (*LOSSES, MIXED_LOSS, "compare"):
+            raise ValueError(f"loss must be 'l1', 'l2', 'l1+l2' or 'compare', got {self.loss!r}")
+        if isinstance(self.l2_weight, bool) or not isinstance(self.l2_weight, (int, float)) or not self.l2_weight > 0:
+            raise ValueError(f"l2_weight must be a positive number, got {self.l2_weight!r}")
         for name in ("epochs", "batch_size", "windows_per_interface", "patience", "lr_patience"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
@@ -664,6 +672,21 @@ def _conclude(ctx: FitContext, results: dict) -> dict:
     return summary
 
 
+def loss_function(name: str, l2_weight: float = 1.0):
+    """The training loss called ``name``: ``"l1"`` (mean absolute error), ``"l2"`` (mean
+    squared error) or ``"l1+l2"`` (their sum, the MSE weighted by ``l2_weight``)."""
+    import torch
+
+    l1, l2 = torch.nn.L1Loss(), torch.nn.MSELoss()
+    if name == "l1":
+        return l1
+    if name == "l2":
+        return l2
+    if name == MIXED_LOSS:
+        return lambda pred, target: l1(pred, target) + l2_weight * l2(pred, target)
+    raise ValueError(f"unknown loss {name!r}")
+
+
 def _fit_one(ctx: FitContext, loss_name: str) -> dict:
     """Train one loss to its end (or ``ctx.stop_after`` epochs), a checkpoint every epoch."""
     import torch
@@ -688,7 +711,7 @@ def _fit_one(ctx: FitContext, loss_name: str) -> dict:
         return state.result(io.folder)
     _check_plan_size(ctx)
     net = DistributedDataParallel(training.model) if dist.active else training.model
-    lossf = torch.nn.L1Loss() if loss_name == "l1" else torch.nn.MSELoss()
+    lossf = loss_function(loss_name, cfg.l2_weight)
     for n_run, epoch in enumerate(range(state.epoch, cfg.epochs), start=1):
         rec = _run_epoch(ctx, training, net, lossf, loss_name)
         if dist.rank == 0:

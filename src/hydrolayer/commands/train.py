@@ -33,9 +33,9 @@ class CLICommand:
         )
         add(
             "--loss",
-            choices=["l1", "l2", "compare"],
+            choices=["l1", "l2", "l1+l2", "compare"],
             default=None,
-            help="loss (default compare: train both, keep the better)",
+            help="loss (default compare: train l1 and l2, keep the better; l1+l2: their sum, one network)",
         )
         add("--seed", type=int, default=None, help="random seed (default 0)")
         add("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
