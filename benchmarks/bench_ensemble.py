@@ -2,11 +2,13 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_ensemble.py                 # unet-v1 x 5, float32 and auto
     python benchmarks/bench_ensemble.py --members 5 --repeats 3 --json bench-ensemble.json
+    python benchmarks/bench_ensemble.py --ensemble runs/ens-c-small/ensemble.json --threads 2 --precision auto
 
 The surface is calcite (10-14) 10 x 6 cells (49.9 x 48.6 Å), as in bench_predict.py. The
 ensemble is the shipped default checkpoint (unet-v1) listed ``--members`` times in a
 temporary manifest: the timing does not depend on the weights (same architecture, same
-arithmetic), so this measures what a trained 5-member ensemble of unet-v1 costs. Timed
+arithmetic), so this measures what a trained 5-member ensemble of unet-v1 costs; or, with
+``--ensemble MANIFEST``, a trained ensemble as it is (its own members and architectures). Timed
 after loading, interleaved (single, ensemble, single, ...) so that a change in the machine's
 load hits both: ``predict_density(slab, model=single)`` against
 ``predict_density(slab, model=ensemble, uncertainty=True)`` end to end (descriptor, every
@@ -70,6 +72,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None, help="member checkpoint (default: the shipped default, unet-v1)")
     ap.add_argument("--members", type=int, default=5)
+    ap.add_argument(
+        "--ensemble", type=Path, default=None, help="time this ensemble manifest instead of --model x --members"
+    )
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", default="10x6", help="calcite-104 repeats (10x6 = 49.9 x 48.6 Å)")
     ap.add_argument("--precision", default="float32,auto", help="comma-separated precisions")
@@ -78,8 +84,10 @@ def main(argv=None) -> dict:
 
     import torch
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from hydrolayer.inference import load_predictor, resolve_precision
-    from hydrolayer.registry import resolve_model, write_ensemble
+    from hydrolayer.registry import read_ensemble, resolve_model, write_ensemble
     from hydrolayer.structures import build_surface
 
     member = resolve_model(args.model)
@@ -90,13 +98,17 @@ def main(argv=None) -> dict:
         "machine": f"{_cpu()}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), "
         f"Python {platform.python_version()}",
         "command": "python benchmarks/bench_ensemble.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "members": f"{member.name} repeated {args.members} times (the timing does not depend on the weights)",
+        "members": f"{args.ensemble}: {len(read_ensemble(args.ensemble).members)} members"
+        if args.ensemble
+        else f"{member.name} repeated {args.members} times (the timing does not depend on the weights)",
         "surface": f"calcite-104 {args.size}: {cell[0]:.1f} x {cell[1]:.1f} Å, {len(slab)} atoms",
         "loadavg_before": os.getloadavg(),
         "by_precision": {},
     }
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = write_ensemble(Path(tmp) / "bench.ensemble.json", [member] * args.members, note="benchmark")
+        manifest = args.ensemble or write_ensemble(
+            Path(tmp) / "bench.ensemble.json", [member] * args.members, note="benchmark"
+        )
         done = set()
         for prec in (p.strip() for p in args.precision.split(",")):
             actual = resolve_precision(prec)
