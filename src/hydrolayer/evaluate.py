@@ -47,12 +47,21 @@ from typing import Any, Sequence
 import numpy as np
 
 from .conventions import hydration_peaks, noise_floor_map
-from .inference import run_batches
+from .inference import run_batches, window_latents
 from .scoring import score_windows
-from .uncertainty import calibration, ood_auc, rank_correlation
+from .uncertainty import (
+    calibration,
+    latent_distance,
+    latent_reference,
+    ood_scores,
+    rank_correlation,
+    read_latents,
+    write_latents,
+    youden_threshold,
+)
 from .util import InputError, atomic_output
 
-__all__ = ["evaluate", "DEFECT_RADIUS"]
+__all__ = ["evaluate", "DEFECT_RADIUS", "training_latents", "write_training_latents"]
 
 DEFECT_RADIUS = 3.0  # Å, as the paper
 MODEL_LABELS = {"unet": "U-Net", "attention-unet": "Att U-Net"}
@@ -98,6 +107,8 @@ def paper_column(meta: dict) -> str:
 
 
 PREDICT_BATCH = 4  # windows per network call
+LATENT_STRIDE = 16  # grid points (half a window) between the training windows whose latents are kept
+NOT_NAMED = ("test set", "test set near defects", "new simulations", "new simulations near defects")
 
 
 # ------------------------------------------------------------------ peaks
@@ -160,9 +171,11 @@ def _load_columns(cols: list[dict]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             if is_ensemble_path(c["path"]):  # an ensemble: its members' mean, and their spread
-                loaded = [load_model(p) for p in read_ensemble(c["path"]).members]
-                c["nets"] = [net for net, _ in loaded]
+                manifest = read_ensemble(c["path"])
+                loaded = [load_model(p) for p in manifest.members]
+                c["nets"], c["metas"] = [net for net, _ in loaded], [meta for _, meta in loaded]
                 c["net"], c["meta"] = loaded[0]
+                c["latents_file"] = manifest.latents
             else:
                 c["net"], c["meta"] = load_model(c["path"])
         loss = c["loss"] or c["meta"].get("loss")
@@ -241,6 +254,11 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
         m = mae(pred)
         if c["label"] in spreads:
             m["calibration"] = calibration(pred, spreads[c["label"]], halves, masks)
+            if c.get("latent_ref") is not None:
+                lat = np.stack([window_latents(net, x, PREDICT_BATCH) for net in c["nets"]])
+                for w, d in zip(m["calibration"]["windows"], latent_distance(c["latent_ref"], lat)):
+                    w["latent_distance"] = float(d)
+            m["calibration"]["ood"] = ood_scores(m["calibration"]["windows"])
         prof = pred.mean(axis=(0, 1, 2))
         m["peaks"] = _match_peaks(sim_peaks, hydration_peaks(z, prof))
         if baseline is not None:
@@ -528,51 +546,69 @@ def _ensemble_labels(result: dict) -> list[str]:
 
 
 def _calibration(result: dict) -> list[str]:
-    """Does an ensemble's spread tell its error? Per group and pooled over the named test
-    surfaces (``uncertainty.calibration``, ``uncertainty.ood_auc``)."""
+    """Does an ensemble's spread tell its error, and do the spread and the latent distance
+    tell the windows where it fails? Per group and pooled over the named test surfaces
+    (``uncertainty.calibration``, ``uncertainty.ood_scores``)."""
     lines = []
     for lab in _ensemble_labels(result):
+        ood = (result.get("ood") or {}).get(lab) or {}
         lines += [
             f"## Calibration of the ensemble spread: {lab}",
             "",
             "Spread: the members' standard deviation; error: against the MD reference with the reference's own "
             "split-half noise taken out (module notes of `hydrolayer.uncertainty`). Rank correlations (Spearman) of "
             "the spread with the error per window and per voxel; coverage: share of voxels within +-2 sigma "
-            "(sigma^2 = spread^2 + the reference's noise); out of domain: area under the ROC curve of the window "
-            "spread for the windows whose MAE is more than twice their MD noise floor.",
+            "(sigma^2 = spread^2 + the reference's noise); out of domain: area under the ROC curve of a window score "
+            "for the windows whose MAE is more than twice their MD noise floor: the window spread, the latent "
+            "distance (the members' bottleneck features against their training windows', k nearest neighbours; "
+            "`hydrolayer.uncertainty`) and the two combined (mean of their ranks within the row).",
+            "",
+            f"Training latents: {ood.get('latents') or '-'}.",
             "",
             "| | windows | per-window rank correlation | per-voxel rank correlation | coverage of +-2 sigma | "
-            "failing windows | ROC AUC |",
-            "|---|---|---|---|---|---|---|",
+            "failing windows | ROC AUC spread | ROC AUC latent distance | ROC AUC combined |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
         named = []
         for g in result["groups"]:
             cal = g.get("models", {}).get(lab, {}).get("calibration")
             if cal is None:
                 continue
-            if g["name"] not in (
-                "test set",
-                "test set near defects",
-                "new simulations",
-                "new simulations near defects",
-            ):
-                named += cal["windows"]
-            lines.append(_calibration_row(g["title"], cal, ood_auc(cal["windows"])))
+            named += [] if g["name"] in NOT_NAMED else cal["windows"]
+            lines.append(_calibration_row(g["title"], cal, cal.get("ood") or ood_scores(cal["windows"])))
         if named:
-            pooled = ood_auc(named)
             rho = rank_correlation([w["spread"] for w in named], [w["rms_error"] for w in named])
+            lines.append(_calibration_row("named test surfaces, pooled", {"windows": named}, ood_scores(named), rho))
+        if ood.get("all_pooled"):
             lines.append(
-                f"| named test surfaces, pooled | {len(named)} | {_num(rho)} | | | {pooled['failing']} | "
-                f"{_num(pooled['auc'])} |"
+                _calibration_row(
+                    "every window above, pooled", {"windows": [None] * ood["all_windows"]}, ood["all_pooled"]
+                )
             )
-        lines += ["", f"Reliability diagram: `figures/reliability_{_slug(lab)}.png`.", ""]
+        lines += ["", *_threshold_lines(ood), f"Reliability diagram: `figures/reliability_{_slug(lab)}.png`.", ""]
     return lines
 
 
-def _calibration_row(title: str, cal: dict, ood: dict) -> str:
+def _threshold_lines(ood: dict) -> list[str]:
+    """The measured flag thresholds (Youden's J over every window) as report lines."""
+    out = []
+    for key, t in (ood.get("thresholds") or {}).items():
+        if t:
+            out.append(
+                f"- {key.replace('_', ' ')}: the threshold maximising Youden's J over every window is "
+                f"{t['threshold']:.3g} (flags {t['tpr']:.0%} of the failing windows and {t['fpr']:.0%} of the others)."
+            )
+    return out + [""] if out else []
+
+
+def _calibration_row(title: str, cal: dict, ood: dict, window_rho="cal") -> str:
+    """One row of the calibration table; ``cal`` may hold only ``windows`` (a pooled row)."""
+    rho = cal.get("window_spearman") if window_rho == "cal" else window_rho
+    cover = f"{cal['coverage_2sigma']:.2f}" if "coverage_2sigma" in cal else ""
+    auc = [_num((ood.get(k) or {}).get("auc")) for k in ("spread", "latent_distance", "combined")]
     return (
-        f"| {title} | {len(cal['windows'])} | {_num(cal['window_spearman'])} | {_num(cal['voxel_spearman'])} | "
-        f"{cal['coverage_2sigma']:.2f} | {ood['failing']} | {_num(ood['auc'])} |"
+        f"| {title} | {len(cal['windows'])} | {_num(rho)} | {_num(cal.get('voxel_spearman'))} | {cover} | "
+        f"{ood['spread']['failing']} | " + " | ".join(auc) + " |"
     )
 
 
@@ -744,6 +780,9 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
     cfg = st["train_config"]
     cache = Path(cfg["cache_dir"]) if cfg.get("cache_dir") and Path(cfg["cache_dir"]).is_dir() else out / "cache"
     bank_kw = dict(sigma=st["sigma"], sigma_target=st["sigma_target"], train_surfaces=st["train_surfaces"])
+    for c in cols:
+        if "nets" in c:  # an ensemble: the training latents of its out-of-domain score
+            c["latent_ref"], c["latents_source"] = _column_latents(c, db, cache, max_row, log)
 
     results = []
     for name, title, uids, defect in _groups(db, cols, st, max_row, log):
@@ -759,6 +798,7 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
         g["title"] = title
         results.append(g)
     result = _result(runs, db, out, cols, st, results, max_row, figdir if figures else None)
+    result["ood"] = {c["label"]: _ood_summary(results, c) for c in cols if "nets" in c}
     if figures:
         result["calibration_figures"] = _reliability_figures(result, figdir)
     _write(out, result)
@@ -767,6 +807,113 @@ def evaluate(runs: Sequence, db, out, figures: bool = True, log=print, max_row: 
         + (f" and {sum(len(g.get('figures', [])) for g in results)} figures" if figures else "")
     )
     return result
+
+
+def _column_latents(c: dict, db, cache: Path, max_row, log) -> tuple[dict, str]:
+    """An ensemble column's training latents: the manifest's file, or computed now from the
+    members' training simulations (:func:`training_latents`); and where they came from."""
+    if c.get("latents_file"):
+        return read_latents(c["latents_file"])[0], str(c["latents_file"])
+    log(f"{c['path']}: no training-latents file; computing the training windows' latents")
+    ref, meta = _training_reference(c["nets"], c["metas"], db, cache, max_row)
+    return ref, f"computed from {len(meta['simulations'])} training simulations ({meta['windows']} windows)"
+
+
+def _ood_summary(groups: list[dict], c: dict) -> dict:
+    """The out-of-domain scores of an ensemble column over the groups: ROC AUCs pooled over
+    the named test surfaces and over every window, and the thresholds of the spread and the
+    latent distance that maximise Youden's J over every window (``uncertainty.youden_threshold``)."""
+    named, every = [], []
+    for g in groups:
+        cal = g.get("models", {}).get(c["label"], {}).get("calibration")
+        if cal:
+            every += cal["windows"]
+            named += [] if g["name"] in NOT_NAMED else cal["windows"]
+    keys = ["spread"] + (["latent_distance"] if every and "latent_distance" in every[0] else [])
+    return {
+        "latents": c.get("latents_source"),
+        "named_pooled": ood_scores(named),
+        "named_windows": len(named),
+        "all_pooled": ood_scores(every),
+        "all_windows": len(every),
+        "thresholds": {k: youden_threshold(every, k) for k in keys},
+    }
+
+
+def _training_reference(nets, metas: list[dict], db, cache_dir, max_row=None, log=None) -> tuple[dict, dict]:
+    """``uncertainty.latent_reference`` of the networks ``nets`` on the windows of their
+    training simulations (the union of the members' ``training.split.train``; database rows
+    up to ``max_row``), both faces, every :data:`LATENT_STRIDE` grid points; and what it was
+    made from (simulations, windows, pooling)."""
+    from . import data, store
+    from .conventions import window_starts
+    from .inference import LATENT_HEIGHTS
+
+    known = {r.unique_id for r in store.iter_rows(db) if max_row is None or int(r.id) <= int(max_row)}
+    uids = sorted({u for m in metas for u in ((m.get("training") or {}).get("split") or {}).get("train", [])} & known)
+    if not uids:
+        raise InputError(f"{db}: none of the model's training simulations (its checkpoints' training.split) is there")
+    meta0 = metas[0]
+    cfg = meta0.get("train_config") or {}
+    bank = data.build_bank(
+        db,
+        uids,
+        cache_dir,
+        sigma=(meta0.get("descriptor") or {}).get("sigma"),
+        sigma_target=meta0.get("sigma_target", data.DEFAULT_SIGMA_TARGET),
+        train_surfaces=tuple(cfg.get("train_surfaces", data.TRAIN_SURFACES)),
+        log=log,
+    )
+    plan = [
+        (i, a, b)
+        for i, e in enumerate(bank.entries)
+        for a in window_starts(e.n_offsets[0], LATENT_STRIDE)
+        for b in window_starts(e.n_offsets[1], LATENT_STRIDE)
+    ]
+    sims = [uids.index(bank.entries[i].interface.unique_id) for i, _, _ in plan]
+    x, _ = bank.batch(plan)
+    lat = np.stack([window_latents(net, x, PREDICT_BATCH) for net in nets])
+    info = {
+        "simulations": uids,
+        "windows": len(plan),
+        "stride_points": LATENT_STRIDE,
+        "heights_A": list(LATENT_HEIGHTS),
+        "pooling": "mean and max over the bottleneck cells in heights_A",
+    }
+    return latent_reference(lat, sims), info
+
+
+def training_latents(model, db, cache_dir, max_row: int | None = None, log=None) -> tuple[dict, dict]:
+    """The training latents of a checkpoint or ensemble manifest ``model`` (path), from its
+    training simulations in ``db`` (windows cached in ``cache_dir``): (reference, meta), as
+    :func:`write_training_latents` stores them."""
+    from .models import load_model
+    from .registry import is_ensemble_path, read_ensemble
+
+    paths = read_ensemble(model).members if is_ensemble_path(model) else (Path(model),)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        loaded = [load_model(p) for p in paths]
+    return _training_reference([n.eval() for n, _ in loaded], [m for _, m in loaded], db, cache_dir, max_row, log)
+
+
+def write_training_latents(model, db, cache_dir, max_row: int | None = None, log=print) -> Path:
+    """Compute and store the training latents of ``model`` (a ``.pt`` checkpoint or an
+    ensemble manifest) beside it (``registry.latents_path``); a manifest then names the file
+    (``"latents"``). Returns the file's path."""
+    from .registry import is_ensemble_path, latents_path, set_ensemble_latents
+    from .train import check_db
+
+    check_db(db)
+    ref, info = training_latents(model, db, cache_dir, max_row, log)
+    out = latents_path(model)
+    write_latents(out, ref, model=Path(model).name, db=str(db), max_row=max_row, **info)
+    if is_ensemble_path(model):
+        set_ensemble_latents(model, out)
+    log(
+        f"wrote {out} ({out.stat().st_size / 1024:.0f} KB: {info['windows']} windows of {len(info['simulations'])} simulations)"
+    )
+    return out
 
 
 def _run_settings(cols: list[dict]) -> dict:

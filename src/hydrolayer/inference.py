@@ -26,6 +26,16 @@ take a list of networks and return one blended prediction per member, (M, NX, NY
 itself (:func:`run_batches`). All members must share descriptor settings (sigma, channels)
 and window (shape, spacing); their architectures may differ.
 
+Latent vectors (:func:`window_latents`, :func:`cell_latents`): a window's position in the
+network's own feature space, for the out-of-domain score of :mod:`hydrolayer.uncertainty`.
+The bottleneck (the encoder's deepest level, 4 x 4 x 8 cells of 2.5 Å for a 32 x 32 x 64
+window) is averaged and maximised over its cells from 5 Å below to 10 Å above the surface
+plane (:data:`LATENT_HEIGHTS`): the slab's top and the hydration layers, where the surfaces
+differ; the bulk water above looks alike on every surface and would only dilute the
+difference. The mean says what the window is made of, the maximum catches one odd site (a
+vacancy). ``Predictor.latents`` holds the training windows' latents when the model ships
+them (``<stem>.latents.npz`` beside a checkpoint, ``"latents"`` in a manifest).
+
 Precision: ``"float32"``, or ``"bfloat16"`` (CPU autocast: convolutions in bfloat16 with
 float32 accumulation, output float32), or ``"auto"``: bfloat16 where the CPU runs it natively.
 torch is imported only when a model is loaded or run.
@@ -43,7 +53,7 @@ from typing import Callable
 import numpy as np
 
 from .conventions import SPACING, WINDOW_SHAPE
-from .registry import is_ensemble_path, read_ensemble, resolve_model
+from .registry import is_ensemble_path, latents_path, read_ensemble, resolve_model
 from .util import InputError
 
 __all__ = [
@@ -62,6 +72,9 @@ __all__ = [
     "cell_predict",
     "blend_weight",
     "default_stride",
+    "LATENT_HEIGHTS",
+    "window_latents",
+    "cell_latents",
 ]
 
 MODEL_ELEMENTS = ("C", "O", "Ca")  # descriptor channels of every hydrolayer model so far
@@ -84,6 +97,7 @@ class Predictor:
     load_seconds: float = 0.0
     notes: list = dataclasses.field(default_factory=list)  # e.g. "written by another version"
     precision: str = "float32"  # what the network computes in: "float32" or "bfloat16"
+    latents: dict | None = None  # the training windows' latents (uncertainty.read_latents), if shipped
 
     @property
     def sigma(self) -> float:
@@ -190,7 +204,19 @@ def load_predictor(
         load_seconds=time.perf_counter() - t0,
         notes=notes,
         precision=precision,
+        latents=_read_reference(latents_path(path), 1) if latents_path(path).is_file() else None,
     )
+
+
+def _read_reference(path: Path, members: int) -> dict:
+    """The training latents of ``path`` (``uncertainty.read_latents``), checked to have one
+    set per member: one-line :class:`InputError` otherwise."""
+    from .uncertainty import read_latents
+
+    ref, _ = read_latents(path)
+    if len(ref["latents"]) != members:
+        raise InputError(f"{path}: training latents of {len(ref['latents'])} members, the model has {members}")
+    return ref
 
 
 def load_ensemble(
@@ -227,6 +253,7 @@ def load_ensemble(
         notes=notes,
         precision=first.precision,
         members=members,
+        latents=_read_reference(manifest.latents, len(members)) if manifest.latents else None,
     )
 
 
@@ -452,3 +479,55 @@ def cell_predict(desc: np.ndarray, net: Callable, pad: int = 16, multiple: int =
     nets = list(net) if isinstance(net, (list, tuple)) else [net]
     out = np.stack([run_batches(one, big[None], 1)[0][pad : pad + nx, pad : pad + ny] for one in nets])
     return out if isinstance(net, (list, tuple)) else np.ascontiguousarray(out[0])
+
+
+# =========================================================================== latent vectors
+LATENT_HEIGHTS = (-5.0, 10.0)  # Å above z_s: the bottleneck cells pooled into a window's latent vector
+
+
+def window_latents(net: Callable, windows: np.ndarray, batch: int = 8, heights=LATENT_HEIGHTS) -> np.ndarray:
+    """The latent vector of each (N, C, X, Y, Z) window: the encoder's deepest level (the
+    U-Net's bottleneck, 1/8 of the window per axis) averaged and maximised over its cells
+    whose centre lies ``heights`` (Å above the surface plane; default the slab's top 5 Å and
+    the hydration layers, not the bulk water above, which looks the same everywhere).
+    Returns (N, 2 D) float32, D the bottleneck's channels: the means, then the maxima.
+    A bfloat16-wrapped network is run in float32 (its wrapped network)."""
+    import torch
+    import torch.nn.functional as F
+
+    core = getattr(net, "net", net)  # the bfloat16 wrapper (autocast): its float32 network
+    levels = len(core.enc)
+    outs = []
+    with torch.inference_mode():
+        for s in range(0, len(windows), batch):
+            part = np.ascontiguousarray(windows[s : s + batch], dtype=np.float32)
+            h = torch.from_numpy(part).contiguous(memory_format=torch.channels_last_3d)
+            for i, block in enumerate(core.enc):
+                h = block(h)
+                if i < levels - 1:
+                    h = F.max_pool3d(h, 2)
+            h = h[..., _latent_cells(windows.shape[-1], h.shape[-1], heights)]
+            outs.append(torch.cat([h.mean(dim=(2, 3, 4)), h.amax(dim=(2, 3, 4))], dim=1).float().numpy())
+    return np.concatenate(outs) if outs else np.zeros((0, 0), np.float32)
+
+
+def _latent_cells(nz: int, nz_deep: int, heights) -> np.ndarray:
+    """Indices of the bottleneck's z cells whose centre height (Å above z_s) is in ``heights``."""
+    from .conventions import window_heights
+
+    h = window_heights()[:nz].reshape(nz_deep, -1).mean(axis=1)
+    keep = np.nonzero((h >= heights[0]) & (h <= heights[1]))[0]
+    if not len(keep):
+        raise ValueError(f"no bottleneck cell between {heights[0]} and {heights[1]} Å")
+    return keep
+
+
+def cell_latents(desc: np.ndarray, nets, starts, window: int = 32, batch: int = 8) -> np.ndarray:
+    """Latent vectors (M, n, 2 D) of the windows of ``window`` x ``window`` lateral points
+    starting at grid indices ``starts`` [(i0, j0), ...] of the periodic descriptor ``desc``
+    (C, NX, NY, NZ), one row per network of ``nets`` (:func:`window_latents`)."""
+    desc = np.asarray(desc, dtype=np.float32)
+    _, nx, ny, _ = desc.shape
+    idx = [((i0 + np.arange(window)) % nx, (j0 + np.arange(window)) % ny) for i0, j0 in starts]
+    win = np.stack([desc[:, ii][:, :, jj] for ii, jj in idx])
+    return np.stack([window_latents(net, win, batch) for net in nets])

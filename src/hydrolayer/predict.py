@@ -27,6 +27,13 @@ one descriptor, every member on the same windows; the result is the members' mea
 per-window flag and the summary, which both grids carry in ``meta["uncertainty"]``).
 ``write_outputs(..., spread=)`` adds ``uncertainty.cube``, ``uncertainty.npz`` and
 ``uncertainty.png``. A single model runs exactly as before (no extra work).
+
+Out of domain: when the model ships its training windows' latents (``Predictor.latents``:
+a manifest's ``"latents"``, or ``<stem>.latents.npz`` beside a checkpoint), every 10 x 10 Å
+flag window of the grid predicted on also gets its latent distance
+(:mod:`hydrolayer.uncertainty`; one encoder pass per member over those windows), carried in
+the grids' ``meta["ood"]`` (corners in Å, scores, the flagged windows). For a skewed cell
+these are the windows of the orthogonal supercell predicted on.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ from .inference import (
     Predictor,
     bf16_supported,
     blend_weight,
+    cell_latents,
     cell_predict,
     default_stride,
     load_predictor,
@@ -172,6 +180,8 @@ def _predict_cell(
     }
     if ensemble:
         meta["members"] = [m.source for m in pred.members]
+    if pred.latents is not None:
+        meta["ood"] = _window_distances(desc, pred)
     grids = [
         Grid(
             desc.spec,
@@ -185,6 +195,16 @@ def _predict_cell(
         for v, name in zip(values, ("water", "spread"))
     ]
     return tuple(grids)
+
+
+def _window_distances(desc: Grid, pred: Predictor) -> dict:
+    """The latent distance (out-of-domain score) of each flag window of the descriptor grid
+    ``desc`` against the model's training latents: ``uncertainty.ood_summary``."""
+    from .uncertainty import flag_windows, latent_distance, ood_summary
+
+    windows = flag_windows(desc.spec)
+    lat = cell_latents(desc.values, pred.nets, [(i0, j0) for i0, j0, _, _ in windows], pred.window_shape[0])
+    return ood_summary([(x0, y0) for _, _, x0, y0 in windows], latent_distance(pred.latents, lat))
 
 
 def _check_grid(spec, pred: Predictor, stride: int | None, src: str) -> None:

@@ -9,7 +9,11 @@ An ensemble is a small JSON manifest (:func:`read_ensemble`, :func:`write_ensemb
 
     {"name": "unet-v1-ens", "members": ["member-0/model.pt", "member-1/model.pt"], "note": "..."}
 
-member paths relative to the manifest's folder (absolute paths work too). Any ``.json`` path
+member paths relative to the manifest's folder (absolute paths work too), and optionally
+``"latents": "<name>.latents.npz"``: the training windows' latent vectors for the
+out-of-domain score (:mod:`hydrolayer.uncertainty`, written by
+``evaluate.write_training_latents``). A single checkpoint ``<stem>.pt`` has its latents in
+``<stem>.latents.npz`` beside it (:func:`latents_path`). Any ``.json`` path
 given as a model is read as a manifest (``hydrolayer train --ensemble`` writes
 ``RUN/ensemble.json``); shipped ones are named ``<name>.ensemble.json``. No torch here.
 """
@@ -34,11 +38,14 @@ __all__ = [
     "is_ensemble_path",
     "read_ensemble",
     "write_ensemble",
+    "latents_path",
+    "set_ensemble_latents",
     "models_text",
 ]
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 ENSEMBLE_SUFFIX = ".ensemble.json"  # a shipped ensemble's manifest: pretrained/<name>.ensemble.json
+LATENTS_SUFFIX = ".latents.npz"  # the training latents beside a checkpoint or a manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,12 +158,14 @@ def is_ensemble_path(path: str | Path) -> bool:
 @dataclasses.dataclass(frozen=True)
 class EnsembleManifest:
     """A read ensemble manifest: ``name``, member checkpoint ``members`` (absolute paths,
-    checked to exist), ``note`` and the manifest's own ``path``."""
+    checked to exist), ``note``, the manifest's own ``path`` and its training-latents file
+    ``latents`` (None when it names none)."""
 
     name: str
     members: tuple
     note: str
     path: Path
+    latents: Path | None = None
 
 
 def read_ensemble(path: str | Path) -> EnsembleManifest:
@@ -181,7 +190,14 @@ def read_ensemble(path: str | Path) -> EnsembleManifest:
             raise InputError(f"{path}: member {m} not found ({p})")
         resolved.append(p)
     name = str(doc.get("name") or path.name.removesuffix(ENSEMBLE_SUFFIX).removesuffix(".json"))
-    return EnsembleManifest(name, tuple(resolved), str(doc.get("note") or ""), path)
+    latents = doc.get("latents")
+    if latents is not None:
+        if not isinstance(latents, str):
+            raise InputError(f'{path}: "latents" must be a file name (the training latents, .npz)')
+        latents = Path(latents) if os.path.isabs(latents) else path.parent / latents
+        if not latents.is_file():
+            raise InputError(f"{path}: training-latents file {doc['latents']} not found ({latents})")
+    return EnsembleManifest(name, tuple(resolved), str(doc.get("note") or ""), path, latents)
 
 
 def write_ensemble(path: str | Path, members, name: str | None = None, note: str = "", **extra) -> Path:
@@ -202,6 +218,28 @@ def write_ensemble(path: str | Path, members, name: str | None = None, note: str
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(doc, indent=1) + "\n")
     return path
+
+
+def latents_path(model_path: str | Path) -> Path:
+    """Where the training latents of a model go: ``<stem>.latents.npz`` beside a checkpoint
+    ``<stem>.pt``; beside a manifest ``<name>.ensemble.json`` (or ``<name>.json``),
+    ``<name>.latents.npz``."""
+    p = Path(model_path)
+    stem = p.name.removesuffix(ENSEMBLE_SUFFIX).removesuffix(".json") if is_ensemble_path(p) else p.stem
+    return p.parent / f"{stem}{LATENTS_SUFFIX}"
+
+
+def set_ensemble_latents(manifest: str | Path, latents: str | Path) -> Path:
+    """Name the training-latents file ``latents`` in the manifest (relative to it when beside
+    it), keeping every other key."""
+    manifest = Path(manifest)
+    doc = json.loads(manifest.read_text())
+    lat = Path(latents).resolve()
+    base = manifest.parent.resolve()
+    doc["latents"] = str(lat.relative_to(base)) if lat.is_relative_to(base) else str(lat)
+    with atomic_output(manifest) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    return manifest
 
 
 def models_text(card: str | None = None, directory: Path | str | None = None) -> str:

@@ -15,6 +15,9 @@ class CLICommand:
     above the surface Ca plane. `hydrolayer models` lists the shipped models. With an ensemble
     (--model ENSEMBLE.json) the density is the members' mean, and uncertainty.cube, uncertainty.npz
     (the members' standard deviation) and uncertainty.png are written too, with a one-line summary.
+    A model that ships its training latents (the shipped ensemble does) also scores each 10 x 10 Å
+    window's distance from its training data (water.npz metadata "ood"); one warning line names the
+    windows above the threshold.
     """
 
     name = "predict"
@@ -69,7 +72,7 @@ class CLICommand:
         from ..inference import EnsemblePredictor, load_predictor
         from ..predict import predict_density, write_outputs
         from ..structures import read_structure
-        from ..uncertainty import flag_warning, summary_line
+        from ..uncertainty import flag_warning, ood_warning, summary_line
 
         atoms = read_structure(args.structure, format=args.format)
         with warnings.catch_warnings(record=True) as caught:  # domain warnings: one line each
@@ -100,7 +103,10 @@ class CLICommand:
         )
         if spread is not None:
             print(summary_line(m["uncertainty"]))
-            warning = flag_warning(m["uncertainty"], str(args.structure))
-            if warning:
-                print(f"hydrolayer: warning: {warning}", file=sys.stderr)
+        if "ood" in m:  # the model ships its training latents: the latent distance per window
+            warning = ood_warning(m["ood"], str(args.structure), m.get("uncertainty"))
+        else:
+            warning = flag_warning(m["uncertainty"], str(args.structure)) if spread is not None else None
+        if warning:
+            print(f"hydrolayer: warning: {warning}", file=sys.stderr)
         print("wrote " + "\n      ".join(str(w) for w in written))
