@@ -66,6 +66,8 @@ def test_ensemble_distance_is_the_mean_of_the_members():
     np.testing.assert_allclose(latent_distance(ref, x), np.mean(per, axis=0), rtol=1e-5)
     with pytest.raises(ValueError, match="do not match"):
         latent_distance(ref, x[:2])
+    with pytest.raises(ValueError, match="at least 2 training simulations"):
+        latent_reference(lat, np.zeros(len(sims), int))
 
 
 def test_combined_score_and_scores_of_windows():
@@ -203,5 +205,5 @@ def test_training_latents_file_travels_with_the_manifest(tmp_path, toy, tiny_mem
     empty = write_ensemble(
         tmp_path / "none.json", [tiny_member(tmp_path / "n.pt", seed=0, split=dict(split, train=["nope"]))]
     )
-    with pytest.raises(InputError, match="none of the model's training simulations"):
+    with pytest.raises(InputError, match="0 of the model's training simulations"):
         write_training_latents(empty, db, cache, log=lambda *_: None)

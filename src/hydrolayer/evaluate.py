@@ -851,8 +851,11 @@ def _training_reference(nets, metas: list[dict], db, cache_dir, max_row=None, lo
 
     known = {r.unique_id for r in store.iter_rows(db) if max_row is None or int(r.id) <= int(max_row)}
     uids = sorted({u for m in metas for u in ((m.get("training") or {}).get("split") or {}).get("train", [])} & known)
-    if not uids:
-        raise InputError(f"{db}: none of the model's training simulations (its checkpoints' training.split) is there")
+    if len(uids) < 2:
+        raise InputError(
+            f"{db}: {len(uids)} of the model's training simulations (its checkpoints' training.split) found; "
+            "the latent distance needs at least 2"
+        )
     meta0 = metas[0]
     cfg = meta0.get("train_config") or {}
     bank = data.build_bank(

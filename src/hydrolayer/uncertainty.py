@@ -289,6 +289,8 @@ def latent_reference(latents, simulations, metric: str = "knn", k: int = LATENT_
         raise ValueError(f"metric must be one of {LATENT_METRICS}, got {metric!r}")
     lat = np.asarray(latents, dtype=np.float32)
     sims = np.asarray(simulations, dtype=np.int64)
+    if len(np.unique(sims)) < 2:
+        raise ValueError("the latent distance's scale needs the windows of at least 2 training simulations")
     mean, std = lat.mean(axis=1), lat.std(axis=1) + 1e-6
     ref = {"latents": lat, "simulations": sims, "mean": mean, "std": std, "metric": metric, "k": int(k)}
     ref["scale"] = np.ones(len(lat), np.float32)
