@@ -138,6 +138,79 @@ def test_df_small_amplitude_limit_is_minus_dfdz():
     assert np.all(np.abs(big[:, 0, 0]) < np.abs(np.cos(h)))
 
 
+# ------------------------------------------------------------------ height range and noise-aware score
+def _layered_sim(contrast):
+    """A fake candidate: F_z = contrast(h) cos(2 pi x / 6 Å) on a 6 x 6 x 20 Å grid, h Å
+    above the surface plane z = 0."""
+    from hydrolayer.grids import GridSpec
+
+    spec = GridSpec.orthogonal((6.0, 6.0, 20.0), (12, 12, 200), origin=(0, 0, -5.0))
+    x = spec.points()[..., 0]
+    fz = contrast(spec.z_values())[None, None, :] * np.cos(2 * np.pi * x / 6.0)
+    return match.Simulated(match.Candidate("fake", None, (6.0, 6.0)), fz, spec, 0.0)
+
+
+def test_contrast_ceiling_stops_where_the_model_predicts_bulk_water():
+    sim = _layered_sim(lambda h: np.where(h < 4.1, 1.0, 0.05))
+    assert match.contrast_ceiling(sim, 1.5, 8.0, "force", 0.0, 0.2) == pytest.approx(4.0)
+    assert match.contrast_ceiling(sim, 1.5, 8.0, "force", 0.0, 0.01) == pytest.approx(8.0)
+    decay = _layered_sim(lambda h: np.exp(-h / 2.0))  # 0.2 of its largest at h = 1.5 + 2 ln 5 = 4.72 Å
+    assert match.contrast_ceiling(decay, 1.5, 8.0, "force", 0.0, 0.2) == pytest.approx(4.5)  # 0.25 Å steps
+
+
+def test_noise_aware_fit_trusts_the_pixels_the_model_is_sure_of():
+    """raw = 2 s + plane + noise, but the model is wrong on a fifth of the pixels (and its
+    members say so): with the spread, the gain comes back and the likelihood is higher."""
+    rng = np.random.default_rng(3)
+    n = 2000
+    basis = np.column_stack([np.ones(n), rng.uniform(-0.5, 0.5, (n, 2))])
+    s = rng.normal(size=(n, 1))
+    raw = 2.0 * s + basis @ np.array([[0.3], [1.0], [-0.5]]) + rng.normal(0, 0.1, (n, 1))
+    bad = np.arange(n) < n // 5
+    s_model = s.copy()
+    s_model[bad] = rng.normal(size=(bad.sum(), 1))
+    spread = np.where(bad, 2.0, 1e-4)[:, None]  # a^2 x 2 = 8: the variance of 2 (s - s_model)
+    ll_aware, gain_aware, chi2 = match.noise_aware_fit(raw, s_model, spread, basis)
+    ll_blind, gain_blind, _ = match.noise_aware_fit(raw, s_model, np.zeros_like(spread), basis)
+    assert gain_aware == pytest.approx(2.0, rel=0.05)
+    assert abs(gain_blind - 2.0) > 0.2  # the wrong pixels pull an unweighted fit
+    assert ll_aware > ll_blind
+    assert chi2 == pytest.approx(1.0, rel=0.2)
+
+
+def test_likelihood_score_needs_an_ensemble():
+    sim = _layered_sim(lambda h: np.ones_like(h))
+    with pytest.raises(InputError, match="needs an ensemble"):
+        match.ranking_key("df", "likelihood", [sim])
+    with pytest.raises(InputError, match="score must be one of"):
+        match.ranking_key("df", "best", [sim])
+    sim.members = np.stack([sim.fz, 1.1 * sim.fz])
+    r = match.Registration("fake", 0.5, 3.0, (0, 0), 0, 0, None, 1.0, None, 1.0, loglik=-2.0)
+    assert match.ranking_key("df", "likelihood", [sim])(r) == 2.0
+    assert match.ranking_key("df", "ncc", [sim])(r) == -0.5
+
+
+def test_an_ensemble_gives_each_members_force():
+    """``simulate`` with the shipped ensemble: F_z of the members' mean density, and each
+    member's F_z for the spread."""
+    import torch
+
+    from hydrolayer.afm import sta_force
+    from hydrolayer.predict import load_predictor, predict_density
+
+    torch.set_num_threads(1)
+    ens = load_predictor("unet-ens-c")
+    cand = match.parse_candidate("calcite-104:size=4x3")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sim = match.simulate(cand, ens)
+        mean = predict_density(cand.atoms, model=ens)
+    assert sim.members.shape == (len(ens.members), *sim.fz.shape)
+    want = sta_force(mean, units="nN").channel("Fz")
+    np.testing.assert_allclose(sim.fz, want, atol=1e-3 * np.abs(want).max())
+    assert np.abs(sim.members - sim.fz).max() > 0  # the members differ
+
+
 # ------------------------------------------------------------------ ranking with the model
 @needs_db
 def test_ranking_puts_the_right_polymorph_first(predictor):
@@ -209,6 +282,18 @@ def test_cli_on_the_bundled_example(tmp_path, capsys):
     assert (out / "ranking.csv").read_text().startswith("rank,candidate,score_ncc,height_A")
     assert (out / "01-calcite-104_vacancy_CO3.png").stat().st_size > 10_000
     assert "calcite-104:vacancy=CO3" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not EXAMPLE.exists(), reason="example measurement missing")
+def test_cli_with_the_ensemble_and_the_noise_aware_score(tmp_path):
+    out = tmp_path / "match"
+    argv = [EXAMPLE, "calcite-104:vacancy=CO3", "vaterite-010", "--out", out, "--heights", "2:4.5"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert _run_cli(argv + ["--model", "unet-ens-c", "--score", "likelihood", "--contrast-floor", "0"]) == 0
+    doc = json.loads((out / "ranking.json").read_text())
+    assert doc["model"] == "unet-ens-c" and doc["score"] == "likelihood" and doc["contrast_floor"] == 0
+    assert doc["ranking"][0]["candidate"] == "calcite-104:vacancy=CO3"
 
 
 def _tiny_map(tmp_path, n=8, px=0.4):

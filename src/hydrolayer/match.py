@@ -21,7 +21,12 @@ periodic surface, any size, not aligned to the cell) pixel ``p`` (Å, from the m
   with S^2: the NCC is normalised under each offset's own footprint); sub-grid offsets by
   a parabola through the peak;
 * height ``h`` above the surface Ca plane (``afm.surface_z_of``): constant-height slices
-  every ``COARSE_DZ`` Å in the range, then ``FINE_DZ`` around the best;
+  every ``COARSE_DZ`` Å in the range, then ``FINE_DZ`` around the best. The range stops at
+  the candidate's contrast ceiling (``contrast_floor``, default ``DEFAULT_CONTRAST_FLOOR``):
+  above the last height where its simulated map keeps that fraction of its largest lateral
+  contrast, the model predicts bulk-like water whose faint lattice pattern, scaled up by
+  the NCC, fits any lattice-like map; without the ceiling most best fits landed there
+  (benchmarks/RESULTS.md, "AFM matching");
 * rotation ``theta``: ``angles`` (default -3..3°, 1° apart), then ±0.5° around the best;
 * pixel-size calibration: the refinement also tries ``scales`` (default ±1.5%): the map's
   pixels are taken as ``scale`` times the file's (real scanners are calibrated to a few %);
@@ -36,6 +41,13 @@ measurement and the best-registered simulated map (1 is a perfect match). With t
 noise known (``noise``, in the map's units) a chi^2 per pixel is reported as well:
 residual of ``M = a S + plane`` (``a`` fitted for df, 1 for force) over noise^2. Force maps
 are ranked by that residual (RMS, nN), everything else by NCC.
+
+An ensemble model (``--model unet-ens-c``): the forward model is the members' mean density;
+each member's F_z is kept too, and ``score="likelihood"`` ranks by the Gaussian likelihood
+of ``M = a S + plane + e`` with var(e) = noise^2 + a^2 var_members(S) per pixel
+(:func:`noise_aware_fit`): pixels where the members disagree count less. In the trials it
+ranked no better than the NCC (the members' spread is far smaller than the model's error),
+so NCC is the default.
 
 A defect candidate's removed ions (``structures.defect_sites``) are mapped back into the
 measurement through the best registration: where in the measured map the defect sits.
@@ -73,18 +85,30 @@ __all__ = [
     "DEFAULT_HEIGHTS",
     "DEFAULT_ANGLES",
     "DEFAULT_BLURS",
+    "DEFAULT_CONTRAST_FLOOR",
+    "DEFAULT_MODEL",
+    "SCORES",
+    "contrast_ceiling",
+    "member_maps",
+    "noise_aware_fit",
+    "ranking_key",
 ]
 
 DEFAULT_HEIGHTS = (1.5, 8.0)  # Å above the surface Ca plane
 DEFAULT_ANGLES = (-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0)  # degrees
 DEFAULT_BLURS = (0.0, 0.4, 0.8)  # Å, lateral Gaussian std
 DEFAULT_SCALES = (0.985, 1.0, 1.015)  # pixel-size calibration factors tried in the refinement
+# Heights where a candidate's simulated map has less than this fraction of its largest
+# lateral contrast are not searched (contrast_ceiling; benchmarks/RESULTS.md, "AFM matching").
+DEFAULT_CONTRAST_FLOOR = 0.2
+DEFAULT_MODEL = None  # the registry's default model (measured best for matching, RESULTS.md)
 COARSE_DZ = 0.25  # Å, first height scan
 FINE_DZ = 0.05  # Å, refined height scan
 CHEBYSHEV_NODES = 16
 MIN_CANDIDATE_SIDE = 20.0  # Å: a named candidate is repeated until each lateral side is this long
 CANDIDATE_KEYS = ("size", "layers", "vacancy", "pairs", "both", "seed", "placement")
 QUANTITIES = ("force", "df")
+SCORES = ("ncc", "likelihood")
 
 
 # =========================================================================== candidates
@@ -210,6 +234,7 @@ class Simulated:
     spec: object  # GridSpec
     surface_z: float
     seconds: float = 0.0
+    members: np.ndarray | None = None  # an ensemble: each member's F_z (n_members, nx, ny, nz)
 
     @property
     def cell2(self) -> np.ndarray:
@@ -225,15 +250,25 @@ class Simulated:
 
 
 def simulate(candidate: Candidate, predictor, tip_radius: float | None = None) -> Simulated:
-    """Predict the density and the STA F_z (nN) of a candidate (the 3D tip blur optional)."""
+    """Predict the density and the STA F_z (nN) of a candidate (the 3D tip blur optional).
+
+    An ensemble (``inference.EnsemblePredictor``): F_z of the members' mean density, and
+    each member's own F_z in ``members`` (for the spread of the simulated map: the STA is
+    not linear in the density, so the spread is taken over the members' maps)."""
     from .afm import sta_force, surface_z_of
     from .predict import predict_density
 
+    def force(grid):
+        return np.asarray(sta_force(grid, tip_radius=tip_radius, units="nN").channel("Fz"), float)
+
     t0 = time.perf_counter()
-    grid = predict_density(candidate.atoms, model=predictor, source=candidate.label)
+    nets = getattr(predictor, "members", None) or [predictor]
+    grids = [predict_density(candidate.atoms, model=m, source=candidate.label) for m in nets]
+    mean = np.mean([g.values for g in grids], axis=0)  # the ensemble's prediction (same windows)
+    grid = dataclasses.replace(grids[0], values=mean)
     zs, _ = surface_z_of(grid, grid.meta.get("surface_z"), candidate.label)
-    fz = sta_force(grid, tip_radius=tip_radius, units="nN").channel("Fz")
-    return Simulated(candidate, np.asarray(fz, float), grid.spec, float(zs), time.perf_counter() - t0)
+    members = np.stack([force(g) for g in grids]) if len(grids) > 1 else None
+    return Simulated(candidate, force(grid), grid.spec, float(zs), time.perf_counter() - t0, members)
 
 
 def df_from_force(fz: np.ndarray, spec, surface_z: float, heights, amplitude: float = 0.0) -> np.ndarray:
@@ -340,7 +375,8 @@ class Registration:
     plane, of the lowest plane), ``offset`` (Å: the cell point under the map centre),
     ``angle`` (degrees), ``blur`` (Å), ``scale`` (the map's pixel size is taken as
     ``scale`` x the file's), the simulated map at the measured pixels (N, nz), the residual
-    RMS (map units) and chi^2 of ``M = gain S + plane``, the defects in the map."""
+    RMS (map units) and chi^2 of ``M = gain S + plane`` (an ensemble: with the members'
+    spread added to the noise, and ``loglik``, :func:`noise_aware_fit`), the defects in the map."""
 
     label: str
     score: float
@@ -356,6 +392,7 @@ class Registration:
     defects: list = dataclasses.field(default_factory=list)
     seconds: float = 0.0
     variant: str = ""  # which form of the candidate fitted best (label#k: a defect variant)
+    loglik: float | None = None  # noise-aware score (an ensemble): Gaussian log-likelihood per pixel
 
 
 def _rotation(angle_deg: float) -> np.ndarray:
@@ -455,11 +492,14 @@ def register(
     amplitude: float = 0.0,
     noise: float | None = None,
     scales=DEFAULT_SCALES,
+    contrast_floor: float | None = DEFAULT_CONTRAST_FLOOR,
 ) -> Registration:
     """The best registration of one candidate (module docstring): a coarse scan, then the
     height and angle refined around the best, the offset to a fraction of a grid step."""
     t0 = time.perf_counter()
     lo, hi = float(heights[0]), float(heights[-1])
+    if contrast_floor:
+        hi = contrast_ceiling(sim, lo, hi, quantity, amplitude, contrast_floor)
     span = float(prep.dz[-1])
     coarse = _heights(lo, hi, span, COARSE_DZ)
     poses = [(float(a), 1.0) for a in angles]
@@ -478,6 +518,15 @@ def register(
     offset = sim.spec.origin[:2] + (d / np.asarray(sim.shape2)) @ sim.cell2
     pose = (float(fine[b]), offset, ang, sc, blur)
     return _finish(prep, sim, pose, quantity, amplitude, noise, time.perf_counter() - t0)
+
+
+def contrast_ceiling(sim: Simulated, lo: float, hi: float, quantity: str, amplitude: float, floor: float) -> float:
+    """The highest height in lo..hi where the candidate's simulated map still has lateral
+    contrast (std) of at least ``floor`` x its largest in the range: above it the model
+    predicts bulk-like water, a pattern that matches any lattice-like noise."""
+    hs = _heights(lo, hi, 0.0, COARSE_DZ)
+    std = simulated_maps(sim, hs, quantity, amplitude).std(axis=(1, 2))
+    return float(hs[np.nonzero(std >= floor * std.max())[0][-1]])
 
 
 def sample(
@@ -503,6 +552,11 @@ def _finish(prep, sim, pose, quantity, amplitude, noise, seconds) -> Registratio
     rms = float(np.sqrt(np.mean(resid**2)))
     dof = max(resid.size - (3 if quantity == "force" else 4), 1)
     chi2 = float(np.sum(resid**2) / noise**2 / dof) if noise else None
+    loglik = None
+    if sim.members is not None:  # an ensemble: the noise-aware likelihood (and chi^2 with the spread)
+        spread = member_maps(sim, prep, pose, quantity, amplitude).var(axis=0)
+        loglik, _, chi2_aware = noise_aware_fit(prep.raw, s, spread, prep.basis, noise, quantity != "force")
+        chi2 = chi2_aware if noise else None
     reg = Registration(
         sim.candidate.label,
         score,
@@ -516,9 +570,64 @@ def _finish(prep, sim, pose, quantity, amplitude, noise, seconds) -> Registratio
         gain,
         float(scale),
         seconds=seconds,
+        loglik=loglik,
     )
     reg.defects = locate_defects(sim, prep, reg)
     return reg
+
+
+def member_maps(sim: Simulated, prep: Prepared, pose, quantity, amplitude=0.0) -> np.ndarray:
+    """Each ensemble member's simulated map at the measured pixels under ``pose`` (height,
+    offset, angle, scale, blur): (n_members, N, nz)."""
+    h0, offset, ang, scale, blur = pose
+    return np.stack(
+        [
+            sample(
+                dataclasses.replace(sim, fz=f, members=None), prep, h0, offset, ang, blur, quantity, amplitude, scale
+            )
+            for f in sim.members
+        ]
+    )
+
+
+def noise_aware_fit(raw, s, spread, basis, noise: float | None = None, fit_scale: bool = True, iterations: int = 6):
+    """The Gaussian likelihood of ``raw = a s + plane + e`` with var(e) = noise^2 + a^2
+    spread per pixel: the measurement's noise plus the model's own uncertainty (the
+    ensemble's spread of the simulated map, scaled like the map). Pixels where the members
+    disagree count less. ``noise`` None: fitted (maximum likelihood). Weighted least squares
+    for a and the plane, iterated with the noise. Returns (log-likelihood per pixel, a,
+    chi^2 per pixel at the fitted noise)."""
+    y, sv, v = raw.T.reshape(-1), s.T.reshape(-1), spread.T.reshape(-1)
+    nz = raw.shape[1]
+    cols = [np.kron(np.ones((nz, 1)), basis)] + ([sv[:, None]] if fit_scale else [])
+    design = np.hstack(cols)
+    target = y if fit_scale else y - sv
+    scale_y = float(np.var(target)) or 1.0
+    w = np.ones_like(y)
+    a, s2 = 1.0, noise**2 if noise else scale_y
+    for _ in range(iterations):
+        sw = np.sqrt(w)
+        coef, *_ = np.linalg.lstsq(design * sw[:, None], target * sw, rcond=None)
+        a = float(coef[-1]) if fit_scale else 1.0
+        r2 = (target - design @ coef) ** 2
+        s2 = noise**2 if noise else _ml_noise(r2, a * a * v, scale_y)
+        w = 1.0 / (s2 + a * a * v)
+    var = s2 + a * a * v
+    loglik = -0.5 * float(np.mean(np.log(2 * np.pi * var) + r2 / var))
+    return loglik, a, float(np.mean(r2 / var))
+
+
+def _ml_noise(r2: np.ndarray, model_var: np.ndarray, scale: float) -> float:
+    """The noise variance that maximises the likelihood of residuals ``r2`` (squared) with
+    per-pixel variance noise^2 + ``model_var``; searched within 1e-6..e x ``scale``."""
+    from scipy.optimize import minimize_scalar
+
+    def nll(log_s2):
+        var = math.exp(log_s2) + model_var
+        return float(np.mean(np.log(var) + r2 / var))
+
+    lo, hi = math.log(scale) - 14.0, math.log(scale) + 1.0
+    return math.exp(minimize_scalar(nll, bounds=(lo, hi), method="bounded").x)
 
 
 def _fit_residual(target, s, basis, fit_scale: bool):
@@ -605,26 +714,50 @@ def rank(
     tip_radius: float | None = None,
     simulated: dict | None = None,
     scales=DEFAULT_SCALES,
+    score: str = "ncc",
+    contrast_floor: float | None = DEFAULT_CONTRAST_FLOOR,
 ):
     """Register every candidate; returns (registrations best first, {label: Simulated})."""
     quantity = resolve_quantity(meas, quantity)
     check_size(meas, candidates)
     prep = prepare(meas)
     sims = dict(simulated or {})
-    key = (lambda r: r.rms) if quantity == "force" else (lambda r: -r.score)
     regs = []
+    for form in (f for c in candidates for f in _forms(c)):
+        if form.label not in sims:
+            sims[form.label] = simulate(form, predictor, tip_radius)
+    key = ranking_key(quantity, score, [sims[c.label] for c in candidates])
     for c in candidates:
-        forms = [c] + [Candidate(f"{c.label}#{k + 1}", a, c.unit_cell) for k, a in enumerate(c.variants)]
         best = None
-        for form in forms:
-            if form.label not in sims:
-                sims[form.label] = simulate(form, predictor, tip_radius)
-            reg = register(prep, sims[form.label], heights, quantity, angles, blurs, amplitude, noise, scales)
+        for form in _forms(c):
+            reg = register(
+                prep, sims[form.label], heights, quantity, angles, blurs, amplitude, noise, scales, contrast_floor
+            )
             if best is None or key(reg) < key(best):
                 best = reg
         best.variant, best.label = best.label, c.label
         regs.append(best)
     return sorted(regs, key=key), sims, prep
+
+
+def _forms(c: Candidate) -> list[Candidate]:
+    """A candidate and its defect variants (labels ``label#k``)."""
+    return [c] + [Candidate(f"{c.label}#{k + 1}", a, c.unit_cell) for k, a in enumerate(c.variants)]
+
+
+def ranking_key(quantity: str, score: str, sims: Sequence[Simulated]):
+    """What orders the candidates (smaller first): ``score`` "ncc" (df: -NCC; force: the
+    residual RMS), "likelihood" (-log-likelihood of :func:`noise_aware_fit`, needs an
+    ensemble; measured no better than NCC in the trials, RESULTS.md)."""
+    if score not in SCORES:
+        raise InputError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+    if score == "likelihood":
+        if not all(s.members is not None for s in sims):
+            raise InputError(
+                "the likelihood score needs an ensemble model (its members' spread), e.g. --model unet-ens-c"
+            )
+        return lambda r: -r.loglik
+    return (lambda r: r.rms) if quantity == "force" else (lambda r: -r.score)
 
 
 def resolve_quantity(meas, quantity: str | None) -> str:
@@ -863,10 +996,13 @@ def match_files(
     tip_radius: float | None = None,
     angles=DEFAULT_ANGLES,
     blurs=DEFAULT_BLURS,
+    score: str = "ncc",
+    contrast_floor: float | None = DEFAULT_CONTRAST_FLOOR,
     log=print,
 ):
     """``hydrolayer match``: read, check everything, rank, then write (nothing is written
-    when any input is bad). Returns (registrations best first, written paths)."""
+    when any input is bad). ``model`` None: ``DEFAULT_MODEL``. Returns (registrations best
+    first, written paths)."""
     from .measurements import read_measurement
     from .predict import load_predictor
 
@@ -875,9 +1011,24 @@ def match_files(
     labels = [c.label for c in cands]
     if len(set(labels)) != len(labels):
         raise InputError(f"{measurement}: a candidate is given twice")
-    predictor = load_predictor(model)
+    if contrast_floor is not None and not 0 <= contrast_floor < 1:
+        raise InputError(f"{measurement}: the contrast floor must be in [0, 1), got {contrast_floor}")
+    predictor = load_predictor(model or DEFAULT_MODEL)
     t0 = time.perf_counter()
-    regs, sims, prep = rank(meas, cands, predictor, heights, quantity, angles, blurs, amplitude, noise, tip_radius)
+    regs, sims, prep = rank(
+        meas,
+        cands,
+        predictor,
+        heights,
+        quantity,
+        angles,
+        blurs,
+        amplitude,
+        noise,
+        tip_radius,
+        score=score,
+        contrast_floor=contrast_floor,
+    )
     seconds = time.perf_counter() - t0
     q = resolve_quantity(meas, quantity)
     meta = {
@@ -887,6 +1038,8 @@ def match_files(
         "pixel_size_A": list(meas.pixel_size),
         "shape": list(meas.values.shape),
         "model": predictor.name,
+        "score": score,
+        "contrast_floor": contrast_floor,
         "heights_A": [float(h) for h in heights],
         "seconds": round(seconds, 2),
     }

@@ -100,10 +100,25 @@ class CLICommand:
             help="df: oscillation amplitude, Å (0: the small-amplitude limit -dF_z/dz)",
         )
         parser.add_argument("--tip-radius", type=float, default=None, help="3D Gaussian tip blur of the STA force, Å")
+        parser.add_argument(
+            "--contrast-floor",
+            type=float,
+            default=None,
+            metavar="F",
+            help="search only heights where the candidate's simulated map has at least F x its largest "
+            "lateral contrast in the range (default: match.DEFAULT_CONTRAST_FLOOR; 0: the whole range)",
+        )
+        parser.add_argument(
+            "--score",
+            choices=["ncc", "likelihood"],
+            default="ncc",
+            help="rank by NCC (default), or (an ensemble model, e.g. --model unet-ens-c) by the likelihood "
+            "with the members' spread added to the map's noise",
+        )
 
     @staticmethod
     def run(args):
-        from ..match import DEFAULT_HEIGHTS, match_files
+        from ..match import DEFAULT_CONTRAST_FLOOR, DEFAULT_HEIGHTS, match_files
 
         heights = (args.height, args.height) if args.height is not None else (args.heights or DEFAULT_HEIGHTS)
         regs, written = match_files(
@@ -119,5 +134,7 @@ class CLICommand:
             noise=args.noise,
             amplitude=args.amplitude,
             tip_radius=args.tip_radius,
+            score=args.score,
+            contrast_floor=DEFAULT_CONTRAST_FLOOR if args.contrast_floor is None else args.contrast_floor,
         )
         print(f"wrote {len(written)} files to {args.out} (best: {regs[0].label})")
