@@ -281,3 +281,35 @@ def test_paper_columns_follow_network_and_training_data():
     # every paper cell names a column that paper_column can produce
     for row in PAPER_TABLE1.values():
         assert set(row) == {"U-Net (c)", "Att U-Net (c)", "U-Net (c+a)", "Att U-Net (c+a)"}
+
+
+def test_each_columns_own_test_split_and_in_training_cells(runs, tmp_path):
+    """Columns trained on different splits: the test set is the union of their test lists
+    (the first run's first), and a cell whose rows a column trained on says so (the paper's
+    "In training data") and is never the row's best."""
+    db, root = runs
+    first = json.loads((root / "unet" / "split.json").read_text())
+    moved = first["train"][0]  # a training simulation of the first run, a test one of the second
+    other = dict(
+        first, train=first["train"][1:], test=first["test"] + [moved], train_surfaces=["calcite-104", "aragonite-010"]
+    )
+    (tmp_path / "other-split.json").write_text(json.dumps(other))
+    cfg = dict(channels=(2, 4, 4, 4), epochs=1, batch_size=2, windows_per_interface=1, max_val_windows=2)
+    cfg.update(
+        cache_dir=str(root / "cache"), seed=0, threads=1, loss="l1", split_file=str(tmp_path / "other-split.json")
+    )
+    cfg.update(train_surfaces=("calcite-104", "aragonite-010"))  # a (c+a) model, as far as the labels go
+    fit(db, tmp_path / "other", TrainConfig(**cfg), progress=False)
+
+    from hydrolayer.evaluate import evaluate
+
+    res = evaluate([root / "unet", tmp_path / "other"], db, tmp_path / "report", figures=False, log=lambda *a: None)
+    test = next(g for g in res["groups"] if g["name"] == "test set")
+    assert sorted(test["simulations"]) == sorted(first["test"] + [moved])
+    a, b = res["models"]
+    assert (a, b) == ("U-Net (L1) (c)", "U-Net (L1) (c+a)")  # training data named when the columns differ in it
+    assert test["models"][a].get("in_training") is True  # the first run trained on `moved`
+    assert not test["models"][b].get("in_training")
+    md = (tmp_path / "report" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| test set ("))
+    assert row.count("in training data") == 1 and "**" not in row  # one tested column: no best marked

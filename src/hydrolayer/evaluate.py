@@ -10,7 +10,12 @@ centred on them), pristine aragonite (010), aragonite (001), vaterite (010) (all
 a fixed grid tiling the cell). Both faces of every slab are used (the bottom mirrored).
 
 Columns: the MD noise floor, the height-only baseline and one column per model (for a run
-trained with ``loss: compare``, the L1 and the L2 network each). Each MAE is given in
+trained with ``loss: compare``, the L1 and the L2 network each). Models trained on different
+data (the paper's (c) and (c+a)): each column's own test split joins the test set (the first
+run's first; one test row per facet when they hold several), the labels name the training
+data, and a cell whose simulations that column was trained or selected on says "in training
+data" (the paper's wording) with the number in brackets; it is never a row's best. The
+height-only baseline is the first run's. Each MAE is given in
 rho/rho_bulk and in water-O number density (Å^-3, the paper's unit: MAE x rho_bulk).
 
 Reference and noise floor: the reference is the mean of the two half-run densities, both
@@ -182,13 +187,39 @@ def _load_columns(cols: list[dict]) -> None:
         label = MODEL_LABELS.get(c["meta"]["model"], c["meta"]["model"]) + (f" ({loss.upper()})" if loss else "")
         if "nets" in c:
             label = f"{label} ensemble of {len(c['nets'])}"
+        c["base_label"] = label
+        c["seen"] = _seen_in_training(c)
         names.setdefault(label, []).append(c)
+    if len({paper_column(c["meta"]).rsplit(" ", 1)[-1] for c in cols}) > 1:  # (c) beside (c+a): say which
+        names = {}
+        for c in cols:
+            data_tag = paper_column(c["meta"]).rsplit(" ", 1)[-1]  # "(c)" or "(c+a)"
+            names.setdefault(f"{c['base_label']} {data_tag}", []).append(c)
     for label, cs in names.items():
         for c in cs:
             c["label"] = label if len(cs) == 1 else f"{label} [{c['tag']}]"
         if len(cs) > 1 and len({c["label"] for c in cs}) < len(cs):
             for i, c in enumerate(cs):
                 c["label"] = f"{label} #{i + 1}"
+
+
+def _column_splits(c: dict) -> list[dict]:
+    """The training splits behind a column: its run's ``split.json``, or each checkpoint's
+    (every member's, for an ensemble: their bootstrap resamples differ)."""
+    from . import data
+
+    path = Path(c["run"]) / "split.json"
+    splits = [data.load_split(path)] if path.exists() else []
+    for meta in c.get("metas") or [c["meta"]]:
+        split = (meta.get("training") or {}).get("split")
+        if split:
+            splits.append(split)
+    return splits
+
+
+def _seen_in_training(c: dict) -> set:
+    """Unique ids of the simulations a column was trained or selected on (train + val)."""
+    return {u for split in _column_splits(c) for key in ("train", "val") for u in split.get(key, [])}
 
 
 # ------------------------------------------------------------------ one group of windows
@@ -263,6 +294,8 @@ def _evaluate_group(name, bank, defect, cols, baseline, figdir, figures, raw_ban
         m["peaks"] = _match_peaks(sim_peaks, hydration_peaks(z, prof))
         if baseline is not None:
             m["beats_baseline"] = bool(m["mae"] < res["baseline"]["mae"])
+        if set(res["simulations"]) & c.get("seen", set()):
+            m["in_training"] = True  # the paper's "In training data": not a test of this column
         res["models"][c["label"]] = m
         res["profile"][c["label"]] = prof.tolist()
     if raw_bank is not None:
@@ -491,16 +524,25 @@ def _table1(result: dict) -> list[str]:
             lines.append(f"| {g['title']} | 0 | {g.get('note', '')} | | " + " | ".join("" for _ in labels) + " |")
             continue
         cells = []
-        best = min(labels, key=lambda lab: g["models"][lab]["mae"]) if labels else None
+        tested = [lab for lab in labels if not g["models"][lab].get("in_training")]
+        best = min(tested, key=lambda lab: g["models"][lab]["mae"]) if tested else None
         for lab in labels:
             s = _fmt(g["models"][lab])
-            cells.append(f"**{s}**" if lab == best and len(labels) > 1 else s)
+            if g["models"][lab].get("in_training"):
+                s = f"in training data ({s})"
+            cells.append(f"**{s}**" if lab == best and len(tested) > 1 else s)
         lines.append(
             f"| {g['title']} | {g['windows']} | {_fmt(g['noise_floor'])} | {_fmt(g.get('baseline'))} | "
             + " | ".join(cells)
             + " |"
         )
     lines += ["", "Regions: " + "; ".join(f"{g['title']}: {g.get('region', '-')}" for g in result["groups"]) + ".", ""]
+    if any(m.get("in_training") for g in result["groups"] for m in g.get("models", {}).values()):
+        lines += [
+            '"in training data": the row holds simulations that model was trained or selected on (its split\'s '
+            'train or validation lists), so the number in brackets is not a test of it (the paper\'s "In training data").',
+            "",
+        ]
     return lines
 
 
@@ -521,15 +563,16 @@ def _paper(result: dict) -> list[str]:
         "|---|---|---|" + "---|---|" * len(labels),
     ]
     for g in result["groups"]:
-        paper = PAPER_TABLE1.get(g["name"])
+        paper = PAPER_TABLE1.get("test set" if g["name"] == "test set calcite-104" else g["name"])
         if not g.get("windows") or paper is None:
             continue
         cells = []
         for lab in labels:
-            ours = g["models"][lab]["mae_A3"]
+            m = g["models"][lab]
+            ours = "in training data" if m.get("in_training") else f"{m['mae_A3']:.3e}"
             ref = paper.get(cols.get(lab), "?")
             cells += [
-                f"{ours:.3e}",
+                ours,
                 "in training data" if ref is None else (f"{ref:.3e}" if isinstance(ref, float) else ref),
             ]
         base = f"{g['baseline']['mae_A3']:.3e}" if g.get("baseline") else "-"
@@ -647,6 +690,8 @@ def _verdicts(result: dict) -> list[str]:
     for g in result["groups"]:
         for lab in labels:
             m = g.get("models", {}).get(lab)
+            if m and m.get("in_training"):
+                continue
             if m and "beats_baseline" in m and not m["beats_baseline"]:
                 verdicts.append(
                     f"- **{lab} does not beat the height-only baseline on {g['title']}** "
@@ -957,12 +1002,19 @@ def _groups(db, cols: list[dict], st: dict, max_row: int | None, log) -> list[tu
     rows_then = [row for row in store.iter_rows(db) if max_row is None or int(row.id) <= int(max_row)]
     known = {row.unique_id for row in rows_then}
     test = [u for u in (split["test"] if split else []) if u in known]
-    if test:
-        n = len(test)
-        groups.append(("test set", f"test set ({n} simulation{'s' if n > 1 else ''})", test, False))
-        groups.append(("test set near defects", "test set, near defects", test, True))
-        if len({str(c["run"]) for c in cols}) > 1:
-            log(f"test set: the split of {st['run0']} (the first run)")
+    for c in cols[1:]:  # each column's own test split ("respective test set"), first run's first
+        for other in _column_splits(c):
+            test += [u for u in other.get("test", []) if u in known and u not in test]
+    surfaces = {row.unique_id: str(row.get("surface", "unknown")) for row in rows_then}
+    by_surface: dict[str, list[str]] = {}
+    for u in test:
+        by_surface.setdefault(surfaces[u], []).append(u)
+    for surface, uids in by_surface.items():
+        n = len(uids)
+        key = "test set" if len(by_surface) == 1 else f"test set {surface}"
+        title = "test set" if len(by_surface) == 1 else f"test set, {_facet_title(surface)}"
+        groups.append((key, f"{title} ({n} simulation{'s' if n > 1 else ''})", sorted(uids), False))
+        groups.append((f"{key} near defects", f"{title}, near defects", sorted(uids), True))
     named: dict[str, list[str]] = {}
     in_split = set(split["train"]) | set(split["val"]) | set(split["test"]) if split else None
     new_rows = []
@@ -990,6 +1042,14 @@ def _groups(db, cols: list[dict], st: dict, max_row: int | None, log) -> list[tu
     if not groups:
         raise InputError(f"{db}: nothing to evaluate (no test split and no named test surfaces)")
     return groups
+
+
+def _facet_title(surface: str) -> str:
+    """ "calcite-104" -> "calcite (10-14)", "aragonite-010" -> "aragonite (010)"."""
+    mineral, _, index = surface.partition("-")
+    if index == "104":
+        index = "10-14"  # the hexagonal (10-14) of calcite's cleavage plane
+    return f"{mineral} ({index})" if index else surface
 
 
 def _result(runs, db, out, cols, st, results, max_row, figdir) -> dict:
