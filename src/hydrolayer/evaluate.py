@@ -113,7 +113,13 @@ def paper_column(meta: dict) -> str:
 
 PREDICT_BATCH = 4  # windows per network call
 LATENT_STRIDE = 16  # grid points (half a window) between the training windows whose latents are kept
-NOT_NAMED = ("test set", "test set near defects", "new simulations", "new simulations near defects")
+NOT_NAMED = ("test set", "new simulations")  # group names starting so are not named test surfaces
+
+
+def _is_named_group(name: str) -> bool:
+    """Whether a report group is a named test surface (not a test split, per facet or not,
+    and not the simulations finished after the split, with or without "near defects")."""
+    return not name.startswith(NOT_NAMED)
 
 
 # ------------------------------------------------------------------ peaks
@@ -617,7 +623,7 @@ def _calibration(result: dict) -> list[str]:
             cal = g.get("models", {}).get(lab, {}).get("calibration")
             if cal is None:
                 continue
-            named += [] if g["name"] in NOT_NAMED else cal["windows"]
+            named += cal["windows"] if _is_named_group(g["name"]) else []
             lines.append(_calibration_row(g["title"], cal, cal.get("ood") or ood_scores(cal["windows"])))
         if named:
             rho = rank_correlation([w["spread"] for w in named], [w["rms_error"] for w in named])
@@ -873,7 +879,7 @@ def _ood_summary(groups: list[dict], c: dict) -> dict:
         cal = g.get("models", {}).get(c["label"], {}).get("calibration")
         if cal:
             every += cal["windows"]
-            named += [] if g["name"] in NOT_NAMED else cal["windows"]
+            named += cal["windows"] if _is_named_group(g["name"]) else []
     keys = ["spread"] + (["latent_distance"] if every and "latent_distance" in every[0] else [])
     return {
         "latents": c.get("latents_source"),
