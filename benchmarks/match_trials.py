@@ -19,7 +19,7 @@ aragonite (010), 17 aragonite (001), 18 vaterite (010). Candidates (7): calcite 
 pristine, CO3 vacancy, Ca vacancy, the 3-pair-vacancy configuration of row 10, aragonite
 (010), aragonite (001), vaterite (010). Each trial ranks all 7 twice:
 
-* ``model``: the real method as shipped (``match.DEFAULT_MODEL`` or ``--model``, the
+* ``model``: the real method as shipped (the registry's default model or ``--model``, the
   default score and contrast ceiling), candidates built with ``parse_candidate``
   (experimental lattices);
 * ``before``: the method as first shipped (unet-v1, NCC, the whole height range: no
@@ -118,18 +118,6 @@ def one_trial(meas_grid, rng, snr):
     return meas, truth
 
 
-def model_sims(cands, predictor):
-    """Every candidate's (and defect variant's) Simulated under a model, computed once."""
-    from hydrolayer import match
-
-    sims = {}
-    for c in cands:
-        for k, atoms in enumerate([c.atoms] + c.variants):
-            label = c.label if k == 0 else f"{c.label}#{k}"
-            sims[label] = match.simulate(match.Candidate(label, atoms, c.unit_cell), predictor)
-    return sims
-
-
 def run_mode(meas, cands, sims, options):
     from hydrolayer import match
 
@@ -155,13 +143,13 @@ def main(argv=None):
     from hydrolayer.predict import load_predictor
 
     t0 = time.perf_counter()
-    predictor = load_predictor(args.model or match.DEFAULT_MODEL)
+    predictor = load_predictor(args.model)
     cands = [match.parse_candidate(c) for c in CANDIDATES]
     oracle = oracle_sims(args.db)
     oracle_cands = [match.Candidate(c.label, oracle[c.label].candidate.atoms, c.unit_cell) for c in cands]
     modes = (
-        ("model", cands, model_sims(cands, predictor), {}),
-        ("before", cands, model_sims(cands, load_predictor(BEFORE_MODEL)), BEFORE_OPTIONS),
+        ("model", cands, match.simulate_candidates(cands, predictor), {}),
+        ("before", cands, match.simulate_candidates(cands, load_predictor(BEFORE_MODEL)), BEFORE_OPTIONS),
         ("oracle", oracle_cands, oracle, {}),
     )
     rng = np.random.default_rng(args.seed)

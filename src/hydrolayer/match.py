@@ -86,7 +86,7 @@ __all__ = [
     "DEFAULT_ANGLES",
     "DEFAULT_BLURS",
     "DEFAULT_CONTRAST_FLOOR",
-    "DEFAULT_MODEL",
+    "simulate_candidates",
     "SCORES",
     "contrast_ceiling",
     "member_maps",
@@ -101,7 +101,6 @@ DEFAULT_SCALES = (0.985, 1.0, 1.015)  # pixel-size calibration factors tried in 
 # Heights where a candidate's simulated map has less than this fraction of its largest
 # lateral contrast are not searched (contrast_ceiling; benchmarks/RESULTS.md, "AFM matching").
 DEFAULT_CONTRAST_FLOOR = 0.2
-DEFAULT_MODEL = None  # the registry's default model (measured best for matching, RESULTS.md)
 COARSE_DZ = 0.25  # Å, first height scan
 FINE_DZ = 0.05  # Å, refined height scan
 CHEBYSHEV_NODES = 16
@@ -721,11 +720,8 @@ def rank(
     quantity = resolve_quantity(meas, quantity)
     check_size(meas, candidates)
     prep = prepare(meas)
-    sims = dict(simulated or {})
+    sims = simulate_candidates(candidates, predictor, tip_radius, simulated)
     regs = []
-    for form in (f for c in candidates for f in _forms(c)):
-        if form.label not in sims:
-            sims[form.label] = simulate(form, predictor, tip_radius)
     key = ranking_key(quantity, score, [sims[c.label] for c in candidates])
     for c in candidates:
         best = None
@@ -738,6 +734,16 @@ def rank(
         best.variant, best.label = best.label, c.label
         regs.append(best)
     return sorted(regs, key=key), sims, prep
+
+
+def simulate_candidates(candidates, predictor, tip_radius: float | None = None, simulated: dict | None = None) -> dict:
+    """``{label: Simulated}`` of every candidate and its defect variants (:func:`simulate`),
+    reusing those already in ``simulated`` (e.g. across many measurements)."""
+    sims = dict(simulated or {})
+    for form in (f for c in candidates for f in _forms(c)):
+        if form.label not in sims:
+            sims[form.label] = simulate(form, predictor, tip_radius)
+    return sims
 
 
 def _forms(c: Candidate) -> list[Candidate]:
@@ -1001,8 +1007,8 @@ def match_files(
     log=print,
 ):
     """``hydrolayer match``: read, check everything, rank, then write (nothing is written
-    when any input is bad). ``model`` None: ``DEFAULT_MODEL``. Returns (registrations best
-    first, written paths)."""
+    when any input is bad). ``model`` None: the registry's default. Returns (registrations
+    best first, written paths)."""
     from .measurements import read_measurement
     from .predict import load_predictor
 
@@ -1013,7 +1019,7 @@ def match_files(
         raise InputError(f"{measurement}: a candidate is given twice")
     if contrast_floor is not None and not 0 <= contrast_floor < 1:
         raise InputError(f"{measurement}: the contrast floor must be in [0, 1), got {contrast_floor}")
-    predictor = load_predictor(model or DEFAULT_MODEL)
+    predictor = load_predictor(model)
     t0 = time.perf_counter()
     regs, sims, prep = rank(
         meas,
