@@ -149,13 +149,18 @@ def flag_warning(summary: dict, source: str = "structure") -> str | None:
     flagged = summary["flagged_windows_A"]
     if not flagged:
         return None
-    where = "; ".join(f"({x:.1f}, {y:.1f})" for x, y in flagged[:8]) + (" ..." if len(flagged) > 8 else "")
+    where = _corners_text(flagged)
     return (
         f"{source}: the ensemble disagrees (mean spread > {summary['flag_threshold']:g} rho/rho_bulk over "
         f"{summary['window_heights_A'][0]:g}-{summary['window_heights_A'][1]:g} Å) in {len(flagged)} of "
         f"{len(summary['windows'])} {summary['window_A']:g} x {summary['window_A']:g} Å windows, likely out of its "
         f"training domain there; window corners (x, y Å): {where}"
     )
+
+
+def _corners_text(corners, most: int = 8) -> str:
+    """Window corners (x, y in Å) as a warning lists them: the first ``most``, then "..."."""
+    return "; ".join(f"({x:.1f}, {y:.1f})" for x, y in corners[:most]) + (" ..." if len(corners) > most else "")
 
 
 def summary_line(summary: dict) -> str:
@@ -252,13 +257,18 @@ def _reliability(s: np.ndarray, e2: np.ndarray) -> list[dict]:
     return out
 
 
+def _failing(windows: list[dict], factor: float = FAIL_FACTOR) -> np.ndarray:
+    """Which windows the model fails on: MAE > ``factor`` x the window's MD noise floor."""
+    return np.array([w["mae"] > factor * w["noise_floor"] for w in windows], dtype=bool)
+
+
 def ood_auc(windows: list[dict], factor: float = FAIL_FACTOR, key: str = "spread") -> dict:
     """Area under the ROC curve of the window score ``key`` (the spread, or the
     ``"latent_distance"``) for the windows where the model fails (MAE > ``factor`` x the
     window's MD noise floor): the probability that a failing window has a larger score than
     a passing one (ties count half). None when all windows pass or all fail."""
     score = np.array([w[key] for w in windows])
-    fail = np.array([w["mae"] > factor * w["noise_floor"] for w in windows])
+    fail = _failing(windows, factor)
     n_fail, n_pass = int(fail.sum()), int((~fail).sum())
     if n_fail == 0 or n_pass == 0:
         return {"auc": None, "failing": n_fail, "windows": len(windows)}
@@ -396,7 +406,7 @@ def youden_threshold(windows: list[dict], key: str, factor: float = FAIL_FACTOR)
     placed halfway between two consecutive distinct scores. Returns threshold, TPR, FPR;
     None when all windows pass or all fail."""
     score = np.array([w[key] for w in windows], dtype=float)
-    fail = np.array([w["mae"] > factor * w["noise_floor"] for w in windows])
+    fail = _failing(windows, factor)
     if fail.all() or not fail.any():
         return None
     cuts = np.unique(score)
@@ -447,7 +457,7 @@ def ood_warning(ood: dict, source: str = "structure", summary: dict | None = Non
     flagged = sorted(far | wide)
     if not flagged:
         return None
-    where = "; ".join(f"({x:.1f}, {y:.1f})" for x, y in flagged[:8]) + (" ..." if len(flagged) > 8 else "")
+    where = _corners_text(flagged)
     why = f"latent distance > {ood['flag_threshold']:g}: {len(far)}"
     if summary is not None:
         why += f"; ensemble spread > {summary['flag_threshold']:g} rho/rho_bulk: {len(wide)}"
