@@ -85,7 +85,7 @@ def card(run: Path, metrics: dict, db, name: str, settings: str | None) -> str:
         if not g.get("windows") or not m or "calibration" not in m:
             continue
         cal = m["calibration"]
-        ood = ood_scores(cal["windows"])
+        ood = cal.get("ood") or ood_scores(cal["windows"])  # evaluate stores them; older reports did not
         rows = ", ".join(str(i) for i in sorted(store.get_row(db, u).id for u in g["simulations"]))
         f = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
         L.append(

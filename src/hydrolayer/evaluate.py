@@ -177,7 +177,6 @@ def _load_columns(cols: list[dict]) -> None:
     from .models import load_model
     from .registry import is_ensemble_path, read_ensemble
 
-    names = {}
     for c in cols:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
@@ -189,18 +188,17 @@ def _load_columns(cols: list[dict]) -> None:
                 c["latents_file"] = manifest.latents
             else:
                 c["net"], c["meta"] = load_model(c["path"])
+        c["seen"] = _seen_in_training(c)
+    data_tags = [paper_column(c["meta"]).rsplit(" ", 1)[-1] for c in cols]  # "(c)" or "(c+a)"
+    names = {}
+    for c, data_tag in zip(cols, data_tags):
         loss = c["loss"] or c["meta"].get("loss")
         label = MODEL_LABELS.get(c["meta"]["model"], c["meta"]["model"]) + (f" ({loss.upper()})" if loss else "")
         if "nets" in c:
             label = f"{label} ensemble of {len(c['nets'])}"
-        c["base_label"] = label
-        c["seen"] = _seen_in_training(c)
+        if len(set(data_tags)) > 1:  # (c) beside (c+a): say which
+            label = f"{label} {data_tag}"
         names.setdefault(label, []).append(c)
-    if len({paper_column(c["meta"]).rsplit(" ", 1)[-1] for c in cols}) > 1:  # (c) beside (c+a): say which
-        names = {}
-        for c in cols:
-            data_tag = paper_column(c["meta"]).rsplit(" ", 1)[-1]  # "(c)" or "(c+a)"
-            names.setdefault(f"{c['base_label']} {data_tag}", []).append(c)
     for label, cs in names.items():
         for c in cs:
             c["label"] = label if len(cs) == 1 else f"{label} [{c['tag']}]"
@@ -618,16 +616,19 @@ def _calibration(result: dict) -> list[str]:
             "failing windows | ROC AUC spread | ROC AUC latent distance | ROC AUC combined |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        named = []
         for g in result["groups"]:
             cal = g.get("models", {}).get(lab, {}).get("calibration")
-            if cal is None:
-                continue
-            named += cal["windows"] if _is_named_group(g["name"]) else []
-            lines.append(_calibration_row(g["title"], cal, cal.get("ood") or ood_scores(cal["windows"])))
-        if named:
-            rho = rank_correlation([w["spread"] for w in named], [w["rms_error"] for w in named])
-            lines.append(_calibration_row("named test surfaces, pooled", {"windows": named}, ood_scores(named), rho))
+            if cal is not None:
+                lines.append(_calibration_row(g["title"], cal, cal.get("ood") or ood_scores(cal["windows"])))
+        if ood.get("named_windows"):
+            lines.append(
+                _calibration_row(
+                    "named test surfaces, pooled",
+                    {"windows": [None] * ood["named_windows"]},
+                    ood["named_pooled"],
+                    ood["named_window_spearman"],
+                )
+            )
         if ood.get("all_pooled"):
             lines.append(
                 _calibration_row(
@@ -872,7 +873,8 @@ def _column_latents(c: dict, db, cache: Path, max_row, log) -> tuple[dict, str]:
 
 def _ood_summary(groups: list[dict], c: dict) -> dict:
     """The out-of-domain scores of an ensemble column over the groups: ROC AUCs pooled over
-    the named test surfaces and over every window, and the thresholds of the spread and the
+    the named test surfaces (and there the per-window rank correlation of spread and
+    error) and over every window, and the thresholds of the spread and the
     latent distance that maximise Youden's J over every window (``uncertainty.youden_threshold``)."""
     named, every = [], []
     for g in groups:
@@ -885,6 +887,7 @@ def _ood_summary(groups: list[dict], c: dict) -> dict:
         "latents": c.get("latents_source"),
         "named_pooled": ood_scores(named),
         "named_windows": len(named),
+        "named_window_spearman": rank_correlation([w["spread"] for w in named], [w["rms_error"] for w in named]),
         "all_pooled": ood_scores(every),
         "all_windows": len(every),
         "thresholds": {k: youden_threshold(every, k) for k in keys},
