@@ -284,3 +284,23 @@ def test_mixed_loss_is_l1_plus_weighted_mse_and_trains_one_network(toy, tiny, tm
     assert (tmp_path / "mix" / "l1+l2" / "best.pt").exists()
     _, meta = load_model(tmp_path / "mix" / "model.pt")
     assert meta["loss"] == "l1+l2" and meta["train_config"]["l2_weight"] == 0.5
+
+
+def test_layer_loss_is_squared_error_in_the_first_layer_only():
+    """``loss: l1+l2-layer``: absolute error per voxel, l2_weight x squared error in the
+    planes 1-3 Å above the surface (and only there), on known numbers; wrong depth refused."""
+    from hydrolayer.conventions import FIRST_LAYER, WINDOW_SHAPE, window_heights
+    from hydrolayer.train import loss_function
+
+    z = window_heights()
+    band = (z > FIRST_LAYER[0]) & (z < FIRST_LAYER[1])
+    assert 0 < band.sum() < len(z)
+    target = torch.zeros((1, 1, 2, 2, WINDOW_SHAPE[2]))
+    pred = torch.full_like(target, 3.0)  # error 3 everywhere: 3 outside the layer, 0.5 * 9 inside
+    expected = (3.0 * (~band).sum() + 4.5 * band.sum()) / len(z)
+    assert loss_function("l1+l2-layer", 0.5)(pred, target).item() == pytest.approx(float(expected))
+    pred_out = target.clone()
+    pred_out[..., ~torch.from_numpy(band)] = 2.0  # errors only outside the layer: plain L1 there
+    assert loss_function("l1+l2-layer", 0.5)(pred_out, target).item() == pytest.approx(2.0 * (~band).sum() / len(z))
+    with pytest.raises(ValueError, match="planes"):
+        loss_function("l1+l2-layer")(torch.zeros(1, 1, 2, 2, 10), torch.zeros(1, 1, 2, 2, 10))

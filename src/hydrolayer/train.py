@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from .conventions import WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW
+from .conventions import FIRST_LAYER, WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW, window_heights
 from .util import InputError, atomic_output
 
 __all__ = [
@@ -67,6 +67,7 @@ __all__ = [
     "d4",
     "LOSSES",
     "MIXED_LOSS",
+    "LAYER_LOSS",
     "loss_function",
     "fit_ensemble",
     "is_ensemble_run",
@@ -76,6 +77,7 @@ __all__ = [
 
 LOSSES = ("l1", "l2")  # what loss: compare trains and compares
 MIXED_LOSS = "l1+l2"  # L1 + l2_weight * MSE, one network
+LAYER_LOSS = "l1+l2-layer"  # L1, but l2_weight * squared error in the first layer (conventions.FIRST_LAYER)
 ENSEMBLE_PLAN = "ensemble-plan.json"  # in an ensemble's run folder: members, bootstrap, config, splits
 
 
@@ -88,8 +90,8 @@ class TrainConfig:
     kernel_size: int = 3
     norm: str = "batch"  # "batch" or "none"
     dropout: float = 0.0
-    loss: str = "compare"  # "l1", "l2", "l1+l2" (mixed) or "compare" (l1 and l2; keep the better on validation)
-    l2_weight: float = 1.0  # loss "l1+l2": weight of the MSE term beside L1
+    loss: str = "compare"  # "l1", "l2", "l1+l2" (mixed), "l1+l2-layer" or "compare" (l1 and l2; keep the better)
+    l2_weight: float = 1.0  # losses "l1+l2" and "l1+l2-layer": weight of the squared-error term
     epochs: int = 60
     batch_size: int = 4  # global batch (split across torchrun processes)
     lr: float = 1e-3  # Adam learning rate
@@ -132,8 +134,8 @@ class TrainConfig:
             )
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if self.loss not in (*LOSSES, MIXED_LOSS, "compare"):
-            raise ValueError(f"loss must be 'l1', 'l2', 'l1+l2' or 'compare', got {self.loss!r}")
+        if self.loss not in (*LOSSES, MIXED_LOSS, LAYER_LOSS, "compare"):
+            raise ValueError(f"loss must be 'l1', 'l2', 'l1+l2', 'l1+l2-layer' or 'compare', got {self.loss!r}")
         if isinstance(self.l2_weight, bool) or not isinstance(self.l2_weight, (int, float)) or not self.l2_weight > 0:
             raise ValueError(f"l2_weight must be a positive number, got {self.l2_weight!r}")
         for name in ("epochs", "batch_size", "windows_per_interface", "patience", "lr_patience"):
@@ -674,7 +676,12 @@ def _conclude(ctx: FitContext, results: dict) -> dict:
 
 def loss_function(name: str, l2_weight: float = 1.0):
     """The training loss called ``name``: ``"l1"`` (mean absolute error), ``"l2"`` (mean
-    squared error) or ``"l1+l2"`` (their sum, the MSE weighted by ``l2_weight``)."""
+    squared error), ``"l1+l2"`` (their sum, the MSE weighted by ``l2_weight``) or
+    ``"l1+l2-layer"``: per voxel the absolute error, except in the first layer (the planes
+    of a window 1-3 Å above the surface, :data:`conventions.FIRST_LAYER`, the last axis)
+    where it is ``l2_weight`` x the squared error; averaged over all voxels. A voxel's
+    L1 optimum is the median of what the input leaves open and its L2 optimum the mean;
+    the first layer's sharp maxima make that distribution skewed, so L1 under-fills them."""
     import torch
 
     l1, l2 = torch.nn.L1Loss(), torch.nn.MSELoss()
@@ -684,6 +691,17 @@ def loss_function(name: str, l2_weight: float = 1.0):
         return l2
     if name == MIXED_LOSS:
         return lambda pred, target: l1(pred, target) + l2_weight * l2(pred, target)
+    if name == LAYER_LOSS:
+        z = window_heights()
+        band = torch.from_numpy((z > FIRST_LAYER[0]) & (z < FIRST_LAYER[1]))
+
+        def layer_loss(pred, target):
+            if pred.shape[-1] != band.numel():
+                raise ValueError(f"loss {name!r} needs windows of {band.numel()} planes, got {pred.shape[-1]}")
+            e = pred - target
+            return torch.where(band, l2_weight * e * e, e.abs()).mean()
+
+        return layer_loss
     raise ValueError(f"unknown loss {name!r}")
 
 
