@@ -35,7 +35,8 @@ class CLICommand:
             "--loss",
             choices=["l1", "l2", "l1+l2", "l1+l2-layer", "compare"],
             default=None,
-            help="loss (default compare: train l1 and l2, keep the better; l1+l2: their sum, one network; l1+l2-layer: L1 with squared error in the first layer)",
+            help="loss (default compare: train l1 and l2, keep the better; l1+l2: their sum, one network; "
+            "l1+l2-layer: L1 with squared error in the first layer)",
         )
         add("--seed", type=int, default=None, help="random seed (default 0)")
         add("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
