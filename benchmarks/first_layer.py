@@ -11,6 +11,7 @@ averaged over their unit cells), the model in float32 (or --precision bfloat16),
     mean, median, 90th and 99th percentile, max;
   * the mean density 1-3 Å above the plane (the first layer's water content) and -1..1 Å,
     MD vs model, and the correlation of the per-window first-layer means;
+  * the MAE in the first layer's planes (1-3 Å) and elsewhere in the window;
   * the whole-window MAE and the MD noise floor of the same windows (as in the report), to
     compare how close a model comes to the noise on its training rows and on unseen rows.
 A model that puts the layer at the right height but with too little water shows a ratio
@@ -41,7 +42,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from hydrolayer import data, predict, store
-    from hydrolayer.conventions import SPACING, WINDOW_SHAPE, Z_BELOW, noise_floor
+    from hydrolayer.conventions import FIRST_LAYER, SPACING, WINDOW_SHAPE, Z_BELOW, noise_floor
     from hydrolayer.inference import run_batches
 
     pred = predict.load_predictor(args.model, precision=args.precision)
@@ -78,8 +79,10 @@ def main(argv=None) -> dict:
             "p99": float(np.percentile(s, 99)),
             "max": float(s.max()),
         }
-    first = (z > 1.0) & (z < 3.0)
+    first = (z > FIRST_LAYER[0]) & (z < FIRST_LAYER[1])
     res["md_mean_1_3A"], res["model_mean_1_3A"] = float(md[..., first].mean()), float(model[..., first].mean())
+    # where the whole-window MAE comes from: the first layer's planes and the rest
+    res["mae_1_3A"], res["mae_elsewhere"] = (float(np.abs(model - md)[..., m].mean()) for m in (first, ~first))
     low = (z > -1.0) & (z < 1.0)
     res["md_mean_-1_1A"], res["model_mean_-1_1A"] = float(md[..., low].mean()), float(model[..., low].mean())
     mw, pw = md[..., first].mean(axis=(1, 2, 3)), model[..., first].mean(axis=(1, 2, 3))
