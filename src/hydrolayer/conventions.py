@@ -17,9 +17,14 @@ Bulk water
     grids given in Å^-3 without their own bulk value.
 
 Surface plane z_s
-    The mean height of the outermost cation layer of a face: the Ca (or Mg) atoms within
-    :data:`PLANE_TOL` Å of the outermost one (:func:`surface_planes`). Heights "above the
-    surface" are z - z_s on the top face; the bottom face is mirrored (z -> -z) first.
+    The mean height of the outermost cation layer of a face (:func:`surface_planes`,
+    :func:`outer_layers`): the Ca (or Mg) atoms within :data:`PLANE_TOL` Å inward of the
+    outermost cation that starts a layer. A cation starts a layer when the cations within
+    :data:`PLANE_TOL` inward of it number at least :data:`PLANE_MIN_SHARE` of the slab's
+    fullest such layer; so an ion that left the surface during MD (an adatom in the time-
+    averaged slab, 1-3 Å out on many aragonite (010) faces) does not define the plane on
+    its own. Heights "above the surface" are z - z_s on the top face; the bottom face is
+    mirrored (z -> -z) first.
 
 Window
     A 10 x 10 x 20 Å box, 32 x 32 x 64 points at 0.3125 Å, laterally at (x0, y0) and from
@@ -57,6 +62,8 @@ __all__ = [
     "RHO_BULK",
     "CATIONS",
     "PLANE_TOL",
+    "PLANE_MIN_SHARE",
+    "outer_layers",
     "SPACING",
     "WINDOW_SHAPE",
     "WINDOW_SIZE",
@@ -85,7 +92,8 @@ RHO_BULK = SPCFW_DENSITY * WATER_NUMBER_DENSITY  # Å^-3: SPC/Fw bulk water-O nu
 
 # ------------------------------------------------------------------ the surface plane
 CATIONS = ("Ca", "Mg")
-PLANE_TOL = 1.0  # Å: cations this close to the outermost one make the outermost layer
+PLANE_TOL = 1.0  # Å: cations this close inward of a layer's outermost one make the layer
+PLANE_MIN_SHARE = 0.25  # a layer holds at least this share of the fullest layer's cations
 
 # ------------------------------------------------------------------ the window
 SPACING = 0.3125  # Å
@@ -111,9 +119,26 @@ def surface_planes(atoms, tol: float = PLANE_TOL) -> tuple[float, float]:
 def planes_from_heights(z_cations, tol: float = PLANE_TOL) -> tuple[float, float]:
     """:func:`surface_planes` from the cations' heights (Å) alone."""
     z = np.asarray(z_cations, float)
+    top, bottom = outer_layers(z, tol)
+    return float(z[top].mean()), float(z[bottom].mean())
+
+
+def outer_layers(z_cations, tol: float = PLANE_TOL, share: float = PLANE_MIN_SHARE) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of the cations (heights ``z_cations``, Å) in the outermost layer of the top
+    and of the bottom face: from the outside in, the first cation with at least ``share``
+    of the fullest layer's count within ``tol`` inward of it starts the layer, which is
+    every cation within ``tol`` inward of that one. Cations further out (ions that left
+    the surface) belong to no layer."""
+    z = np.asarray(z_cations, float)
     if len(z) == 0:
         raise ValueError("no Ca or Mg atoms: cannot place the surface plane")
-    return float(z[z >= z.max() - tol].mean()), float(z[z <= z.min() + tol].mean())
+    zs = np.sort(z)
+    below = np.searchsorted(zs, zs, side="right") - np.searchsorted(zs, zs - tol, side="left")  # in [z - tol, z]
+    above = np.searchsorted(zs, zs + tol, side="right") - np.searchsorted(zs, zs, side="left")  # in [z, z + tol]
+    need = share * max(below.max(), above.max())
+    z_top = zs[::-1][np.argmax(below[::-1] >= need)]
+    z_bottom = zs[np.argmax(above >= need)]
+    return (z >= z_top - tol) & (z <= z_top), (z <= z_bottom + tol) & (z >= z_bottom)
 
 
 def window_starts(n: int, w: int) -> list[int]:

@@ -29,7 +29,7 @@ import math
 
 import numpy as np
 
-from .conventions import FIRST_LAYER, PLANE_TOL
+from .conventions import FIRST_LAYER, outer_layers
 
 __all__ = [
     "PROFILE_EDGES",
@@ -119,7 +119,7 @@ class DensityAccumulator:
     of its Ca/Mg (the face planes of the profiles).
 
     The face planes of the profiles follow the outermost cation layer of each face as it was
-    in the first frame (the cations within ``PLANE_TOL`` of the outermost one then): the mean
+    in the first frame (``conventions.outer_layers`` then): the mean
     height of those same ions in every frame, so that one ion leaving the surface moves the
     plane by its share only, instead of redefining the layer."""
 
@@ -190,7 +190,8 @@ class DensityAccumulator:
         face in the first frame (``conventions.surface_planes``' rule, applied once)."""
         if self._outer is None:
             z = self.ref[self.cations, 2]
-            self._outer = (self.cations[z >= z.max() - PLANE_TOL], self.cations[z <= z.min() + PLANE_TOL])
+            top, bottom = outer_layers(z)
+            self._outer = (self.cations[top], self.cations[bottom])
         return self._outer
 
     def end_block(self, block_ps: float) -> None:

@@ -59,8 +59,8 @@ BLOCK_MIN_POINTS = 4 * 32 * 32  # lateral grid points above which a grid is smea
 
 
 def surface_plane(atoms: Atoms, face: str = "top") -> float:
-    """z_s of ``face`` (Å): the mean height of its outermost Ca layer (Ca within 1 Å of
-    the outermost one), in the frame of ``atoms`` (not mirrored)."""
+    """z_s of ``face`` (Å): the mean height of its outermost Ca layer
+    (``conventions.surface_planes``), in the frame of ``atoms`` (not mirrored)."""
     top, bottom = surface_planes(atoms)
     if face == "top":
         return top

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .conventions import CATIONS, PLANE_TOL, surface_planes
+from .conventions import CATIONS, outer_layers, surface_planes
 from .util import InputError
 
 if TYPE_CHECKING:  # a type only: domain checks need no network
@@ -46,7 +46,8 @@ def top_layer_fingerprint(atoms, face: str = "top") -> dict:
     z_s = top if face == "top" else -bottom
     area = float(np.linalg.norm(np.cross(atoms.cell[0], atoms.cell[1])))
     cat = np.isin(sym, CATIONS)
-    plane = cat & (z >= z[cat].max() - PLANE_TOL)  # the cations that make z_s
+    plane = np.zeros(len(z), bool)
+    plane[cat] = outer_layers(z[cat])[0]  # the cations that make z_s (z is mirrored for the bottom face)
     c = (sym == "C") & (np.abs(z - z_s) <= CARBONATE_BAND)
     return {"Ca": 100.0 * plane.sum() / area, "C": 100.0 * c.sum() / area}
 
