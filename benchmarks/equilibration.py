@@ -26,14 +26,15 @@ import numpy as np
 def half_change(db, row) -> list[float]:
     """Relative change (second half / first half - 1) of the first-layer mean density, per face."""
     from hydrolayer import store
-    from hydrolayer.conventions import FIRST_LAYER
+    from hydrolayer.conventions import FIRST_LAYER, surface_planes
 
     d = store.load_density(db, row)
+    z_top, z_bottom = surface_planes(row.toatoms())  # today's rule (a row's z_top is the rule of its day)
     h1, h2 = d["half1"].astype(float), d["half2"].astype(float)
     lz = d["cell"][2, 2]
     z = np.arange(h1.shape[2]) / h1.shape[2] * lz
     out = []
-    for dz in ((z - row.z_top) % lz, (row.z_bottom - z) % lz):
+    for dz in ((z - z_top) % lz, (z_bottom - z) % lz):
         sel = (dz > FIRST_LAYER[0]) & (dz < FIRST_LAYER[1])
         out.append(float(h2[:, :, sel].mean() / h1[:, :, sel].mean() - 1))
     return out

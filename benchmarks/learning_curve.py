@@ -91,7 +91,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--sizes", default="3,6,12,all", help="training-set sizes, comma-separated ('all': every one)")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--split", type=Path, default=None, help="a split.json to use (default: data.make_split)")
-    ap.add_argument("--max-row", type=int, default=None, help="rows 1..N only (the database as it was then)")
+    ap.add_argument(
+        "--max-row", type=int, default=None, help="rows 1..N only (the database as it was then; with --split too)"
+    )
     ap.add_argument("--epochs", type=int, default=None, help="override the config's epochs")
     ap.add_argument("--order-seed", type=int, default=0, help="seed of the order the training sets are taken in")
     ap.add_argument("--figure", type=Path, default=None)
@@ -101,6 +103,12 @@ def main(argv=None) -> dict:
     cfg = train.load_config(args.config)
     if args.split:
         split = data.load_split(args.split)
+        if args.max_row is not None:  # the split as the database was then: later rows' simulations dropped
+            ids = {r.unique_id: r.id for r in store.iter_rows(args.db)}
+            split = {
+                k: [u for u in v if ids[u] <= args.max_row] if k in ("train", "val", "test") else v
+                for k, v in split.items()
+            }
     else:
         rows = [r for r in store.iter_rows(args.db) if args.max_row is None or r.id <= args.max_row]
         split = data.make_split(

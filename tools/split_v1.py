@@ -14,6 +14,13 @@ validation (so that model selection sees both facets), the rest train.
 
 Rows that have not landed yet are simply absent: run again as the campaign adds rows (the
 ids of a row never change, so earlier rows keep their place).
+
+Row 30 is kept. Its data-set table drift (-48% on the top face) is an artefact of the plane
+rule of its day: when production began one Ca sat 1.1 Å above the rest of the top layer and,
+with the two ions nearest below it, made the plane that the block record followed; it rose
+2 Å more, and that plane with it. Against the plane of today's rule
+(``conventions.outer_layers``) the first layer's water changes by -2.7% between the grid
+halves (``benchmarks/equilibration.py``), like the other rows.
 """
 
 import json
@@ -29,11 +36,7 @@ BASE = ROOT / "examples" / "split-v1.json"
 FIRST_V1_ROW = 19
 ARAGONITE_TEST_SEED = 9
 ARAGONITE_VAL = {"structure_seed": 2, "pairs": 2}
-LEFT_OUT = {
-    30: "during production a top-face Ca2+ beside the vacancies rose 2.0 Å out of the surface plane (3.0 Å in "
-    "all, slab frame) and a carbonate under it 1.6 Å, and the top face's first-layer water fell by a third at "
-    "110-120 ps: its density averages two structures while the input shows only the first",
-}
+LEFT_OUT: dict[int, str] = {}  # row id -> why it is not trained on (none: row 30 was looked at and kept, see below)
 
 
 def _pairs(row) -> int:
@@ -47,7 +50,7 @@ def splits(db) -> dict[str, dict]:
     row_ids = {r.unique_id: r.id for r in store.iter_rows(db)}
     calcite = [r for r in rows if r.surface == "calcite-104" and r.id not in LEFT_OUT]
     aragonite = [r for r in rows if r.surface == "aragonite-010" and r.id not in LEFT_OUT]
-    left = "; ".join(f"row {k} is left out: {why}" for k, why in LEFT_OUT.items())
+    left = "; ".join(f"row {k} is left out: {why}" for k, why in LEFT_OUT.items()) or "no row left out"
 
     c = dict(base, train=sorted(base["train"] + [r.unique_id for r in calcite]), row_ids=row_ids)
     c["note"] = (
