@@ -2,6 +2,7 @@
 
     python benchmarks/first_layer.py --db data/simulations.db --rows 5,6,7 --model unet-v0
     python benchmarks/first_layer.py --db data/simulations.db --rows 1,2,4 --model runs/unet/model.pt
+    python benchmarks/first_layer.py --db data/simulations.db --rows 8,10 --model unet-v1 --scale-from 1,2,4,5,6,7,11,12,13
 
 For both faces of the given rows, the evaluation's fixed grid of windows (as ``hydrolayer
 evaluate``: targets = mean of the two MD halves smoothed with sigma_target, pristine rows
@@ -16,6 +17,11 @@ averaged over their unit cells), the model in float32 (or --precision bfloat16),
     compare how close a model comes to the noise on its training rows and on unseen rows.
 A model that puts the layer at the right height but with too little water shows a ratio
 below 1 at every percentile, not only at the maxima.
+
+``--scale-from ROWS``: a per-height correction measured, not shipped. On the windows of ROWS
+(e.g. the model's training rows) the ratio of MD's to the model's mean density in each
+first-layer plane; the same numbers are then reported for ``--rows`` with the model's
+first-layer planes multiplied by those ratios (``"scaled"``).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ def main(argv=None) -> dict:
         choices=["float32", "bfloat16"],
         help="network precision (default float32, as hydrolayer evaluate; predict's default is bfloat16 where supported)",
     )
+    ap.add_argument("--scale-from", default=None, help="comma-separated row ids to measure a first-layer scale on")
     args = ap.parse_args(argv)
 
     from hydrolayer import data, predict, store
@@ -46,26 +53,29 @@ def main(argv=None) -> dict:
     from hydrolayer.inference import run_batches
 
     pred = predict.load_predictor(args.model, precision=args.precision)
-    uids = [store.get_row(args.db, int(r)).unique_id for r in args.rows.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        bank = data.build_bank(
-            args.db,
-            uids,
-            args.cache or tmp,
-            sigma=pred.sigma,
-            sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET),
-        )
-        plan = bank.grid_plan()
-        x, halves = bank.batch(plan)
+
+    def md_and_model(rows: str):
+        uids = [store.get_row(args.db, int(r)).unique_id for r in rows.split(",")]
+        with tempfile.TemporaryDirectory() as tmp:
+            bank = data.build_bank(
+                args.db,
+                uids,
+                args.cache or tmp,
+                sigma=pred.sigma,
+                sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET),
+            )
+            x, halves = bank.batch(bank.grid_plan())
+        return halves, run_batches(pred.net, x, 8)
+
+    halves, model = md_and_model(args.rows)
     md = 0.5 * (halves[:, 0] + halves[:, 1])
-    model = run_batches(pred.net, x, 8)
     z = -Z_BELOW + SPACING * np.arange(WINDOW_SHAPE[2])
     k = int(np.argmin(np.abs(z - 2.12)))
     res: dict = {
         "model": pred.name,
         "precision": pred.precision,
         "rows": args.rows,
-        "windows": len(plan),
+        "windows": len(md),
         "plane_height_A": round(float(z[k]), 3),
         "mae": float(np.abs(model - md).mean()),
         "md_noise_floor": noise_floor(halves[:, 0], halves[:, 1]),
@@ -89,6 +99,18 @@ def main(argv=None) -> dict:
     res["per_window_first_layer_corr"] = float(np.corrcoef(mw, pw)[0, 1])
     res["per_window_first_layer_md_range"] = [float(mw.min()), float(mw.max())]
     res["per_window_first_layer_model_range"] = [float(pw.min()), float(pw.max())]
+    if args.scale_from:
+        h_fit, m_fit = md_and_model(args.scale_from)
+        fit = 0.5 * (h_fit[:, 0] + h_fit[:, 1])
+        scale = np.where(first, fit.mean((0, 1, 2)) / np.maximum(m_fit.mean((0, 1, 2)), 1e-6), 1.0)
+        scaled = model * scale
+        res["scaled"] = {
+            "from_rows": args.scale_from,
+            "scale_per_plane": [round(float(v), 4) for v in scale[first]],
+            "mae": float(np.abs(scaled - md).mean()),
+            "model_mean_1_3A": float(scaled[..., first].mean()),
+            "first_layer_vs_md": float(scaled[..., first].mean() / md[..., first].mean() - 1),
+        }
     print(json.dumps(res, indent=1))
     return res
 
