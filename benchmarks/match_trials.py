@@ -134,7 +134,11 @@ def main(argv=None):
     p.add_argument("--snr", default="1.5,3,5,10")
     p.add_argument("--seed", type=int, default=2026, help="trials' random seed (explore on others)")
     p.add_argument("--model", default=None, help="the model of the 'model' mode (default: match's default)")
+    p.add_argument("--modes", default=",".join(MODES), help=f"which of {','.join(MODES)} to run (exploring: model)")
     args = p.parse_args(argv)
+    wanted = args.modes.split(",")
+    if not wanted or set(wanted) - set(MODES):
+        p.error(f"--modes: choose from {', '.join(MODES)}")
     import torch
 
     torch.set_num_threads(1)
@@ -145,13 +149,15 @@ def main(argv=None):
     t0 = time.perf_counter()
     predictor = load_predictor(args.model)
     cands = [match.parse_candidate(c) for c in CANDIDATES]
-    oracle = oracle_sims(args.db)
-    oracle_cands = [match.Candidate(c.label, oracle[c.label].candidate.atoms, c.unit_cell) for c in cands]
-    modes = (
-        ("model", cands, match.simulate_candidates(cands, predictor), {}),
-        ("before", cands, match.simulate_candidates(cands, load_predictor(BEFORE_MODEL)), BEFORE_OPTIONS),
-        ("oracle", oracle_cands, oracle, {}),
-    )
+    modes = []
+    if "model" in wanted:
+        modes.append(("model", cands, match.simulate_candidates(cands, predictor), {}))
+    if "before" in wanted:
+        modes.append(("before", cands, match.simulate_candidates(cands, load_predictor(BEFORE_MODEL)), BEFORE_OPTIONS))
+    if "oracle" in wanted:
+        oracle = oracle_sims(args.db)
+        oracle_cands = [match.Candidate(c.label, oracle[c.label].candidate.atoms, c.unit_cell) for c in cands]
+        modes.append(("oracle", oracle_cands, oracle, {}))
     rng = np.random.default_rng(args.seed)
     snrs = [float(s) for s in args.snr.split(",")]
     records = []
@@ -231,6 +237,8 @@ def figure(summary, snrs, path: Path):
         "oracle": "oracle: MD (other half) as forward model",
     }
     for mode, style in (("model", "o-"), ("before", "^:"), ("oracle", "s--")):
+        if f"{mode} snr={snrs[0]}" not in summary:
+            continue
         first = [summary[f"{mode} snr={s}"]["ranked_first"] for s in snrs]
         within = [summary[f"{mode} snr={s}"]["height_within_0.3A"] for s in snrs]
         name = names[mode]
