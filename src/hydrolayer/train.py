@@ -17,7 +17,9 @@ Run directory (``--out RUN``)::
 and with L2 (MSE) on the same windows, and keeps the better on validation MAE: with noisy
 targets L1 learns the median and L2 the mean. ``loss: l1+l2`` trains once on
 L1 + ``l2_weight`` x MSE (:func:`loss_function`): the mean's pull on the high first-layer
-maxima that L1 alone under-fills, with L1's robustness elsewhere (benchmarks/RESULTS.md). Adam, ReduceLROnPlateau on the validation MAE,
+maxima that L1 alone under-fills, with L1's robustness elsewhere (benchmarks/RESULTS.md); ``loss:
+l1+l2-layer`` uses the squared error in the first layer's planes only and L1 elsewhere.
+Adam, ReduceLROnPlateau on the validation MAE,
 early stopping after ``patience`` epochs without improvement. Every epoch is a checkpoint;
 ``resume=True`` continues exactly (same split, windows, optimiser state, RNG state).
 
