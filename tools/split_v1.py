@@ -10,7 +10,11 @@ surfaces 14-18) with every data set v1 calcite row (id > 18) in training, except
 Calcite + aragonite (010), the (c+a) models (``split-v1-ca.json``): the same, plus the v1
 aragonite (010) rows: ``structure_seed`` 9 is the aragonite test split (held out by
 simulation, never trained or selected on), the 2-pair surface of ``structure_seed`` 2 joins
-validation (so that model selection sees both facets), the rest train.
+validation (so that model selection sees both facets), the rest train; and the pristine
+aragonite (010) run of data set v0 (row 16, a named test surface) trains too, as in the
+paper, whose (c+a) models have aragonite (010) "in training data" (Table 1 then says so).
+The v1 aragonite rows are all pair-vacancy surfaces, and the networks trained on them alone
+draw lateral structure on the pristine facet that its MD does not have.
 
 Rows that have not landed yet are simply absent: run again as the campaign adds rows (the
 ids of a row never change, so earlier rows keep their place).
@@ -64,6 +68,8 @@ def splits(db) -> dict[str, dict]:
         if r.get("structure_seed") == ARAGONITE_VAL["structure_seed"] and _pairs(r) == ARAGONITE_VAL["pairs"]
     ]
     train = [r for r in aragonite if r not in test and r not in val]
+    pristine = [r for r in store.iter_rows(db) if r.surface == "aragonite-010" and r.id < FIRST_V1_ROW]
+    train = pristine + train
     ca = dict(
         c,
         train_surfaces=["calcite-104", "aragonite-010"],
