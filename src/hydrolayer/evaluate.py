@@ -619,22 +619,20 @@ def _calibration(result: dict) -> list[str]:
         for g in result["groups"]:
             cal = g.get("models", {}).get(lab, {}).get("calibration")
             if cal is not None:
-                lines.append(_calibration_row(g["title"], cal, cal.get("ood") or ood_scores(cal["windows"])))
+                ood_g = cal.get("ood") or ood_scores(cal["windows"])
+                lines.append(_calibration_row(g["title"], len(cal["windows"]), cal, ood_g))
         if ood.get("named_windows"):
             lines.append(
                 _calibration_row(
                     "named test surfaces, pooled",
-                    {"windows": [None] * ood["named_windows"]},
+                    ood["named_windows"],
+                    {},
                     ood["named_pooled"],
                     ood["named_window_spearman"],
                 )
             )
         if ood.get("all_pooled"):
-            lines.append(
-                _calibration_row(
-                    "every window above, pooled", {"windows": [None] * ood["all_windows"]}, ood["all_pooled"]
-                )
-            )
+            lines.append(_calibration_row("every window above, pooled", ood["all_windows"], {}, ood["all_pooled"]))
         lines += ["", *_threshold_lines(ood), f"Reliability diagram: `figures/reliability_{_slug(lab)}.png`.", ""]
     return lines
 
@@ -651,13 +649,13 @@ def _threshold_lines(ood: dict) -> list[str]:
     return out + [""] if out else []
 
 
-def _calibration_row(title: str, cal: dict, ood: dict, window_rho="cal") -> str:
-    """One row of the calibration table; ``cal`` may hold only ``windows`` (a pooled row)."""
+def _calibration_row(title: str, n_windows: int, cal: dict, ood: dict, window_rho="cal") -> str:
+    """One row of the calibration table; ``cal`` is empty for a pooled row."""
     rho = cal.get("window_spearman") if window_rho == "cal" else window_rho
     cover = f"{cal['coverage_2sigma']:.2f}" if "coverage_2sigma" in cal else ""
     auc = [_num((ood.get(k) or {}).get("auc")) for k in ("spread", "latent_distance", "combined")]
     return (
-        f"| {title} | {len(cal['windows'])} | {_num(rho)} | {_num(cal.get('voxel_spearman'))} | {cover} | "
+        f"| {title} | {n_windows} | {_num(rho)} | {_num(cal.get('voxel_spearman'))} | {cover} | "
         f"{ood['spread']['failing']} | " + " | ".join(auc) + " |"
     )
 
