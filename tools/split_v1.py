@@ -50,8 +50,9 @@ def _pairs(row) -> int:
 
 def splits(db) -> dict[str, dict]:
     base = json.loads(BASE.read_text())
-    rows = [r for r in store.iter_rows(db) if r.id >= FIRST_V1_ROW and r.get("status") == "done"]
-    row_ids = {r.unique_id: r.id for r in store.iter_rows(db)}
+    every = list(store.iter_rows(db))
+    rows = [r for r in every if r.id >= FIRST_V1_ROW and r.get("status") == "done"]
+    row_ids = {r.unique_id: r.id for r in every}
     calcite = [r for r in rows if r.surface == "calcite-104" and r.id not in LEFT_OUT]
     aragonite = [r for r in rows if r.surface == "aragonite-010" and r.id not in LEFT_OUT]
     left = "; ".join(f"row {k} is left out: {why}" for k, why in LEFT_OUT.items()) or "no row left out"
@@ -68,7 +69,7 @@ def splits(db) -> dict[str, dict]:
         if r.get("structure_seed") == ARAGONITE_VAL["structure_seed"] and _pairs(r) == ARAGONITE_VAL["pairs"]
     ]
     train = [r for r in aragonite if r not in test and r not in val]
-    pristine = [r for r in store.iter_rows(db) if r.surface == "aragonite-010" and r.id < FIRST_V1_ROW]
+    pristine = [r for r in every if r.surface == "aragonite-010" and r.id < FIRST_V1_ROW]
     train = pristine + train
     ca = dict(
         c,
