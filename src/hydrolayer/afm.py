@@ -43,7 +43,17 @@ from typing import Sequence
 
 import numpy as np
 
-from .conventions import KB, NN_PER_EV_PER_A, RHO_BULK, Z_BELOW, grid_peaks, heights_above, surface_planes
+from .conventions import (
+    CATIONS,
+    KB,
+    NN_PER_EV_PER_A,
+    RHO_BULK,
+    Z_BELOW,
+    grid_peaks,
+    heights_above,
+    outer_layers,
+    surface_planes,
+)
 from .grids import Grid, GridSpec, bilinear_periodic
 from .util import InputError, atomic_output
 
@@ -244,18 +254,16 @@ def _lateral_frac(xy: np.ndarray, spec: GridSpec) -> np.ndarray:
 def surface_sites(grid: Grid, surface_z: float, max_sites: int | None = None, rho_bulk: float | None = None):
     """Lateral sites for force-distance curves: ``(xy (n, 2) Å, labels, kind)``.
 
-    Each top-layer Ca (within 1 Å of the topmost Ca; all of them unless ``max_sites``) if
-    the grid carries atoms; else the lateral maxima of the density in the first hydration
-    layer (``kind="density maxima"``, at most ``max_sites or 12``, highest first).
+    Each cation of the top face's outermost layer (the layer that makes z_s,
+    ``conventions.outer_layers``; all of them unless ``max_sites``) if the grid carries atoms;
+    else the lateral maxima of the density in the first hydration layer (``kind="density
+    maxima"``, at most ``max_sites or 12``, highest first).
     """
     atoms = grid.atoms
-    cations = ("Ca", "Mg")
-    if atoms is not None and len(atoms) and set(cations) & set(atoms.get_chemical_symbols()):
-        z = atoms.positions[:, 2]
+    if atoms is not None and len(atoms) and set(CATIONS) & set(atoms.get_chemical_symbols()):
         sym = atoms.get_chemical_symbols()
-        idx = [i for i, s in enumerate(sym) if s in cations]
-        zc = z[idx]
-        top = [i for i in idx if z[i] >= zc.max() - 1.0]
+        idx = np.array([i for i, s in enumerate(sym) if s in CATIONS])
+        top = [int(i) for i in idx[outer_layers(atoms.positions[idx, 2])[0]]]
         top = top[:max_sites] if max_sites else top
         return atoms.positions[top, :2].copy(), [f"{sym[i]}{i}" for i in top], "surface Ca"
     from scipy.ndimage import maximum_filter
