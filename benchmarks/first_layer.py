@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     from hydrolayer import data, predict, store
-    from hydrolayer.conventions import FIRST_LAYER, SPACING, WINDOW_SHAPE, Z_BELOW, noise_floor
+    from hydrolayer.conventions import SPACING, WINDOW_SHAPE, Z_BELOW, first_layer_planes, noise_floor
     from hydrolayer.inference import run_batches
 
     pred = predict.load_predictor(args.model, precision=args.precision)
@@ -89,7 +89,7 @@ def main(argv=None) -> dict:
             "p99": float(np.percentile(s, 99)),
             "max": float(s.max()),
         }
-    first = (z > FIRST_LAYER[0]) & (z < FIRST_LAYER[1])
+    first = first_layer_planes()
     res["md_mean_1_3A"], res["model_mean_1_3A"] = float(md[..., first].mean()), float(model[..., first].mean())
     # where the whole-window MAE comes from: the first layer's planes and the rest
     res["mae_1_3A"], res["mae_elsewhere"] = (float(np.abs(model - md)[..., m].mean()) for m in (first, ~first))

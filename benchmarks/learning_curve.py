@@ -41,18 +41,21 @@ def nested_splits(split: dict, sizes: list[int | None], seed: int) -> dict[int, 
 def first_layer_error(db, run: Path, test: list[str]) -> dict:
     """Mean density 1-3 Å above the plane over the test windows: MD, model, model/MD - 1."""
     from hydrolayer import data
-    from hydrolayer.conventions import FIRST_LAYER, window_heights
+    from hydrolayer.conventions import first_layer_planes
     from hydrolayer.inference import load_predictor, run_batches
 
     pred = load_predictor(run / "model.pt", precision="float32")
     bank = data.build_bank(
-        db, test, run / "cache", sigma=pred.sigma, sigma_target=float(pred.meta.get("sigma_target") or 0.4)
+        db,
+        test,
+        run / "cache",
+        sigma=pred.sigma,
+        sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET),
     )
     x, halves = bank.batch(bank.grid_plan())
     md = 0.5 * (halves[:, 0] + halves[:, 1])
     model = run_batches(pred.net, x, 8)
-    z = window_heights()
-    band = (z > FIRST_LAYER[0]) & (z < FIRST_LAYER[1])
+    band = first_layer_planes()
     m, p = float(md[..., band].mean()), float(model[..., band].mean())
     return {"md": m, "model": p, "ratio_minus_1": p / m - 1}
 

@@ -72,6 +72,7 @@ __all__ = [
     "PEAK_MIN_HEIGHT",
     "PEAK_PROMINENCE",
     "FIRST_LAYER",
+    "first_layer_planes",
     "surface_planes",
     "planes_from_heights",
     "grid_peaks",
@@ -152,6 +153,12 @@ def window_starts(n: int, w: int) -> list[int]:
 def window_heights() -> np.ndarray:
     """Height above the surface plane (Å) of each k plane of a window (64 values)."""
     return -Z_BELOW + SPACING * np.arange(WINDOW_SHAPE[2])
+
+
+def first_layer_planes() -> np.ndarray:
+    """Mask of a window's k planes inside the first layer (:data:`FIRST_LAYER`, open interval)."""
+    z = window_heights()
+    return (z > FIRST_LAYER[0]) & (z < FIRST_LAYER[1])
 
 
 def heights_above(spec, z_s: float) -> np.ndarray:

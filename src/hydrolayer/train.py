@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from .conventions import FIRST_LAYER, WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW, window_heights
+from .conventions import WINDOW_SHAPE, WINDOW_SIZE, Z_BELOW, first_layer_planes
 from .util import InputError, atomic_output
 
 __all__ = [
@@ -694,8 +694,7 @@ def loss_function(name: str, l2_weight: float = 1.0):
     if name == MIXED_LOSS:
         return lambda pred, target: l1(pred, target) + l2_weight * l2(pred, target)
     if name == LAYER_LOSS:
-        z = window_heights()
-        band = torch.from_numpy((z > FIRST_LAYER[0]) & (z < FIRST_LAYER[1]))
+        band = torch.from_numpy(first_layer_planes())
 
         def layer_loss(pred, target):
             if pred.shape[-1] != band.numel():
