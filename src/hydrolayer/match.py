@@ -392,9 +392,6 @@ class Registration:
     seconds: float = 0.0
     variant: str = ""  # which form of the candidate fitted best (label#k: a defect variant)
     loglik: float | None = None  # noise-aware score (an ensemble): Gaussian log-likelihood per pixel
-    # the NCC at every grid offset of the cell at the best height and pose, one map per form
-    # of the candidate (a defect's variants): what :func:`log_evidence` averages over
-    offset_ncc: list = dataclasses.field(default_factory=list, repr=False)
 
 
 def _rotation(angle_deg: float) -> np.ndarray:
@@ -519,18 +516,7 @@ def register(
     d = _subgrid(ncc2, ij)
     offset = sim.spec.origin[:2] + (d / np.asarray(sim.shape2)) @ sim.cell2
     pose = (float(fine[b]), offset, ang, sc, blur)
-    reg = _finish(prep, sim, pose, quantity, amplitude, noise, time.perf_counter() - t0)
-    reg.offset_ncc = [ncc2.astype(np.float32)]
-    return reg
-
-
-def log_evidence(reg: Registration, n_eff: float) -> float:
-    """The fit averaged over where the candidate could sit rather than maximised: log of the
-    mean over every grid offset of every form of ``(1 - r^2)^(-n_eff/2)``."""
-    r = np.clip(np.concatenate([m.ravel() for m in reg.offset_ncc]).astype(float), 0.0, 1.0 - 1e-9)
-    ll = -0.5 * n_eff * np.log1p(-(r**2))
-    top = ll.max()
-    return float(top + np.log(np.mean(np.exp(ll - top))))
+    return _finish(prep, sim, pose, quantity, amplitude, noise, time.perf_counter() - t0)
 
 
 def contrast_ceiling(sim: Simulated, lo: float, hi: float, quantity: str, amplitude: float, floor: float) -> float:
@@ -738,15 +724,13 @@ def rank(
     regs = []
     key = ranking_key(quantity, score, [sims[c.label] for c in candidates])
     for c in candidates:
-        best, maps = None, []
+        best = None
         for form in _forms(c):
             reg = register(
                 prep, sims[form.label], heights, quantity, angles, blurs, amplitude, noise, scales, contrast_floor
             )
-            maps.extend(reg.offset_ncc)
             if best is None or key(reg) < key(best):
                 best = reg
-        best.offset_ncc = maps
         best.variant, best.label = best.label, c.label
         regs.append(best)
     return sorted(regs, key=key), sims, prep
