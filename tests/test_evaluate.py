@@ -256,6 +256,7 @@ def test_ship_tool_writes_a_card_from_the_measured_numbers(runs, tmp_path):
     assert [m.name for m in list_models(dest)] == ["unet-toy"] and default_model_name(dest) == "unet-toy"
     text = (dest / "unet-toy.md").read_text()
     assert res["command"] in text
+    assert text.splitlines()[0].endswith("simulations of calcite (10-14) (c)")  # its facets and paper column
     g = res["groups"][0]
     m = list(g["models"].values())[0]
     assert f" | {g['windows']} | {g['noise_floor']['mae']:.4f} " in text and f"| {g['title']}: row" in text

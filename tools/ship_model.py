@@ -25,17 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hydrolayer import store  # noqa: E402
-from hydrolayer.evaluate import PAPER_TABLE1  # noqa: E402
+from hydrolayer.evaluate import PAPER_TABLE1, facet_title, paper_column  # noqa: E402
 from hydrolayer.util import InputError, atomic_output  # noqa: E402
 
 LABELS = {"unet": "U-Net", "attention-unet": "Attention U-Net"}
-# the paper's Table 1 (Ranawat, Jaques & Foster 2021), calcite-trained (c) columns, Å^-3: one
-# home, hydrolayer.evaluate.PAPER_TABLE1
-PAPER = {
-    model: {row: cells[f"{label} (c)"] for row, cells in PAPER_TABLE1.items()}
-    for model, label in (("unet", "U-Net"), ("attention-unet", "Att U-Net"))
-}
-PAPER_ROWS = {"new simulations": "test set", "test set": "test set"}
+# the paper's Table 1 (Ranawat, Jaques & Foster 2021), Å^-3, and which of its columns a
+# checkpoint is (network, (c) or (c+a)): one home each, in hydrolayer.evaluate
+PAPER_ROWS = {"new simulations": "test set", "test set": "test set", "test set calcite-104": "test set"}
 
 
 def _rows(db, uids):
@@ -74,10 +70,14 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
     cfg_path = run / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     train_ps = sum(float(store.get_row(db, uid).get("production_ps")) for uid in split["train"])
+    surfaces = list((ckpt.get("training") or {}).get("surfaces") or ["calcite-104"])
+    column = paper_column(ckpt)
+    data = column[column.index("(") + 1 : -1]
+    paper = {row: cells[column] for row, cells in PAPER_TABLE1.items()}
 
     L = [
         f"# {name}: {LABELS.get(model, model)}, widths {'-'.join(map(str, kw['channels']))}, "
-        f"trained on {len(split['train'])} calcite (10-14) simulations",
+        f"trained on {len(split['train'])} simulations of {' and '.join(facet_title(f) for f in surfaces)} ({data})",
         "",
         f"Shipped {datetime.date.today().isoformat()} with hydrolayer {ckpt.get('version')}. Input: C, O, Ca densities (Gaussian sigma "
         f"{ckpt['descriptor']['sigma']} Å, Å^-3) in a 10 x 10 x 20 Å window (32 x 32 x 64), from 5 Å below the surface Ca plane; "
@@ -127,7 +127,9 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         "",
         "MAE in rho/rho_bulk (Å^-3 in brackets). MD noise floor: 0.5 <|half1 - half2|> of the two half-runs, what the exact "
         "density would score against this reference. Height-only baseline: the mean training profile along z. "
-        "Paper: Ranawat et al. 2021, Table 1, the same row for their network trained on calcite (Å^-3).",
+        "Paper: Ranawat et al. 2021, Table 1, the same row for their network trained on the same facets "
+        f"({data}; Å^-3; 'in training data' where they trained on it). A cell whose simulations this model was "
+        "trained or selected on reads 'in training data', its number in brackets.",
         "",
         "| rows | windows | MD noise floor | height-only baseline | this model | beats baseline | paper |",
         "|---|---|---|---|---|---|---|",
@@ -136,13 +138,14 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         if not g.get("windows"):
             continue
         m = g["models"][label]
-        paper = PAPER.get(model, {}).get(PAPER_ROWS.get(g["name"], g["name"]))
+        ref = paper.get(PAPER_ROWS.get(g["name"], g["name"]), "")
         f = lambda d: f"{d['mae']:.4f} ({d['mae_A3']:.2e})"  # noqa: E731
+        ours = f"in training data [{f(m)}]" if m.get("in_training") else f(m)
         rows = ", ".join(str(i) for i in sorted(store.get_row(db, u).id for u in g["simulations"]))
         L.append(
             f"| {g['title']}: row{'s' if len(g['simulations']) > 1 else ''} {rows} | {g['windows']} | "
-            f"{f(g['noise_floor'])} | {f(g['baseline'])} | {f(m)} | "
-            f"{'yes' if m.get('beats_baseline') else 'no'} | {'' if paper is None else f'{paper:.2e}'} |"
+            f"{f(g['noise_floor'])} | {f(g['baseline'])} | {ours} | "
+            f"{'yes' if m.get('beats_baseline') else 'no'} | {'in training data' if ref is None else (f'{ref:.2e}' if ref else '')} |"
         )
     avg = [g for g in metrics["groups"] if g.get("unit_cell_averaging")]
     if avg:
@@ -161,7 +164,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
                 f"- {g['title']}: {cells} unit cells; noise floor {b:.4f} -> {a:.4f} ({b / a:.2f}x lower); "
                 f"MAE against the unaveraged reference {u['models_before'][label]['mae']:.4f}"
             )
-    missing = [n for n in PAPER.get(model, {}) if n not in {g["name"] for g in metrics["groups"]} and n != "test set"]
+    missing = [n for n in paper if n not in {g["name"] for g in metrics["groups"]} and n != "test set"]
     if missing:
         L += ["", "Not evaluated yet (not in the database when this card was written): " + ", ".join(missing) + "."]
     L += [

@@ -1019,7 +1019,7 @@ def _groups(db, cols: list[dict], st: dict, max_row: int | None, log) -> list[tu
     for surface, uids in by_surface.items():
         n = len(uids)
         key = "test set" if len(by_surface) == 1 else f"test set {surface}"
-        title = "test set" if len(by_surface) == 1 else f"test set, {_facet_title(surface)}"
+        title = "test set" if len(by_surface) == 1 else f"test set, {facet_title(surface)}"
         groups.append((key, f"{title} ({n} simulation{'s' if n > 1 else ''})", sorted(uids), False))
         groups.append((f"{key} near defects", f"{title}, near defects", sorted(uids), True))
     named: dict[str, list[str]] = {}
@@ -1051,7 +1051,7 @@ def _groups(db, cols: list[dict], st: dict, max_row: int | None, log) -> list[tu
     return groups
 
 
-def _facet_title(surface: str) -> str:
+def facet_title(surface: str) -> str:
     """ "calcite-104" -> "calcite (10-14)", "aragonite-010" -> "aragonite (010)"."""
     mineral, _, index = surface.partition("-")
     if index == "104":
