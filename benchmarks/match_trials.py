@@ -108,7 +108,9 @@ def oracle_sims(db):
     return sims
 
 
-def one_trial(meas_grid, rng, snr):
+def one_trial(meas_grid, rng, snr, stack=None):
+    """One synthetic measurement and its truth; ``stack`` (planes, spacing in Å): a 3D-AFM
+    stack of that many constant-height planes from the drawn height up, else one 2D map."""
     from hydrolayer import match
 
     cell = np.diag(meas_grid.spec.cell)[:2]
@@ -133,6 +135,7 @@ def one_trial(meas_grid, rng, snr):
         quantity="df",
         amplitude=0.3,
         gain=40.0,
+        z_planes=None if stack is None else truth["height"] + stack[1] * np.arange(stack[0]),
         rng=rng,
     )
     return meas, truth
@@ -154,9 +157,18 @@ def main(argv=None):
     p.add_argument("--snr", default="1.5,3,5,10")
     p.add_argument("--seed", type=int, default=2026, help="trials' random seed (explore on others)")
     p.add_argument("--model", default=None, help="the model of the 'model' mode (default: match's default)")
+    p.add_argument(
+        "--stack",
+        default=None,
+        help="N:DZ: each measurement a 3D-AFM stack of N planes DZ Å apart from the drawn height up (default: 2D maps)",
+    )
     p.add_argument("--modes", default=",".join(MODES), help=f"which of {','.join(MODES)} to run (exploring: model)")
     args = p.parse_args(argv)
     wanted = args.modes.split(",")
+    stack = None
+    if args.stack:
+        n, _, dz = args.stack.partition(":")
+        stack = (int(n), float(dz))
     if not wanted or set(wanted) - set(MODES):
         p.error(f"--modes: choose from {', '.join(MODES)}")
     import torch
@@ -191,7 +203,7 @@ def main(argv=None):
         grid = half_grid(args.db, row, "half1")
         for snr in snrs:
             for _ in range(args.trials):
-                meas, truth = one_trial(grid, rng, snr)
+                meas, truth = one_trial(grid, rng, snr, stack)
                 for mode, cs, sims, options in modes:
                     regs = run_mode(meas, cs, sims, options)
                     mine = next(r for r in regs if r.label == right)
@@ -220,6 +232,7 @@ def main(argv=None):
         "model": predictor.name,
         "before": {"model": BEFORE_MODEL, **BEFORE_OPTIONS},
         "trials_per_case_and_snr": args.trials,
+        "stack": stack,
         "cases": {str(k): v for k, v in CASES.items() if k not in seen},
         "skipped_cases_seen_in_training": skipped,
         "candidates": CANDIDATES,
