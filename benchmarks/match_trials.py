@@ -84,15 +84,10 @@ def seen_rows(db, predictor) -> set[int]:
     """Database rows the model (every member of an ensemble) was trained or selected on:
     their cases are skipped (a (c+a) model trained on the pristine aragonite (010) row 16)."""
     from hydrolayer import store
+    from hydrolayer.evaluate import checkpoint_splits, trained_on
 
     metas = [m.meta for m in getattr(predictor, "members", None) or [predictor]]
-    uids = {
-        u
-        for m in metas
-        for part in ("train", "val")
-        for u in ((m.get("training") or {}).get("split") or {}).get(part, [])
-    }
-    return {store.get_row(db, u).id for u in uids}
+    return {store.get_row(db, u).id for u in trained_on(checkpoint_splits(metas))}
 
 
 def oracle_sims(db):

@@ -25,7 +25,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from hydrolayer import store  # noqa: E402
-from hydrolayer.evaluate import PAPER_TABLE1, facet_title, paper_column  # noqa: E402
+from hydrolayer.evaluate import (  # noqa: E402
+    PAPER_TABLE1,
+    facet_title,
+    paper_column,
+    training_data,
+    training_surfaces,
+)
 from hydrolayer.util import InputError, atomic_output  # noqa: E402
 
 LABELS = {"unet": "U-Net", "attention-unet": "Attention U-Net"}
@@ -70,10 +76,8 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
     cfg_path = run / "config.json"
     cfg = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
     train_ps = sum(float(store.get_row(db, uid).get("production_ps")) for uid in split["train"])
-    surfaces = list((ckpt.get("training") or {}).get("surfaces") or ["calcite-104"])
-    column = paper_column(ckpt)
-    data = column[column.index("(") + 1 : -1]
-    paper = {row: cells[column] for row, cells in PAPER_TABLE1.items()}
+    surfaces, data = training_surfaces(ckpt), training_data(ckpt)
+    paper = {row: cells[paper_column(ckpt)] for row, cells in PAPER_TABLE1.items()}
 
     L = [
         f"# {name}: {LABELS.get(model, model)}, widths {'-'.join(map(str, kw['channels']))}, "

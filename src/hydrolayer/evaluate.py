@@ -103,12 +103,34 @@ PAPER_TABLE1 = {
 }
 
 
+def training_surfaces(meta: dict) -> list[str]:
+    """The surfaces a checkpoint was trained on; calcite (10-14) when it does not record
+    them (every model before data set v1)."""
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    return list(training.get("surfaces") or ["calcite-104"])
+
+
+def training_data(meta: dict) -> str:
+    """The paper's name for a checkpoint's training data: "c+a" when its training surfaces
+    include aragonite, else "c"."""
+    return "c+a" if any(str(x).startswith("aragonite") for x in training_surfaces(meta)) else "c"
+
+
 def paper_column(meta: dict) -> str:
     """The paper's Table 1 column that a checkpoint corresponds to: its network, and its
-    training data (c+a when the training surfaces include aragonite, else c)."""
-    surfaces = ((meta.get("training") or {}) if isinstance(meta.get("training"), dict) else {}).get("surfaces") or []
-    data = "c+a" if any(str(x).startswith("aragonite") for x in surfaces) else "c"
-    return f"{MODEL_LABELS.get(meta.get('model'), meta.get('model'))} ({data})"
+    training data (:func:`training_data`)."""
+    return f"{MODEL_LABELS.get(meta.get('model'), meta.get('model'))} ({training_data(meta)})"
+
+
+def checkpoint_splits(metas) -> list[dict]:
+    """The training splits recorded in checkpoints' metadata (an ensemble: every member's,
+    their bootstrap resamples differ)."""
+    return [split for m in metas if (split := (m.get("training") or {}).get("split"))]
+
+
+def trained_on(splits) -> set:
+    """Unique ids of the simulations that training splits trained or selected on (train + val)."""
+    return {u for split in splits for key in ("train", "val") for u in split.get(key, [])}
 
 
 PREDICT_BATCH = 4  # windows per network call
@@ -189,7 +211,7 @@ def _load_columns(cols: list[dict]) -> None:
             else:
                 c["net"], c["meta"] = load_model(c["path"])
         c["seen"] = _seen_in_training(c)
-    data_tags = [paper_column(c["meta"]).rsplit(" ", 1)[-1] for c in cols]  # "(c)" or "(c+a)"
+    data_tags = [f"({training_data(c['meta'])})" for c in cols]
     names = {}
     for c, data_tag in zip(cols, data_tags):
         loss = c["loss"] or c["meta"].get("loss")
@@ -213,17 +235,12 @@ def _column_splits(c: dict) -> list[dict]:
     from . import data
 
     path = Path(c["run"]) / "split.json"
-    splits = [data.load_split(path)] if path.exists() else []
-    for meta in c.get("metas") or [c["meta"]]:
-        split = (meta.get("training") or {}).get("split")
-        if split:
-            splits.append(split)
-    return splits
+    return ([data.load_split(path)] if path.exists() else []) + checkpoint_splits(c.get("metas") or [c["meta"]])
 
 
 def _seen_in_training(c: dict) -> set:
     """Unique ids of the simulations a column was trained or selected on (train + val)."""
-    return {u for split in _column_splits(c) for key in ("train", "val") for u in split.get(key, [])}
+    return trained_on(_column_splits(c))
 
 
 # ------------------------------------------------------------------ one group of windows
