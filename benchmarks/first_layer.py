@@ -48,24 +48,18 @@ def main(argv=None) -> dict:
     ap.add_argument("--scale-from", default=None, help="comma-separated row ids to measure a first-layer scale on")
     args = ap.parse_args(argv)
 
-    from hydrolayer import data, predict, store
+    from hydrolayer import predict, store
     from hydrolayer.conventions import SPACING, WINDOW_SHAPE, Z_BELOW, first_layer_planes, noise_floor
-    from hydrolayer.inference import run_batches
+    from hydrolayer.evaluate import md_and_prediction
 
     pred = predict.load_predictor(args.model, precision=args.precision)
 
     def md_and_model(rows: str):
         uids = [store.get_row(args.db, int(r)).unique_id for r in rows.split(",")]
+        if args.cache:
+            return md_and_prediction(args.db, uids, pred, args.cache)
         with tempfile.TemporaryDirectory() as tmp:
-            bank = data.build_bank(
-                args.db,
-                uids,
-                args.cache or tmp,
-                sigma=pred.sigma,
-                sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET),
-            )
-            x, halves = bank.batch(bank.grid_plan())
-        return halves, run_batches(pred.net, x, 8)
+            return md_and_prediction(args.db, uids, pred, tmp)
 
     halves, model = md_and_model(args.rows)
     md = 0.5 * (halves[:, 0] + halves[:, 1])

@@ -40,21 +40,13 @@ def nested_splits(split: dict, sizes: list[int | None], seed: int) -> dict[int, 
 
 def first_layer_error(db, run: Path, test: list[str]) -> dict:
     """Mean density 1-3 Å above the plane over the test windows: MD, model, model/MD - 1."""
-    from hydrolayer import data
     from hydrolayer.conventions import first_layer_planes
-    from hydrolayer.inference import load_predictor, run_batches
+    from hydrolayer.evaluate import md_and_prediction
+    from hydrolayer.inference import load_predictor
 
     pred = load_predictor(run / "model.pt", precision="float32")
-    bank = data.build_bank(
-        db,
-        test,
-        run / "cache",
-        sigma=pred.sigma,
-        sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET),
-    )
-    x, halves = bank.batch(bank.grid_plan())
+    halves, model = md_and_prediction(db, test, pred, run / "cache")
     md = 0.5 * (halves[:, 0] + halves[:, 1])
-    model = run_batches(pred.net, x, 8)
     band = first_layer_planes()
     m, p = float(md[..., band].mean()), float(model[..., band].mean())
     return {"md": m, "model": p, "ratio_minus_1": p / m - 1}

@@ -138,6 +138,24 @@ LATENT_STRIDE = 16  # grid points (half a window) between the training windows w
 NOT_NAMED = ("test set", "new simulations")  # group names starting so are not named test surfaces
 
 
+def md_and_prediction(db, uids, pred, cache_dir, batch: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """The MD split halves (n, 2, X, Y, Z) and the loaded predictor ``pred``'s windows
+    (n, X, Y, Z) over the whole-window plan of simulations ``uids`` in ``db`` (windows
+    cached in ``cache_dir``), with the descriptor and target smoothing the model was
+    trained with: the one place the benchmarks get a model's windows beside MD's."""
+    from . import data
+
+    bank = data.build_bank(
+        db,
+        uids,
+        cache_dir,
+        sigma=pred.sigma,
+        sigma_target=float(pred.meta.get("sigma_target") or data.DEFAULT_SIGMA_TARGET),
+    )
+    x, halves = bank.batch(bank.grid_plan())
+    return halves, run_batches(pred.net, x, batch)
+
+
 def _is_named_group(name: str) -> bool:
     """Whether a report group is a named test surface (not a test split, per facet or not,
     and not the simulations finished after the split, with or without "near defects")."""
