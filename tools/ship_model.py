@@ -48,6 +48,16 @@ def _rows(db, uids):
     return out
 
 
+def _split_origin(run: Path, split: dict) -> str:
+    """Where the run's split came from: a split file named in its config (with the note
+    that file carries), else the seeded random split."""
+    cfg_path = run / "config.json"
+    split_file = json.loads(cfg_path.read_text()).get("split_file") if cfg_path.is_file() else None
+    if split_file:
+        return f"from `{split_file}`" + (f" ({split['note']})" if split.get("note") else "")
+    return f"(seed {split['seed']}, fractions {split['fractions']})"
+
+
 def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) -> str:
     import torch
 
@@ -91,8 +101,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         "## Training data",
         "",
         "From `data/simulations.db` (force-field lattice, 300 K, SPC/Fw water, both faces of every slab used; "
-        "see the README's data-set section). Split by simulation "
-        f"(seed {split['seed']}, fractions {split['fractions']}):",
+        f"see the README's data-set section). Split by simulation {_split_origin(run, split)}:",
         "",
         "| split | row | surface | defects | production (ps) | unique id |",
         "|---|---|---|---|---|---|",
