@@ -113,7 +113,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         "",
         f"Training simulations: {len(split['train'])} ({train_ps:g} ps of production in all, "
         f"{2 * len(split['train'])} interfaces); validation: {len(split['val'])}. Named test surfaces held out by rule: "
-        + (", ".join(sorted(metrics_named(metrics))) or "none in the database yet")
+        + (", ".join(sorted(metrics_named(metrics, label))) or "none in the database yet")
         + ".",
         "",
         "## Training",
@@ -212,11 +212,15 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
     return "\n".join(L) + "\n"
 
 
-def metrics_named(metrics) -> list[str]:
+def metrics_named(metrics, label: str | None = None) -> list[str]:
+    """The named test surfaces of the report; with ``label``, only those that model was not
+    trained or selected on (a (c+a) model trains on aragonite (010))."""
     return [
         g["name"]
         for g in metrics["groups"]
-        if g["name"] not in ("test set", "new simulations") and "near defects" not in g["name"]
+        if not g["name"].startswith(("test set", "new simulations"))
+        and "near defects" not in g["name"]
+        and not (label and g["models"].get(label, {}).get("in_training"))
     ]
 
 
