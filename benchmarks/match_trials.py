@@ -263,7 +263,7 @@ def summarise(records, snrs):
     return out
 
 
-def figure(summary, snrs, path: Path, n_candidates: int = len(CANDIDATES), model: str = "default model"):
+def figure(summary, snrs, path: Path, model: str = "default model"):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(9.5, 3.8), layout="constrained")
@@ -282,7 +282,7 @@ def figure(summary, snrs, path: Path, n_candidates: int = len(CANDIDATES), model
         ax1.plot(snrs, first, style, label=name)
         ax2.plot(snrs, within, style, label=name)
     for ax, title in (
-        (ax1, f"right candidate ranked first (of {n_candidates})"),
+        (ax1, f"right candidate ranked first (of {len(CANDIDATES)})"),
         (ax2, "height within 0.3 Å (right candidate)"),
     ):
         ax.set_xscale("log")

@@ -28,6 +28,7 @@ from hydrolayer import store  # noqa: E402
 from hydrolayer.evaluate import (  # noqa: E402
     PAPER_TABLE1,
     facet_title,
+    is_named_group,
     paper_column,
     training_data,
     training_surfaces,
@@ -48,13 +49,11 @@ def _rows(db, uids):
     return out
 
 
-def _split_origin(run: Path, split: dict) -> str:
-    """Where the run's split came from: a split file named in its config (with the note
-    that file carries), else the seeded random split."""
-    cfg_path = run / "config.json"
-    split_file = json.loads(cfg_path.read_text()).get("split_file") if cfg_path.is_file() else None
-    if split_file:
-        return f"from `{split_file}`" + (f" ({split['note']})" if split.get("note") else "")
+def _split_origin(cfg: dict, split: dict) -> str:
+    """Where the run's split came from: a split file named in its config ``cfg`` (with the
+    note that file carries), else the seeded random split."""
+    if cfg.get("split_file"):
+        return f"from `{cfg['split_file']}`" + (f" ({split['note']})" if split.get("note") else "")
     return f"(seed {split['seed']}, fractions {split['fractions']})"
 
 
@@ -101,7 +100,7 @@ def card(run: Path, eval_dir: Path, db, name: str, settings: str | None = None) 
         "## Training data",
         "",
         "From `data/simulations.db` (force-field lattice, 300 K, SPC/Fw water, both faces of every slab used; "
-        f"see the README's data-set section). Split by simulation {_split_origin(run, split)}:",
+        f"see the README's data-set section). Split by simulation {_split_origin(cfg, split)}:",
         "",
         "| split | row | surface | defects | production (ps) | unique id |",
         "|---|---|---|---|---|---|",
@@ -218,7 +217,7 @@ def metrics_named(metrics, label: str | None = None) -> list[str]:
     return [
         g["name"]
         for g in metrics["groups"]
-        if not g["name"].startswith(("test set", "new simulations"))
+        if is_named_group(g["name"])
         and "near defects" not in g["name"]
         and not (label and g["models"].get(label, {}).get("in_training"))
     ]

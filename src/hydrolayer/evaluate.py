@@ -156,7 +156,7 @@ def md_and_prediction(db, uids, pred, cache_dir, batch: int = 8) -> tuple[np.nda
     return halves, run_batches(pred.net, x, batch)
 
 
-def _is_named_group(name: str) -> bool:
+def is_named_group(name: str) -> bool:
     """Whether a report group is a named test surface (not a test split, per facet or not,
     and not the simulations finished after the split, with or without "near defects")."""
     return not name.startswith(NOT_NAMED)
@@ -914,7 +914,7 @@ def _ood_summary(groups: list[dict], c: dict) -> dict:
         cal = g.get("models", {}).get(c["label"], {}).get("calibration")
         if cal:
             every += cal["windows"]
-            named += cal["windows"] if _is_named_group(g["name"]) else []
+            named += cal["windows"] if is_named_group(g["name"]) else []
     keys = ["spread"] + (["latent_distance"] if every and "latent_distance" in every[0] else [])
     return {
         "latents": c.get("latents_source"),
