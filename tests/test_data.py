@@ -297,6 +297,28 @@ def test_classify_rows_for_calcite_and_calcite_plus_aragonite_models():
             "calcite-104 CO3 vacancy",
             "calcite-104 CO3 vacancy",
         ),
+        # a vacancy on each face (+-4 e, the single-vacancy training runs): the pool; on the top
+        # face only (the named tests' form): held out
+        "calcite CO3 both faces": (
+            {"surface": "calcite-104", "defects": "CO3 vacancy (top); CO3 vacancy (bottom)", "net_charge": 4},
+            "",
+            "",
+        ),
+        "calcite Ca both faces": (
+            {"surface": "calcite-104", "defects": "Ca vacancy (top); Ca vacancy (bottom)", "net_charge": -4},
+            "",
+            "",
+        ),
+        "calcite Ca": (
+            {"surface": "calcite-104", "defects": "Ca vacancy (top)", "net_charge": -2},
+            "calcite-104 Ca vacancy",
+            "calcite-104 Ca vacancy",
+        ),
+        "aragonite (001) CO3 both faces": (
+            {"surface": "aragonite-001", "defects": "CO3 vacancy (top); CO3 vacancy (bottom)", "net_charge": 4},
+            "aragonite-001 CO3 vacancy",
+            "aragonite-001 CO3 vacancy",
+        ),
         # the paper's named pristine surfaces stay held out even when their facet is trained on
         "aragonite pristine": (
             {"surface": "aragonite-010", "defects": "pristine", "net_charge": 0},

@@ -1,6 +1,6 @@
 """Write the data set v1 splits of issue 13 from the database, by rule (no hand-picked ids).
 
-    python tools/split_v1.py data/simulations.db            # examples/split-v1-c.json and examples/split-v1-ca.json
+    python tools/split_v1.py data/simulations.db    # examples/split-v1-c.json, split-v1-ca.json (and split-v1-ca-sv.json)
 
 Calcite (10-14), the (c) models (``split-v1-c.json``): the v1 calcite split of rows 1-13
 (``examples/split-v1.json``: validation rows 3 and 9, test rows 8 and 10, the named test
@@ -15,6 +15,12 @@ aragonite (010) run of data set v0 (row 16, a named test surface) trains too, as
 paper, whose (c+a) models have aragonite (010) "in training data" (Table 1 then says so).
 The v1 aragonite rows are all pair-vacancy surfaces, and the networks trained on them alone
 draw lateral structure on the pristine facet that its MD does not have.
+
+Single vacancies for matching (``split-v1-ca-sv.json``, issue 15, written once the first of
+them has landed): the (c+a) split plus every finished run of ``examples/dataset-sv.yaml``
+(charged calcite slabs with a CO3 2- or Ca2+ vacancy on each face) in training. Rows 14 and
+15, one vacancy on the top face only, stay named test surfaces and the match trials'
+measurements.
 
 Data set v1 is complete: rows 19-44 (``LAST_V1_ROW``). Rows after it (data set v2, and any
 later) never enter these splits, so the shipped v1 models' splits stay what they trained on
@@ -85,7 +91,37 @@ def splits(db) -> dict[str, dict]:
         f"split plus aragonite (010) rows {[r.id for r in train]} in training, {[r.id for r in val]} in validation "
         f"and {[r.id for r in test]} (structure_seed {ARAGONITE_TEST_SEED}) in the test split; {left}"
     )
-    return {"split-v1-c.json": c, "split-v1-ca.json": ca}
+    out = {"split-v1-c.json": c, "split-v1-ca.json": ca}
+    sv = single_vacancy_rows(db)
+    if sv:
+        out["split-v1-ca-sv.json"] = dict(
+            ca,
+            train=sorted(ca["train"] + [r.unique_id for r in sv]),
+            row_ids=dict(row_ids, **{r.unique_id: r.id for r in sv}),
+            note=(
+                "data set v1 (c+a) plus the single-vacancy runs of examples/dataset-sv.yaml (issue 15), written by "
+                f"tools/split_v1.py: the (c+a) split with rows {[r.id for r in sv]} (a CO3 2- or Ca2+ vacancy on each "
+                "face) in training; rows 14 and 15 (a vacancy on the top face only) stay named test surfaces"
+            ),
+        )
+    return out
+
+
+def single_vacancy_rows(db) -> list:
+    """The finished single-vacancy training runs (``examples/dataset-sv.yaml``): charged calcite (10-14)
+    slabs after data set v1 that :func:`hydrolayer.data.classify_row` puts in the training pool (a
+    vacancy on each face)."""
+    from hydrolayer.data import classify_row
+
+    return [
+        r
+        for r in store.iter_rows(db)
+        if r.id > LAST_V1_ROW
+        and r.get("status") == "done"
+        and r.surface == "calcite-104"
+        and abs(float(r.get("net_charge") or 0)) > 0.5
+        and classify_row(r, ["calcite-104", "aragonite-010"]) == ""
+    ]
 
 
 def main(argv=None) -> None:
