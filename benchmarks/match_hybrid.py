@@ -1,6 +1,7 @@
 """Which part of the model's forward map decides the calcite ranking in the match trials?
 
-    python benchmarks/match_hybrid.py {defect|lattice|control} --trials 2 --snr 3,10 --seed 7 --modes oracle --out X.json --figure X.png
+    python benchmarks/match_hybrid.py {defect|lattice|control} [--model M] [--radius R] \
+        --trials 2 --snr 3,10 --seed 7 --modes oracle --out X.json --figure X.png
 
 Runs ``benchmarks/match_trials.py`` with its "oracle" mode's calcite candidates replaced by
 hybrids of MD and the model (``--model``, default: the shipped default), on MD's own grid of pristine calcite (row 1, half 2):
@@ -8,6 +9,8 @@ hybrids of MD and the model (``--model``, default: the shipped default), on MD's
 - ``defect``: MD's pristine density plus the model's defect delta (the model on row k's atoms
   minus the model on row 1's atoms, k = 14, 15, 10 for the CO3 2-, Ca2+ and pair-vacancy
   candidates): is the model's picture of the defect good enough where the lattice is exact?
+  ``--radius R``: the delta only within R Å (laterally) of the row's top-layer vacancies
+  (also for ``control``: MD's own delta so restricted).
 - ``lattice``: the model's pristine density plus MD's defect delta (row k's half 2 minus row
   1's): is the model's pristine lattice good enough where the defect is exact?
 
@@ -49,7 +52,39 @@ def onto(src, dst_spec, dz: float = 0.0) -> np.ndarray:
     return np.where(inside, v, np.nan).reshape(dst_spec.shape)
 
 
-def hybrid_sims(db, which: str, model_name: str | None = None) -> dict:
+def vacancies_xy(atoms, pristine) -> np.ndarray:
+    """Lateral positions (Å) of the top layer's Ca and C of ``pristine`` with no ion of the same
+    kind within 1.5 Å laterally in ``atoms``'s top layer: the vacancies of a row's slab."""
+    from hydrolayer.structures import top_layer_units
+
+    cell2 = np.diag(np.asarray(pristine.cell))[:2]
+    out = []
+    for key, symbol in (("cation", "Ca"), ("CO3", "C")):
+
+        def xy(a, key=key):
+            idx = [i if key == "cation" else i[0] for i in top_layer_units(a)[key]]
+            return a.positions[idx][:, :2]
+
+        here, there = xy(atoms), xy(pristine)
+        for q in there:
+            d = (here - q + cell2 / 2) % cell2 - cell2 / 2
+            if len(here) == 0 or np.min(np.hypot(d[:, 0], d[:, 1])) > 1.5:
+                out.append(q)
+    return np.array(out).reshape(-1, 2)
+
+
+def near(spec, sites: np.ndarray, radius: float) -> np.ndarray:
+    """(nx, ny, 1) mask of the grid columns within ``radius`` Å (laterally, periodic) of ``sites``."""
+    pts = spec.points()[:, :, 0, :2]
+    cell2 = np.diag(spec.cell)[:2]
+    m = np.zeros(pts.shape[:2], bool)
+    for q in sites:
+        d = (pts - q + cell2 / 2) % cell2 - cell2 / 2
+        m |= np.hypot(d[..., 0], d[..., 1]) <= radius
+    return m[..., None]
+
+
+def hybrid_sims(db, which: str, model_name: str | None = None, radius: float | None = None) -> dict:
     from hydrolayer import match
     from hydrolayer.afm import sta_force, surface_z_of
     from hydrolayer.grids import Grid
@@ -66,9 +101,14 @@ def hybrid_sims(db, which: str, model_name: str | None = None) -> dict:
     zs, _ = surface_z_of(base)
     for lab, g in halves.items():
         if which == "defect":
-            rho = md1 + np.nan_to_num(model[lab] - p1)
+            delta = np.nan_to_num(model[lab] - p1)
+            if radius is not None:  # only the defect's neighbourhood: no delta from the slabs' small differences
+                delta = delta * near(base.spec, vacancies_xy(g.atoms, base.atoms), radius)
+            rho = md1 + delta
         elif which == "control":  # MD's pristine plus MD's delta: row k's own MD through the same machinery
             rho = np.where(np.isnan(md_k := onto(g, base.spec, dz[lab])), md1, md_k)
+            if radius is not None:  # MD's delta only near the vacancies, as --radius does for the model's
+                rho = md1 + (rho - md1) * near(base.spec, vacancies_xy(g.atoms, base.atoms), radius)
         else:
             md_k = onto(g, base.spec, dz[lab])
             rho = np.where(np.isnan(p1), md1, p1) + np.nan_to_num(md_k - md1)
@@ -92,7 +132,12 @@ def main(argv=None) -> None:
     warnings.simplefilter("ignore")
     which = argv[0]
     model_name = argv[argv.index("--model") + 1] if "--model" in argv else None  # default: the shipped default
-    mt.oracle_sims = lambda db: hybrid_sims(db, which, model_name)
+    radius = None
+    if "--radius" in argv:  # ours, not match_trials'
+        k = argv.index("--radius")
+        radius = float(argv[k + 1])
+        argv = argv[:k] + argv[k + 2 :]
+    mt.oracle_sims = lambda db: hybrid_sims(db, which, model_name, radius)
     mt.main(argv[1:])
 
 
