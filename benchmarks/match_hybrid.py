@@ -4,21 +4,21 @@
         --trials 2 --snr 3,10 --seed 7 --modes oracle --out X.json --figure X.png
 
 Runs ``benchmarks/match_trials.py`` with its "oracle" mode's calcite candidates replaced by
-hybrids of MD and the model (``--model``, default: the shipped default), on MD's own grid of pristine calcite (row 1, half 2):
+hybrids of MD and the model (``--model``, default: the shipped default), on MD's own grid of
+pristine calcite (row 1, half 2):
 
 - ``defect``: MD's pristine density plus the model's defect delta (the model on row k's atoms
   minus the model on row 1's atoms, k = 14, 15, 10 for the CO3 2-, Ca2+ and pair-vacancy
   candidates): is the model's picture of the defect good enough where the lattice is exact?
-  ``--radius R``: the delta only within R Å (laterally) of the row's top-layer vacancies
-  (also for ``control``: MD's own delta so restricted).
 - ``lattice``: the model's pristine density plus MD's defect delta (row k's half 2 minus row
   1's): is the model's pristine lattice good enough where the defect is exact?
+- ``control``: MD's pristine density plus MD's own delta, i.e. row k's MD moved onto row 1's
+  grid the same way (the machinery's check: it should rank like the oracle).
 
-- ``control``: MD's own row k, moved onto row 1's grid the same way (the machinery's check:
-  it should rank like the oracle).
-
-The other candidates stay MD (the oracle). Grids meet by linear interpolation in Å
-(periodic in x and y) with their surface planes aligned; densities are clipped at 1e-3 before the solvent-tip force.
+``--radius R`` (``defect`` and ``control``): the delta only within R Å (laterally) of the row's
+top-layer vacancies. The other candidates stay MD (the oracle). Grids meet by linear
+interpolation in Å (periodic in x and y) with their surface planes aligned; densities are
+clipped at 1e-3 before the solvent-tip force.
 """
 
 import sys
@@ -26,7 +26,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -42,14 +41,23 @@ CALCITE = {
 
 
 def onto(src, dst_spec, dz: float = 0.0) -> np.ndarray:
-    """``src``'s water at ``dst_spec``'s points raised by ``dz`` Å (orthogonal grids, periodic in x
-    and y, NaN outside in z): ``dz`` = the source's surface plane minus the destination's, so that
-    the two surfaces meet (the rows' water boxes, hence their z grids and planes, differ)."""
-    pts = dst_spec.points().reshape(-1, 3) + np.array([0.0, 0.0, dz])
-    idx = (pts - np.asarray(src.spec.origin)) / (np.diag(src.spec.cell) / np.asarray(src.spec.shape))
-    v = map_coordinates(np.asarray(src.values[0], float), idx.T, order=1, mode="grid-wrap")
-    inside = (idx[:, 2] >= 0) & (idx[:, 2] <= src.spec.shape[2] - 1)
-    return np.where(inside, v, np.nan).reshape(dst_spec.shape)
+    """``src``'s water at ``dst_spec``'s points raised by ``dz`` Å (``data.sample_periodic``: trilinear,
+    periodic in x and y; NaN outside ``src`` in z): ``dz`` = the source's surface plane minus the
+    destination's, so that the two surfaces meet (the rows' water boxes, hence their z grids and
+    planes, differ)."""
+    from hydrolayer import data
+
+    pts = dst_spec.points() + np.array([0.0, 0.0, dz]) - np.asarray(src.spec.origin)
+    v = data.sample_periodic(src.values[0], src.spec.cell, pts).astype(float)
+    k = pts[..., 2] / src.spec.spacing[2]
+    return np.where((k >= 0) & (k <= src.spec.shape[2] - 1), v, np.nan)
+
+
+def lateral_distance(xy: np.ndarray, q, cell2: np.ndarray) -> np.ndarray:
+    """Minimum-image lateral distances (Å) from the points ``xy`` (..., 2) to ``q``, in an
+    orthogonal cell of lateral lengths ``cell2``."""
+    d = (xy - q + cell2 / 2) % cell2 - cell2 / 2
+    return np.hypot(d[..., 0], d[..., 1])
 
 
 def vacancies_xy(atoms, pristine) -> np.ndarray:
@@ -57,30 +65,25 @@ def vacancies_xy(atoms, pristine) -> np.ndarray:
     kind within 1.5 Å laterally in ``atoms``'s top layer: the vacancies of a row's slab."""
     from hydrolayer.structures import top_layer_units
 
+    def top_xy(a, key):  # a carbonate is (C, [O, O, O]): its C stands for it
+        idx = [i if key == "cation" else i[0] for i in top_layer_units(a)[key]]
+        return a.positions[idx][:, :2]
+
     cell2 = np.diag(np.asarray(pristine.cell))[:2]
     out = []
-    for key, symbol in (("cation", "Ca"), ("CO3", "C")):
-
-        def xy(a, key=key):
-            idx = [i if key == "cation" else i[0] for i in top_layer_units(a)[key]]
-            return a.positions[idx][:, :2]
-
-        here, there = xy(atoms), xy(pristine)
-        for q in there:
-            d = (here - q + cell2 / 2) % cell2 - cell2 / 2
-            if len(here) == 0 or np.min(np.hypot(d[:, 0], d[:, 1])) > 1.5:
-                out.append(q)
+    for key in ("cation", "CO3"):
+        here = top_xy(atoms, key)
+        out += [q for q in top_xy(pristine, key) if len(here) == 0 or lateral_distance(here, q, cell2).min() > 1.5]
     return np.array(out).reshape(-1, 2)
 
 
 def near(spec, sites: np.ndarray, radius: float) -> np.ndarray:
     """(nx, ny, 1) mask of the grid columns within ``radius`` Å (laterally, periodic) of ``sites``."""
-    pts = spec.points()[:, :, 0, :2]
+    xy = spec.points()[:, :, 0, :2]
     cell2 = np.diag(spec.cell)[:2]
-    m = np.zeros(pts.shape[:2], bool)
+    m = np.zeros(xy.shape[:2], bool)
     for q in sites:
-        d = (pts - q + cell2 / 2) % cell2 - cell2 / 2
-        m |= np.hypot(d[..., 0], d[..., 1]) <= radius
+        m |= lateral_distance(xy, q, cell2) <= radius
     return m[..., None]
 
 
@@ -100,18 +103,14 @@ def hybrid_sims(db, which: str, model_name: str | None = None, radius: float | N
     p1 = model["calcite-104:size=5x3"]
     zs, _ = surface_z_of(base)
     for lab, g in halves.items():
-        if which == "defect":
-            delta = np.nan_to_num(model[lab] - p1)
+        md_delta = np.nan_to_num(onto(g, base.spec, dz[lab]) - md1)  # none where row k has no water grid
+        if which == "lattice":
+            rho = np.where(np.isnan(p1), md1, p1) + md_delta
+        else:  # defect: the model's delta on MD's pristine; control: MD's own delta on it
+            delta = np.nan_to_num(model[lab] - p1) if which == "defect" else md_delta
             if radius is not None:  # only the defect's neighbourhood: no delta from the slabs' small differences
                 delta = delta * near(base.spec, vacancies_xy(g.atoms, base.atoms), radius)
             rho = md1 + delta
-        elif which == "control":  # MD's pristine plus MD's delta: row k's own MD through the same machinery
-            rho = np.where(np.isnan(md_k := onto(g, base.spec, dz[lab])), md1, md_k)
-            if radius is not None:  # MD's delta only near the vacancies, as --radius does for the model's
-                rho = md1 + (rho - md1) * near(base.spec, vacancies_xy(g.atoms, base.atoms), radius)
-        else:
-            md_k = onto(g, base.spec, dz[lab])
-            rho = np.where(np.isnan(p1), md1, p1) + np.nan_to_num(md_k - md1)
         grid = Grid(
             base.spec,
             np.clip(rho, 1e-3, None)[None].astype(np.float32),

@@ -60,7 +60,8 @@ def _pairs(row) -> int:
 
 def splits(db) -> dict[str, dict]:
     base = json.loads(BASE.read_text())
-    every = [r for r in store.iter_rows(db) if r.id <= LAST_V1_ROW]
+    stored = list(store.iter_rows(db))
+    every = [r for r in stored if r.id <= LAST_V1_ROW]
     rows = [r for r in every if r.id >= FIRST_V1_ROW and r.get("status") == "done"]
     row_ids = {r.unique_id: r.id for r in every}
     calcite = [r for r in rows if r.surface == "calcite-104" and r.id not in LEFT_OUT]
@@ -94,7 +95,7 @@ def splits(db) -> dict[str, dict]:
         f"and {[r.id for r in test]} (structure_seed {ARAGONITE_TEST_SEED}) in the test split; {left}"
     )
     out = {"split-v1-c.json": c, "split-v1-ca.json": ca}
-    sv = single_vacancy_rows(db)
+    sv = single_vacancy_rows(stored)
     if sv:
         out["split-v1-ca-sv.json"] = dict(
             ca,
@@ -109,15 +110,15 @@ def splits(db) -> dict[str, dict]:
     return out
 
 
-def single_vacancy_rows(db) -> list:
-    """The finished single-vacancy training runs of ``SV_SEEDS`` (``examples/dataset-sv.yaml``): charged
-    calcite (10-14) slabs after data set v1 that :func:`hydrolayer.data.classify_row` puts in the training pool (a
-    vacancy on each face)."""
+def single_vacancy_rows(rows) -> list:
+    """Of the database ``rows``, the finished single-vacancy training runs of ``SV_SEEDS``
+    (``examples/dataset-sv.yaml``): charged calcite (10-14) slabs after data set v1 that
+    :func:`hydrolayer.data.classify_row` puts in the training pool (a vacancy on each face)."""
     from hydrolayer.data import classify_row
 
     return [
         r
-        for r in store.iter_rows(db)
+        for r in rows
         if r.id > LAST_V1_ROW
         and r.get("status") == "done"
         and r.surface == "calcite-104"
