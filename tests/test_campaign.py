@@ -23,7 +23,7 @@ defaults:
   size: [3, 2]
   layers: 2
   equil_ps: 0.3
-  production_ps: 0.4
+  production_ps: 1.0
   checkpoint_ps: 0.2
   gap: 16
   gap_tolerance: 0.5
@@ -92,7 +92,10 @@ def test_sigkill_and_resume(tmp_path):
     spec.write_text(TINY)
     db = tmp_path / "sims.db"
     jobs = expand(load_spec(spec))
-    # 1. start, and SIGKILL the campaign process in the middle of production
+    # 1. start, and SIGKILL the campaign process in the middle of production. Its workers and
+    # their LAMMPS ranks die with it, but not at once: production is five checkpoints long so
+    # that the kill, seen after the first, lands before the last (with two, one CI run in
+    # about 300 saw the job finish first)
     proc = _campaign(spec, db)
     deadline = time.time() + 240
     killed_in = None
