@@ -31,7 +31,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import match_trials as mt  # noqa: E402
 
-ORACLE = mt.oracle_sims  # MD for every candidate; the calcite ones are then replaced
 CALCITE = {
     "calcite-104:size=5x3": 1,
     "calcite-104:size=5x3,vacancy=CO3": 14,
@@ -93,7 +92,7 @@ def hybrid_sims(db, which: str, model_name: str | None = None, radius: float | N
     from hydrolayer.grids import Grid
     from hydrolayer.predict import load_predictor, predict_density
 
-    sims = ORACLE(db)
+    sims = mt.oracle_sims(db)  # MD for every candidate; the calcite ones are then replaced
     predictor = load_predictor(model_name)
     base = mt.half_grid(db, 1, "half2")
     md1 = np.asarray(base.values[0], float)
@@ -136,8 +135,7 @@ def main(argv=None) -> None:
         k = argv.index("--radius")
         radius = float(argv[k + 1])
         argv = argv[:k] + argv[k + 2 :]
-    mt.oracle_sims = lambda db: hybrid_sims(db, which, model_name, radius)
-    mt.main(argv[1:])
+    mt.main(argv[1:], oracle=lambda db, _replicas: hybrid_sims(db, which, model_name, radius))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ row 25's configuration. Each trial ranks all 8 in each mode:
 * ``oracle``: the same matcher with the forward model replaced by MD itself, the *second*
   half of each candidate row's run (independent MD noise; pristine calcite is row 1, which
   was used in training, irrelevant here since no model is involved). It separates what the
-  registration can do from what the model's accuracy allows.
+  registration can do from what the model's accuracy allows. The two halves of one run
+  share its slow features; ``--oracle-from 14=ROW`` takes a case's candidate from another
+  run of the same structure instead (its whole run).
 
 Reported per mode and SNR: the fraction of trials where the right candidate ranks first,
 and the height error |h_found - h_true| (median, and the fraction within 0.3 Å) of the
@@ -65,14 +67,16 @@ BEFORE_OPTIONS = {"score": "ncc", "contrast_floor": None}
 
 
 def half_grid(db, row, which):
+    """Row ``row``'s water density as a Grid: ``which`` = half1, half2 or whole (their mean)."""
     from hydrolayer import store
     from hydrolayer.grids import Grid, GridSpec
 
     r = store.get_row(db, row)
     d = store.load_density(db, r)
+    values = (d["half1"] + d["half2"]) / 2 if which == "whole" else d[which]
     return Grid(
-        GridSpec(d["cell"], d[which].shape),
-        d[which],
+        GridSpec(d["cell"], values.shape),
+        values,
         ("water",),
         units="rho/rho_bulk",
         meta={"surface_z": r.get("z_top")},
@@ -90,13 +94,16 @@ def seen_rows(db, predictor) -> set[int]:
     return {store.get_row(db, u).id for u in trained_on(checkpoint_splits(metas))}
 
 
-def oracle_sims(db):
+def oracle_sims(db, replicas=None):
+    """MD as the forward model: each candidate's map from the second half of its row's run, or,
+    for a case in ``replicas`` ({case row: replica row}), from the whole of another run of the
+    same structure (independent MD: not the measurement's own run)."""
     from hydrolayer import match
     from hydrolayer.afm import sta_force, surface_z_of
 
     sims = {}
     for label, row in ORACLE_ROWS.items():
-        g = half_grid(db, row, "half2")
+        g = half_grid(db, replicas[row], "whole") if row in (replicas or {}) else half_grid(db, row, "half2")
         zs, _ = surface_z_of(g)
         cand = match.Candidate(label, g.atoms, (5.0, 8.0))
         sims[label] = match.Simulated(cand, np.asarray(sta_force(g, units="nN").channel("Fz"), float), g.spec, zs)
@@ -143,7 +150,8 @@ def run_mode(meas, cands, sims, options):
     return regs
 
 
-def main(argv=None):
+def main(argv=None, oracle=oracle_sims):
+    """``oracle(db, replicas)``: the oracle mode's simulated maps ({label: match.Simulated})."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--db", default="data/simulations.db")
     p.add_argument("--out", type=Path, default=Path("benchmarks/match_trials.json"))
@@ -157,6 +165,14 @@ def main(argv=None):
         default=None,
         help="N:DZ: each measurement a 3D-AFM stack of N planes DZ Å apart from the drawn height up (default: 2D maps)",
     )
+    p.add_argument(
+        "--oracle-from",
+        action="append",
+        default=[],
+        metavar="CASE=ROW",
+        help="the oracle's candidate for case CASE from row ROW's whole run (another run of the same structure) "
+        "instead of the second half of CASE's own run; repeatable",
+    )
     p.add_argument("--modes", default=",".join(MODES), help=f"which of {','.join(MODES)} to run (exploring: model)")
     args = p.parse_args(argv)
     wanted = args.modes.split(",")
@@ -166,6 +182,12 @@ def main(argv=None):
         stack = (int(n), float(dz))
     if not wanted or set(wanted) - set(MODES):
         p.error(f"--modes: choose from {', '.join(MODES)}")
+    try:
+        replicas = {int(a): int(b) for a, b in (x.split("=") for x in args.oracle_from)}
+    except ValueError:
+        p.error("--oracle-from: CASE=ROW, two row numbers")
+    if set(replicas) - set(CASES):
+        p.error(f"--oracle-from: the cases are rows {', '.join(map(str, CASES))}")
     import torch
 
     torch.set_num_threads(1)
@@ -182,9 +204,9 @@ def main(argv=None):
     if "before" in wanted:
         modes.append(("before", cands, match.simulate_candidates(cands, load_predictor(BEFORE_MODEL)), BEFORE_OPTIONS))
     if "oracle" in wanted:
-        oracle = oracle_sims(args.db)
-        oracle_cands = [match.Candidate(c.label, oracle[c.label].candidate.atoms, c.unit_cell) for c in cands]
-        modes.append(("oracle", oracle_cands, oracle, {}))
+        md = oracle(args.db, replicas)
+        oracle_cands = [match.Candidate(c.label, md[c.label].candidate.atoms, c.unit_cell) for c in cands]
+        modes.append(("oracle", oracle_cands, md, {}))
     rng = np.random.default_rng(args.seed)
     snrs = [float(s) for s in args.snr.split(",")]
     records = []
@@ -227,6 +249,7 @@ def main(argv=None):
         "model": predictor.name,
         "before": {"model": BEFORE_MODEL, **BEFORE_OPTIONS},
         "trials_per_case_and_snr": args.trials,
+        "oracle_from": {str(k): v for k, v in replicas.items()},
         "stack": stack,
         "cases": {str(k): v for k, v in CASES.items() if k not in seen},
         "skipped_cases_seen_in_training": skipped,
