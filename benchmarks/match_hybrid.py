@@ -17,8 +17,9 @@ pristine calcite (row 1, half 2):
 
 ``--radius R`` (``defect`` and ``control``): the delta only within R Å (laterally) of the row's
 top-layer vacancies. The other candidates stay MD (the oracle). Grids meet by linear
-interpolation in Å (periodic in x and y) with their surface planes aligned; densities are
-clipped at 1e-3 before the solvent-tip force.
+interpolation in Å (periodic in x and y) with their lattices and surface planes aligned
+(``frame_offset``: each row's slab sits in its own frame, up to 1.2 Å apart laterally);
+densities are clipped at 1e-3 before the solvent-tip force.
 """
 
 import sys
@@ -39,17 +40,29 @@ CALCITE = {
 }
 
 
-def onto(src, dst_spec, dz: float = 0.0) -> np.ndarray:
-    """``src``'s water at ``dst_spec``'s points raised by ``dz`` Å (``data.sample_periodic``: trilinear,
-    periodic in x and y; NaN outside ``src`` in z): ``dz`` = the source's surface plane minus the
-    destination's, so that the two surfaces meet (the rows' water boxes, hence their z grids and
-    planes, differ)."""
+def onto(src, dst_spec, shift) -> np.ndarray:
+    """``src``'s water at ``dst_spec``'s points moved by ``shift`` (x, y, z in Å;
+    ``data.sample_periodic``: trilinear, periodic in x and y; NaN outside ``src`` in z):
+    ``shift`` = where the source's lattice and surface plane lie minus where the destination's
+    do, so that the two slabs meet (each row's frame is shifted by its own ``frame_shift``, and
+    the rows' water boxes, hence their z grids and planes, differ)."""
     from hydrolayer import data
 
-    pts = dst_spec.points() + np.array([0.0, 0.0, dz]) - np.asarray(src.spec.origin)
+    pts = dst_spec.points() + np.asarray(shift, float) - np.asarray(src.spec.origin)
     v = data.sample_periodic(src.values[0], src.spec.cell, pts).astype(float)
     k = pts[..., 2] / src.spec.spacing[2]
     return np.where((k >= 0) & (k <= src.spec.shape[2] - 1), v, np.nan)
+
+
+def frame_offset(db, row: int, base_row: int) -> np.ndarray:
+    """Where row ``row``'s slab lies against row ``base_row``'s (Å): the difference of their
+    ``frame_shift`` laterally (every row is the same lattice moved by its own shift), of their
+    surface planes (``z_top``) vertically."""
+    from hydrolayer import store
+
+    a, b = store.get_row(db, row), store.get_row(db, base_row)
+    dxy = np.asarray(a.data["frame_shift"][:2], float) - np.asarray(b.data["frame_shift"][:2], float)
+    return np.array([dxy[0], dxy[1], float(a.get("z_top")) - float(b.get("z_top"))])
 
 
 def lateral_distance(xy: np.ndarray, q, cell2: np.ndarray) -> np.ndarray:
@@ -59,21 +72,13 @@ def lateral_distance(xy: np.ndarray, q, cell2: np.ndarray) -> np.ndarray:
     return np.hypot(d[..., 0], d[..., 1])
 
 
-def vacancies_xy(atoms, pristine) -> np.ndarray:
-    """Lateral positions (Å) of the top layer's Ca and C of ``pristine`` with no ion of the same
-    kind within 1.5 Å laterally in ``atoms``'s top layer: the vacancies of a row's slab."""
-    from hydrolayer.structures import top_layer_units
+def top_sites_xy(db, row: int) -> np.ndarray:
+    """Lateral positions (Å, in the row's grid frame) of the ions removed from the row's top
+    face, as the row records them (``defect_sites``)."""
+    from hydrolayer import store
 
-    def top_xy(a, key):  # a carbonate is (C, [O, O, O]): its C stands for it
-        idx = [i if key == "cation" else i[0] for i in top_layer_units(a)[key]]
-        return a.positions[idx][:, :2]
-
-    cell2 = np.diag(np.asarray(pristine.cell))[:2]
-    out = []
-    for key in ("cation", "CO3"):
-        here = top_xy(atoms, key)
-        out += [q for q in top_xy(pristine, key) if len(here) == 0 or lateral_distance(here, q, cell2).min() > 1.5]
-    return np.array(out).reshape(-1, 2)
+    sites = store.get_row(db, row).data.get("defect_sites") or []
+    return np.array([s["position"][:2] for s in sites if s.get("face", "top") == "top"], float).reshape(-1, 2)
 
 
 def near(spec, sites: np.ndarray, radius: float) -> np.ndarray:
@@ -97,29 +102,32 @@ def hybrid_sims(db, which: str, model_name: str | None = None, radius: float | N
     base = mt.half_grid(db, 1, "half2")
     md1 = np.asarray(base.values[0], float)
     halves = {lab: mt.half_grid(db, row, "half2") for lab, row in CALCITE.items()}
-    dz = {lab: float(g.meta["surface_z"]) - float(base.meta["surface_z"]) for lab, g in halves.items()}
-    model = {lab: onto(predict_density(g.atoms, predictor), base.spec, dz[lab]) for lab, g in halves.items()}
+    shift = {lab: frame_offset(db, row, 1) for lab, row in CALCITE.items()}
+    model = {lab: onto(predict_density(g.atoms, predictor), base.spec, shift[lab]) for lab, g in halves.items()}
     p1 = model["calcite-104:size=5x3"]
     zs, _ = surface_z_of(base)
     for lab, g in halves.items():
-        md_delta = np.nan_to_num(onto(g, base.spec, dz[lab]) - md1)  # none where row k has no water grid
+        md_delta = np.nan_to_num(onto(g, base.spec, shift[lab]) - md1)  # none where row k has no water grid
         if which == "lattice":
             rho = np.where(np.isnan(p1), md1, p1) + md_delta
         else:  # defect: the model's delta on MD's pristine; control: MD's own delta on it
             delta = np.nan_to_num(model[lab] - p1) if which == "defect" else md_delta
             if radius is not None:  # only the defect's neighbourhood: no delta from the slabs' small differences
-                delta = delta * near(base.spec, vacancies_xy(g.atoms, base.atoms), radius)
+                sites = top_sites_xy(db, CALCITE[lab]) - shift[lab][:2]  # in row 1's frame
+                delta = delta * near(base.spec, sites, radius)
             rho = md1 + delta
+        atoms = g.atoms.copy()
+        atoms.positions -= shift[lab]  # in row 1's frame, as the map (the pictures' overlay)
         grid = Grid(
             base.spec,
             np.clip(rho, 1e-3, None)[None].astype(np.float32),
             ("water",),
             units="rho/rho_bulk",
             meta=dict(base.meta),
-            atoms=g.atoms,
+            atoms=atoms,
         )
         fz = np.asarray(sta_force(grid, units="nN").channel("Fz"), float)
-        sims[lab] = match.Simulated(match.Candidate(lab, g.atoms, (5.0, 8.0)), fz, base.spec, zs)
+        sims[lab] = match.Simulated(match.Candidate(lab, atoms, (5.0, 8.0)), fz, base.spec, zs)
     return sims
 
 
