@@ -1,0 +1,99 @@
+"""How well does a model draw a defect's change of the water, where an AFM tip sees it?
+
+    python benchmarks/defect_delta.py --db data/simulations.db --models unet-v1ca,runs/unet-v1ca-sv/model.pt \
+        [--replica 14=52,15=53]
+
+For the calcite (10-14) test rows 14 (CO3 2- vacancy), 15 (Ca2+ vacancy) and 10 (3 pair
+vacancies per face): the defect's delta, the row's water density minus pristine calcite's
+(row 1), both whole runs smoothed like the training targets (sigma_target 0.4 Å), on row 1's
+grid with the lattices aligned (``match_hybrid.frame_offset``); and each model's delta, the
+model on the row's atoms minus the model on row 1's. Within ``--radius`` Å (default 6) of the
+row's top-face vacancies and per height band above the surface plane: the correlation r of
+the model's delta with MD's, and its amplitude (standard deviation) against MD's.
+``--replica K=R``: row R is another run of row K's structure; its delta against row K's is
+how far MD reproduces its own picture of the defect (the ceiling for any model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import match_hybrid as mh  # noqa: E402
+import match_trials as mt  # noqa: E402
+
+ROWS = (14, 15, 10)
+BANDS = ((0.5, 2.0), (2.0, 3.5), (3.5, 5.0), (5.0, 7.0))  # Å above the surface Ca plane
+
+
+def smoothed(db, row):
+    from hydrolayer.data import DEFAULT_SIGMA_TARGET, smooth_periodic
+    from hydrolayer.grids import Grid
+
+    g = mt.half_grid(db, row, "whole")
+    v = smooth_periodic(np.asarray(g.values[0], float), g.spec.cell, DEFAULT_SIGMA_TARGET)
+    return Grid(g.spec, v[None], ("water",), units=g.units, meta=g.meta, atoms=g.atoms)
+
+
+def compare(a: np.ndarray, b: np.ndarray, mask: np.ndarray, z: np.ndarray) -> list[tuple[float, float]]:
+    """(r, std(b)/std(a)) of the deltas ``b`` against ``a`` in ``mask``'s columns, per band."""
+    out = []
+    for lo, hi in BANDS:
+        x, y = a[mask][:, (z >= lo) & (z < hi)].ravel(), b[mask][:, (z >= lo) & (z < hi)].ravel()
+        ok = np.isfinite(x) & np.isfinite(y)
+        x, y = x[ok], y[ok]
+        out.append((float(np.corrcoef(x, y)[0, 1]), float(np.std(y) / np.std(x))))
+    return out
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--db", default="data/simulations.db")
+    ap.add_argument("--models", default="unet-v1ca", help="comma-separated model names or checkpoint files")
+    ap.add_argument("--replica", default="", help="K=R[,K=R]: row R is another run of row K's structure")
+    ap.add_argument("--radius", type=float, default=6.0, help="columns within this distance (Å) of the vacancies")
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore")
+    from hydrolayer.predict import load_predictor, predict_density
+
+    replicas = {int(k): int(r) for k, r in (x.split("=") for x in args.replica.split(",") if x)}
+    base = smoothed(args.db, 1)
+    md1 = np.asarray(base.values[0], float)
+    z = base.spec.points()[0, 0, :, 2] - float(base.meta["surface_z"])
+    md, masks, atoms = {}, {}, {}
+    for row in ROWS + tuple(replicas.values()):
+        sh = mh.frame_offset(args.db, row, 1)
+        g = smoothed(args.db, row)
+        md[row] = mh.onto(g, base.spec, sh) - md1
+        atoms[row] = (g.atoms, sh)
+    for row in ROWS:
+        sh = atoms[row][1]
+        masks[row] = mh.near(base.spec, mh.top_sites_xy(args.db, row) - sh[:2], args.radius)[..., 0]
+    bands = "  ".join(f"{lo:g}-{hi:g} Å r / amp" for lo, hi in BANDS)
+    print(f"{'forward model':34} {'row':>4}  {bands}")
+    out = []
+
+    def report(name, row, res):
+        out.append({"model": name, "row": row, "bands": BANDS, "r_amp": res})
+        print(f"{name[:34]:34} {row:>4}  " + "  ".join(f"{r:>9.2f} / {a:.2f}  " for r, a in res))
+
+    for row, rep in replicas.items():
+        report(f"MD, another run (row {rep})", row, compare(md[row], md[rep], masks[row], z))
+    for name in args.models.split(","):
+        pred = load_predictor(name)
+        p1 = mh.onto(predict_density(base.atoms, pred), base.spec, np.zeros(3))
+        for row in ROWS:
+            a, sh = atoms[row]
+            pk = mh.onto(predict_density(a, pred), base.spec, sh)
+            report(name, row, compare(md[row], pk - p1, masks[row], z))
+    return out
+
+
+if __name__ == "__main__":
+    main()
