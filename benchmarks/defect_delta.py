@@ -1,7 +1,7 @@
 """How well does a model draw a defect's change of the water, where an AFM tip sees it?
 
     python benchmarks/defect_delta.py --db data/simulations.db --models unet-v1ca,runs/unet-v1ca-sv/model.pt \
-        [--replica 14=52,15=53]
+        [--replica 14=53,15=52] [--figure docs/images/co3-vacancy-runs.png]
 
 For the calcite (10-14) test rows 14 (CO3 2- vacancy), 15 (Ca2+ vacancy) and 10 (3 pair
 vacancies per face): the defect's delta, the row's water density minus pristine calcite's
@@ -11,7 +11,9 @@ model on the row's atoms minus the model on row 1's. Within ``--radius`` Å (def
 row's top-face vacancies and per height band above the surface plane: the correlation r of
 the model's delta with MD's, and its amplitude (standard deviation) against MD's.
 ``--replica K=R``: row R is another run of row K's structure; its delta against row K's is
-how far MD reproduces its own picture of the defect (the ceiling for any model).
+how far MD reproduces its own picture of the defect. ``--figure``: the density (smoothed)
+of the first replica pair's two runs and of pristine calcite at four heights, the row's
+vacancy marked.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--models", default="unet-v1ca", help="comma-separated model names or checkpoint files")
     ap.add_argument("--replica", default="", help="K=R[,K=R]: row R is another run of row K's structure")
     ap.add_argument("--radius", type=float, default=6.0, help="columns within this distance (Å) of the vacancies")
+    ap.add_argument("--figure", type=Path, default=None, help="slices of the first replica pair's runs (PNG)")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore")
     from hydrolayer.predict import load_predictor, predict_density
@@ -92,7 +95,31 @@ def main(argv=None) -> list[dict]:
             a, sh = atoms[row]
             pk = mh.onto(predict_density(a, pred), base.spec, sh)
             report(name, row, compare(md[row], pk - p1, masks[row], z))
+    if args.figure and replicas:
+        k, r = next(iter(replicas.items()))
+        figure(args.figure, {row: md[row] + md1 for row in (k, r)} | {1: md1}, z, masks[k])
     return out
+
+
+def figure(path: Path, maps: dict, z: np.ndarray, mask: np.ndarray, heights=(0.0, 1.3, 2.2, 3.1)) -> None:
+    """Rows of x-y slices (rho/rho_bulk, row 1's grid) at ``heights`` Å above the surface plane,
+    one row of panels per run; the vacancy's neighbourhood (``mask``) outlined."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2.4 * len(heights), 2.3 * len(maps)), layout="constrained")
+    axs = fig.subplots(len(maps), len(heights), squeeze=False)
+    for i, (row, v) in enumerate(maps.items()):
+        for j, h in enumerate(heights):
+            k = int(np.argmin(np.abs(z - h)))
+            ax = axs[i, j]
+            im = ax.imshow(np.nan_to_num(v[:, :, k]).T, origin="lower", vmin=0, vmax=4, cmap="viridis")
+            ax.contour(mask.T.astype(float), levels=[0.5], colors="r", linewidths=0.8)
+            ax.set_title(f"row {row}, {z[k]:.1f} Å", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.colorbar(im, ax=axs, shrink=0.6, label="rho/rho_bulk")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
 
 
 if __name__ == "__main__":
