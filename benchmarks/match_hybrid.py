@@ -1,6 +1,6 @@
 """Which part of the model's forward map decides the calcite ranking in the match trials?
 
-    python benchmarks/match_hybrid.py {defect|lattice|control} [--model M] [--radius R] \
+    python benchmarks/match_hybrid.py {defect|lattice|control} [--model M] [--radius R] [--gain G] \
         --trials 2 --snr 3,10 --seed 7 --modes oracle --out X.json --figure X.png
 
 Runs ``benchmarks/match_trials.py`` with its "oracle" mode's calcite candidates replaced by
@@ -15,6 +15,9 @@ pristine calcite (row 1, half 2):
 - ``control``: MD's pristine density plus MD's own delta, i.e. row k's MD moved onto row 1's
   grid the same way (the machinery's check: it should rank like the oracle).
 
+``--gain G`` (``defect``): the model's delta times G (does its amplitude decide?).
+``--rows K=R,...``: row R in place of row K for a candidate (another run of the same
+structure, e.g. ``15=52``: the delta is then not from the measurement's own run).
 ``--radius R`` (``defect`` and ``control``): the delta only within R Å (laterally) of the row's
 top-layer vacancies. The other candidates stay MD (the oracle). Grids meet by linear
 interpolation in Å (periodic in x and y) with their lattices and surface planes aligned
@@ -91,7 +94,9 @@ def near(spec, sites: np.ndarray, radius: float) -> np.ndarray:
     return m[..., None]
 
 
-def hybrid_sims(db, which: str, model_name: str | None = None, radius: float | None = None) -> dict:
+def hybrid_sims(
+    db, which: str, model_name: str | None = None, radius: float | None = None, gain: float = 1.0, rows=None
+) -> dict:
     from hydrolayer import match
     from hydrolayer.afm import sta_force, surface_z_of
     from hydrolayer.grids import Grid
@@ -101,8 +106,9 @@ def hybrid_sims(db, which: str, model_name: str | None = None, radius: float | N
     predictor = load_predictor(model_name)
     base = mt.half_grid(db, 1, "half2")
     md1 = np.asarray(base.values[0], float)
-    halves = {lab: mt.half_grid(db, row, "half2") for lab, row in CALCITE.items()}
-    shift = {lab: frame_offset(db, row, 1) for lab, row in CALCITE.items()}
+    rows = {lab: (rows or {}).get(row, row) for lab, row in CALCITE.items()}
+    halves = {lab: mt.half_grid(db, row, "half2" if row == CALCITE[lab] else "whole") for lab, row in rows.items()}
+    shift = {lab: frame_offset(db, row, 1) for lab, row in rows.items()}
     model = {lab: onto(predict_density(g.atoms, predictor), base.spec, shift[lab]) for lab, g in halves.items()}
     p1 = model["calcite-104:size=5x3"]
     zs, _ = surface_z_of(base)
@@ -111,9 +117,9 @@ def hybrid_sims(db, which: str, model_name: str | None = None, radius: float | N
         if which == "lattice":
             rho = np.where(np.isnan(p1), md1, p1) + md_delta
         else:  # defect: the model's delta on MD's pristine; control: MD's own delta on it
-            delta = np.nan_to_num(model[lab] - p1) if which == "defect" else md_delta
+            delta = gain * np.nan_to_num(model[lab] - p1) if which == "defect" else md_delta
             if radius is not None:  # only the defect's neighbourhood: no delta from the slabs' small differences
-                sites = top_sites_xy(db, CALCITE[lab]) - shift[lab][:2]  # in row 1's frame
+                sites = top_sites_xy(db, rows[lab]) - shift[lab][:2]  # in row 1's frame
                 delta = delta * near(base.spec, sites, radius)
             rho = md1 + delta
         atoms = g.atoms.copy()
@@ -138,12 +144,18 @@ def main(argv=None) -> None:
     warnings.simplefilter("ignore")
     which = argv[0]
     model_name = argv[argv.index("--model") + 1] if "--model" in argv else None  # default: the shipped default
-    radius = None
-    if "--radius" in argv:  # ours, not match_trials'
-        k = argv.index("--radius")
-        radius = float(argv[k + 1])
-        argv = argv[:k] + argv[k + 2 :]
-    mt.main(argv[1:], oracle=lambda db, _replicas: hybrid_sims(db, which, model_name, radius))
+    ours = {"--radius": None, "--gain": "1", "--rows": ""}  # ours, not match_trials'
+    for flag in ours:
+        if flag in argv:
+            k = argv.index(flag)
+            ours[flag] = argv[k + 1]
+            argv = argv[:k] + argv[k + 2 :]
+    radius = None if ours["--radius"] is None else float(ours["--radius"])
+    rows = {int(k): int(r) for k, r in (x.split("=") for x in ours["--rows"].split(",") if x)}
+    mt.main(
+        argv[1:],
+        oracle=lambda db, _replicas: hybrid_sims(db, which, model_name, radius, float(ours["--gain"]), rows),
+    )
 
 
 if __name__ == "__main__":
