@@ -69,15 +69,15 @@ def main(argv=None) -> list[dict]:
     base = smoothed(args.db, 1)
     md1 = np.asarray(base.values[0], float)
     z = base.spec.points()[0, 0, :, 2] - float(base.meta["surface_z"])
-    md, masks, atoms = {}, {}, {}
+    md, atoms, shift = {}, {}, {}
     for row in ROWS + tuple(replicas.values()):
-        sh = mh.frame_offset(args.db, row, 1)
+        shift[row] = mh.frame_offset(args.db, row, 1)
         g = smoothed(args.db, row)
-        md[row] = mh.onto(g, base.spec, sh) - md1
-        atoms[row] = (g.atoms, sh)
-    for row in ROWS:
-        sh = atoms[row][1]
-        masks[row] = mh.near(base.spec, mh.top_sites_xy(args.db, row) - sh[:2], args.radius)[..., 0]
+        md[row] = mh.onto(g, base.spec, shift[row]) - md1
+        atoms[row] = g.atoms
+    masks = {
+        row: mh.near(base.spec, mh.top_sites_xy(args.db, row) - shift[row][:2], args.radius)[..., 0] for row in ROWS
+    }
     bands = "  ".join(f"{lo:g}-{hi:g} Å r / amp" for lo, hi in BANDS)
     print(f"{'forward model':34} {'row':>4}  {bands}")
     out = []
@@ -92,8 +92,7 @@ def main(argv=None) -> list[dict]:
         pred = load_predictor(name)
         p1 = mh.onto(predict_density(base.atoms, pred), base.spec, np.zeros(3))
         for row in ROWS:
-            a, sh = atoms[row]
-            pk = mh.onto(predict_density(a, pred), base.spec, sh)
+            pk = mh.onto(predict_density(atoms[row], pred), base.spec, shift[row])
             report(name, row, compare(md[row], pk - p1, masks[row], z))
     if args.figure and replicas:
         k, r = next(iter(replicas.items()))

@@ -103,14 +103,16 @@ def hybrid_sims(
     from hydrolayer.predict import load_predictor, predict_density
 
     sims = mt.oracle_sims(db)  # MD for every candidate; the calcite ones are then replaced
-    predictor = load_predictor(model_name)
     base = mt.half_grid(db, 1, "half2")
     md1 = np.asarray(base.values[0], float)
     rows = {lab: (rows or {}).get(row, row) for lab, row in CALCITE.items()}
     halves = {lab: mt.half_grid(db, row, "half2" if row == CALCITE[lab] else "whole") for lab, row in rows.items()}
     shift = {lab: frame_offset(db, row, 1) for lab, row in rows.items()}
-    model = {lab: onto(predict_density(g.atoms, predictor), base.spec, shift[lab]) for lab, g in halves.items()}
-    p1 = model["calcite-104:size=5x3"]
+    # the model where the mode uses it: every candidate for ``defect``, pristine for ``lattice``
+    used = {"defect": list(halves), "lattice": ["calcite-104:size=5x3"], "control": []}[which]
+    predictor = load_predictor(model_name) if used else None
+    model = {lab: onto(predict_density(halves[lab].atoms, predictor), base.spec, shift[lab]) for lab in used}
+    p1 = model.get("calcite-104:size=5x3")
     zs, _ = surface_z_of(base)
     for lab, g in halves.items():
         md_delta = np.nan_to_num(onto(g, base.spec, shift[lab]) - md1)  # none where row k has no water grid
