@@ -10,7 +10,8 @@ grid with the lattices aligned (``match_hybrid.frame_offset``); and each model's
 model on the row's atoms minus the model on row 1's. Within ``--radius`` Å (default 6) of the
 row's top-face vacancies and per height band above the surface plane: the correlation r of
 the model's delta with MD's, and its amplitude (standard deviation) against MD's.
-``--replica K=R``: row R is another run of row K's structure; its delta against row K's is
+``--quantity df``: the same for the map the matcher compares, -dF_z/dz of the solvent-tip
+force (``afm.sta_force``) of each density, instead of the density. ``--replica K=R``: row R is another run of row K's structure; its delta against row K's is
 how far MD reproduces its own picture of the defect. ``--figure``: the density (smoothed)
 of the first replica pair's two runs and of pristine calcite at four heights, the row's
 vacancy marked.
@@ -43,6 +44,19 @@ def smoothed(db, row):
     return Grid(g.spec, v[None], ("water",), units=g.units, meta=g.meta, atoms=g.atoms)
 
 
+def as_quantity(grid, quantity: str):
+    """``grid`` (a water density) as ``quantity``: itself, or -dF_z/dz (nN/Å) of its
+    solvent-tip force, the small-amplitude frequency-shift map the matcher compares."""
+    if quantity == "density":
+        return grid
+    from hydrolayer.afm import sta_force
+    from hydrolayer.grids import Grid
+
+    fz = np.asarray(sta_force(grid, units="nN").channel("Fz"), float)
+    df = -np.gradient(fz, grid.spec.spacing[2], axis=2)
+    return Grid(grid.spec, df[None], ("df",), units="nN/A", meta=grid.meta, atoms=grid.atoms)
+
+
 def compare(a: np.ndarray, b: np.ndarray, mask: np.ndarray, z: np.ndarray) -> list[tuple[float, float]]:
     """(r, std(b)/std(a)) of the deltas ``b`` against ``a`` in ``mask``'s columns, per band."""
     out = []
@@ -60,19 +74,22 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--models", default="unet-v1ca", help="comma-separated model names or checkpoint files")
     ap.add_argument("--replica", default="", help="K=R[,K=R]: row R is another run of row K's structure")
     ap.add_argument("--radius", type=float, default=6.0, help="columns within this distance (Å) of the vacancies")
+    ap.add_argument("--quantity", choices=("density", "df"), default="density", help="compare densities or df maps")
     ap.add_argument("--figure", type=Path, default=None, help="slices of the first replica pair's runs (PNG)")
     args = ap.parse_args(argv)
+    if args.figure and args.quantity != "density":
+        ap.error("--figure draws densities: leave out --quantity df")
     warnings.simplefilter("ignore")
     from hydrolayer.predict import load_predictor, predict_density
 
     replicas = {int(k): int(r) for k, r in (x.split("=") for x in args.replica.split(",") if x)}
-    base = smoothed(args.db, 1)
+    base = as_quantity(smoothed(args.db, 1), args.quantity)
     md1 = np.asarray(base.values[0], float)
     z = base.spec.points()[0, 0, :, 2] - float(base.meta["surface_z"])
     md, atoms, shift = {}, {}, {}
     for row in ROWS + tuple(replicas.values()):
         shift[row] = mh.frame_offset(args.db, row, 1)
-        g = smoothed(args.db, row)
+        g = as_quantity(smoothed(args.db, row), args.quantity)
         md[row] = mh.onto(g, base.spec, shift[row]) - md1
         atoms[row] = g.atoms
     masks = {
@@ -90,9 +107,9 @@ def main(argv=None) -> list[dict]:
         report(f"MD, another run (row {rep})", row, compare(md[row], md[rep], masks[row], z))
     for name in args.models.split(","):
         pred = load_predictor(name)
-        p1 = mh.onto(predict_density(base.atoms, pred), base.spec, np.zeros(3))
+        p1 = mh.onto(as_quantity(predict_density(base.atoms, pred), args.quantity), base.spec, np.zeros(3))
         for row in ROWS:
-            pk = mh.onto(predict_density(atoms[row], pred), base.spec, shift[row])
+            pk = mh.onto(as_quantity(predict_density(atoms[row], pred), args.quantity), base.spec, shift[row])
             report(name, row, compare(md[row], pk - p1, masks[row], z))
     if args.figure and replicas:
         k, r = next(iter(replicas.items()))
