@@ -11,8 +11,9 @@ model on the row's atoms minus the model on row 1's. Within ``--radius`` Å (def
 row's top-face vacancies and per height band above the surface plane: the correlation r of
 the model's delta with MD's, and its amplitude (standard deviation) against MD's.
 ``--quantity df``: the same for the map the matcher compares, -dF_z/dz of the solvent-tip
-force (``afm.sta_force``) of each density, instead of the density. ``--replica K=R``: row R is another run of row K's structure; its delta against row K's is
-how far MD reproduces its own picture of the defect. ``--figure``: the density (smoothed)
+force (``afm.sta_force``) of each density, instead of the density. ``--replica K=R``: row R
+is another run of row K's structure; its delta against row K's is how far MD reproduces its
+own picture of the defect. ``--figure``: the density (smoothed)
 of the first replica pair's two runs and of pristine calcite at four heights, the row's
 vacancy marked.
 """
