@@ -32,7 +32,9 @@ row 25's configuration. Each trial ranks all 8 in each mode:
   was used in training, irrelevant here since no model is involved). It separates what the
   registration can do from what the model's accuracy allows. The two halves of one run
   share its slow features; ``--oracle-from 14=ROW`` takes a case's candidate from another
-  run of the same structure instead (its whole run).
+  run of the same structure instead (its whole run); ``--oracle-smooth S`` smooths every
+  oracle density with a Gaussian of S Å first (``data.smooth_periodic``), as the models'
+  training targets are (``sigma_target``): MD as a perfect model of that target would draw it.
 
 Reported per mode and SNR: the fraction of trials where the right candidate ranks first,
 and the height error |h_found - h_true| (median, and the fraction within 0.3 Å) of the
@@ -94,16 +96,20 @@ def seen_rows(db, predictor) -> set[int]:
     return {store.get_row(db, u).id for u in trained_on(checkpoint_splits(metas))}
 
 
-def oracle_sims(db, replicas=None):
+def oracle_sims(db, replicas=None, smooth: float = 0.0):
     """MD as the forward model: each candidate's map from the second half of its row's run, or,
     for a case in ``replicas`` ({case row: replica row}), from the whole of another run of the
-    same structure (independent MD: not the measurement's own run)."""
+    same structure (independent MD: not the measurement's own run); ``smooth`` > 0: the
+    density smoothed first (Gaussian, Å)."""
     from hydrolayer import match
     from hydrolayer.afm import sta_force, surface_z_of
+    from hydrolayer.data import smooth_periodic
 
     sims = {}
     for label, row in ORACLE_ROWS.items():
         g = half_grid(db, replicas[row], "whole") if row in (replicas or {}) else half_grid(db, row, "half2")
+        if smooth:
+            g.values = smooth_periodic(g.values[0], g.spec.cell, smooth)[None]
         zs, _ = surface_z_of(g)
         cand = match.Candidate(label, g.atoms, (5.0, 8.0))
         sims[label] = match.Simulated(cand, np.asarray(sta_force(g, units="nN").channel("Fz"), float), g.spec, zs)
@@ -173,6 +179,13 @@ def main(argv=None, oracle=oracle_sims):
         help="the oracle's candidate for case CASE from row ROW's whole run (another run of the same structure) "
         "instead of the second half of CASE's own run; repeatable",
     )
+    p.add_argument(
+        "--oracle-smooth",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="smooth the oracle's MD densities with a Gaussian of S Å (the models' sigma_target is 0.4)",
+    )
     p.add_argument("--modes", default=",".join(MODES), help=f"which of {','.join(MODES)} to run (exploring: model)")
     args = p.parse_args(argv)
     wanted = args.modes.split(",")
@@ -204,7 +217,7 @@ def main(argv=None, oracle=oracle_sims):
     if "before" in wanted:
         modes.append(("before", cands, match.simulate_candidates(cands, load_predictor(BEFORE_MODEL)), BEFORE_OPTIONS))
     if "oracle" in wanted:
-        md = oracle(args.db, replicas)
+        md = oracle(args.db, replicas, **({"smooth": args.oracle_smooth} if args.oracle_smooth else {}))
         oracle_cands = [match.Candidate(c.label, md[c.label].candidate.atoms, c.unit_cell) for c in cands]
         modes.append(("oracle", oracle_cands, md, {}))
     rng = np.random.default_rng(args.seed)
@@ -250,6 +263,7 @@ def main(argv=None, oracle=oracle_sims):
         "before": {"model": BEFORE_MODEL, **BEFORE_OPTIONS},
         "trials_per_case_and_snr": args.trials,
         "oracle_from": {str(k): v for k, v in replicas.items()},
+        "oracle_smooth_A": args.oracle_smooth,
         "stack": stack,
         "cases": {str(k): v for k, v in CASES.items() if k not in seen},
         "skipped_cases_seen_in_training": skipped,
