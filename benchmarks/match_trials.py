@@ -32,7 +32,8 @@ row 25's configuration. Each trial ranks all 8 in each mode:
   was used in training, irrelevant here since no model is involved). It separates what the
   registration can do from what the model's accuracy allows. The two halves of one run
   share its slow features; ``--oracle-from 14=ROW`` takes a case's candidate from another
-  run of the same structure instead (its whole run); ``--oracle-smooth S`` smooths every
+  run of the same structure instead (its whole run; ``14=R1+R2+...``: the mean of several
+  such runs, each moved onto R1's grid with the slabs aligned); ``--oracle-smooth S`` smooths every
   oracle density with a Gaussian of S Å first (``data.smooth_periodic``), as the models'
   training targets are (``sigma_target``): MD as a perfect model of that target would draw it.
 
@@ -96,18 +97,32 @@ def seen_rows(db, predictor) -> set[int]:
     return {store.get_row(db, u).id for u in trained_on(checkpoint_splits(metas))}
 
 
+def mean_grid(db, rows):
+    """The mean water density of several whole runs of one structure, on the first's grid:
+    each run moved so that its slab meets the first's (``match_hybrid.frame_offset``/``onto``;
+    where a run's box ends in z, the mean of the others)."""
+    import match_hybrid as mh
+
+    first = half_grid(db, rows[0], "whole")
+    stack = [np.asarray(first.values[0], float)]
+    for row in rows[1:]:
+        stack.append(mh.onto(half_grid(db, row, "whole"), first.spec, mh.frame_offset(db, row, rows[0])))
+    first.values = np.nanmean(np.stack(stack), axis=0)[None]
+    return first
+
+
 def oracle_sims(db, replicas=None, smooth: float = 0.0):
     """MD as the forward model: each candidate's map from the second half of its row's run, or,
-    for a case in ``replicas`` ({case row: replica row}), from the whole of another run of the
-    same structure (independent MD: not the measurement's own run); ``smooth`` > 0: the
-    density smoothed first (Gaussian, Å)."""
+    for a case in ``replicas`` ({case row: (replica rows)}), from the whole of another run of
+    the same structure or the mean of several (independent MD: not the measurement's own
+    run); ``smooth`` > 0: the density smoothed first (Gaussian, Å)."""
     from hydrolayer import match
     from hydrolayer.afm import sta_force, surface_z_of
     from hydrolayer.data import smooth_periodic
 
     sims = {}
     for label, row in ORACLE_ROWS.items():
-        g = half_grid(db, replicas[row], "whole") if row in (replicas or {}) else half_grid(db, row, "half2")
+        g = mean_grid(db, replicas[row]) if row in (replicas or {}) else half_grid(db, row, "half2")
         if smooth:
             g.values = smooth_periodic(g.values[0], g.spec.cell, smooth)[None]
         zs, _ = surface_z_of(g)
@@ -175,9 +190,9 @@ def main(argv=None, oracle=oracle_sims):
         "--oracle-from",
         action="append",
         default=[],
-        metavar="CASE=ROW",
-        help="the oracle's candidate for case CASE from row ROW's whole run (another run of the same structure) "
-        "instead of the second half of CASE's own run; repeatable",
+        metavar="CASE=ROW[+ROW...]",
+        help="the oracle's candidate for case CASE from row ROW's whole run (another run of the same structure; "
+        "several joined by +: their mean) instead of the second half of CASE's own run; repeatable",
     )
     p.add_argument(
         "--oracle-smooth",
@@ -196,9 +211,9 @@ def main(argv=None, oracle=oracle_sims):
     if not wanted or set(wanted) - set(MODES):
         p.error(f"--modes: choose from {', '.join(MODES)}")
     try:
-        replicas = {int(a): int(b) for a, b in (x.split("=") for x in args.oracle_from)}
+        replicas = {int(a): tuple(int(r) for r in b.split("+")) for a, b in (x.split("=") for x in args.oracle_from)}
     except ValueError:
-        p.error("--oracle-from: CASE=ROW, two row numbers")
+        p.error("--oracle-from: CASE=ROW or CASE=ROW+ROW+..., row numbers")
     if set(replicas) - set(CASES):
         p.error(f"--oracle-from: the cases are rows {', '.join(map(str, CASES))}")
     import torch
@@ -262,7 +277,7 @@ def main(argv=None, oracle=oracle_sims):
         "model": predictor.name,
         "before": {"model": BEFORE_MODEL, **BEFORE_OPTIONS},
         "trials_per_case_and_snr": args.trials,
-        "oracle_from": {str(k): v for k, v in replicas.items()},
+        "oracle_from": {str(k): list(v) for k, v in replicas.items()},
         "oracle_smooth_A": args.oracle_smooth,
         "stack": stack,
         "cases": {str(k): v for k, v in CASES.items() if k not in seen},
