@@ -84,11 +84,11 @@ def main(argv=None) -> dict:
 
     raw = {row: pattern(g, row) for row, g in grids.items()}
     results = {}
-    print(f"{'df lattice pattern':44}  " + "  ".join(f"{lo:g}-{hi:g} Å" for lo, hi in BANDS))
+    print(f"{'df lattice pattern':52}  " + "  ".join(f"{lo:g}-{hi:g} Å" for lo, hi in BANDS))
 
     def report(name, values):
         results[name] = values
-        print(f"{name[:44]:44}  " + "  ".join(f"{v:>7.2f}" for v in values))
+        print(f"{name[:52]:52}  " + "  ".join(f"{v:>7.2f}" for v in values))
 
     for a, b in RUN_PAIRS:
         report(f"MD row {a} vs MD row {b}", corr(raw[a], raw[b]))

@@ -201,6 +201,7 @@ def main(argv=None, oracle=oracle_sims):
         metavar="S",
         help="smooth the oracle's MD densities with a Gaussian of S Å (the models' sigma_target is 0.4)",
     )
+    p.add_argument("--cases", default=None, help="only these case rows, comma-separated (exploring; default: all)")
     p.add_argument("--modes", default=",".join(MODES), help=f"which of {','.join(MODES)} to run (exploring: model)")
     args = p.parse_args(argv)
     wanted = args.modes.split(",")
@@ -214,6 +215,9 @@ def main(argv=None, oracle=oracle_sims):
         replicas = {int(a): tuple(int(r) for r in b.split("+")) for a, b in (x.split("=") for x in args.oracle_from)}
     except ValueError:
         p.error("--oracle-from: CASE=ROW or CASE=ROW+ROW+..., row numbers")
+    cases = CASES if not args.cases else {int(r): CASES.get(int(r)) for r in args.cases.split(",")}
+    if None in cases.values():
+        p.error(f"--cases: the cases are rows {', '.join(map(str, CASES))}")
     if set(replicas) - set(CASES):
         p.error(f"--oracle-from: the cases are rows {', '.join(map(str, CASES))}")
     import torch
@@ -242,7 +246,7 @@ def main(argv=None, oracle=oracle_sims):
     skipped = sorted(set(CASES) & seen)
     if skipped:
         print(f"skipped: rows {skipped}, {predictor.name} was trained or selected on them", flush=True)
-    for row, right in CASES.items():
+    for row, right in cases.items():
         if row in seen:
             continue
         grid = half_grid(args.db, row, "half1")
@@ -280,7 +284,7 @@ def main(argv=None, oracle=oracle_sims):
         "oracle_from": {str(k): list(v) for k, v in replicas.items()},
         "oracle_smooth_A": args.oracle_smooth,
         "stack": stack,
-        "cases": {str(k): v for k, v in CASES.items() if k not in seen},
+        "cases": {str(k): v for k, v in cases.items() if k not in seen},
         "skipped_cases_seen_in_training": skipped,
         "candidates": CANDIDATES,
         "summary": summary,
