@@ -156,7 +156,7 @@ def main(argv=None) -> None:
     rows = {int(k): int(r) for k, r in (x.split("=") for x in ours["--rows"].split(",") if x)}
     mt.main(
         argv[1:],
-        oracle=lambda db, _replicas: hybrid_sims(db, which, model_name, radius, float(ours["--gain"]), rows),
+        oracle=lambda db, _replicas, **_: hybrid_sims(db, which, model_name, radius, float(ours["--gain"]), rows),
     )
 
 

@@ -215,7 +215,10 @@ def main(argv=None, oracle=oracle_sims):
         replicas = {int(a): tuple(int(r) for r in b.split("+")) for a, b in (x.split("=") for x in args.oracle_from)}
     except ValueError:
         p.error("--oracle-from: CASE=ROW or CASE=ROW+ROW+..., row numbers")
-    cases = CASES if not args.cases else {int(r): CASES.get(int(r)) for r in args.cases.split(",")}
+    try:
+        cases = CASES if not args.cases else {int(r): CASES.get(int(r)) for r in args.cases.split(",")}
+    except ValueError:
+        p.error("--cases: row numbers, comma-separated")
     if None in cases.values():
         p.error(f"--cases: the cases are rows {', '.join(map(str, CASES))}")
     if set(replicas) - set(CASES):
