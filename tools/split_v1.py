@@ -1,6 +1,6 @@
 """Write the data set v1 splits of issue 13 from the database, by rule (no hand-picked ids).
 
-    python tools/split_v1.py data/simulations.db    # examples/split-v1-c.json, split-v1-ca.json (and split-v1-ca-sv.json)
+    python tools/split_v1.py data/simulations.db    # examples/split-v1-c.json, split-v1-ca.json (split-v1-ca-sv.json, split-v2-ca.json)
 
 Calcite (10-14), the (c) models (``split-v1-c.json``): the v1 calcite split of rows 1-13
 (``examples/split-v1.json``: validation rows 3 and 9, test rows 8 and 10, the named test
@@ -22,6 +22,13 @@ them has landed): the (c+a) split plus the finished runs of ``examples/dataset-s
 in training; later placements never enter it, so the file stays what its model trained on. Rows 14 and
 15, one vacancy on the top face only, stay named test surfaces and the match trials'
 measurements.
+
+The second model for matching (``split-v2-ca.json``, issue 15): the single-vacancy split plus
+every finished training-pool row from row 45 to ``LAST_V2_SPLIT_ROW`` (56): the 600 ps runs of
+data set v2 that had landed (rows 45 and 54, pair vacancies) and the third single-vacancy
+placement (rows 50 and 51, ``structure_seed`` 13). Rows 52, 53, 55 and 56, other runs of the
+test structures of rows 14 and 15 (one vacancy on the top face only), are not in the pool
+(``data.classify_row``) and never train. Later rows are a later split's.
 
 Data set v1 is complete: rows 19-44 (``LAST_V1_ROW``). Rows after it (data set v2, and any
 later) never enter these splits, so the shipped v1 models' splits stay what they trained on
@@ -49,6 +56,7 @@ FIRST_V1_ROW = 19
 LAST_V1_ROW = 44  # data set v1 is complete; later rows are another data set's
 ARAGONITE_TEST_SEED = 9
 ARAGONITE_VAL = {"structure_seed": 2, "pairs": 2}
+LAST_V2_SPLIT_ROW = 56  # split-v2-ca.json: the training-pool rows landed by 2026-12-01
 SV_SEEDS = (11, 12)  # the single-vacancy runs of split-v1-ca-sv.json; later placements are a later split's
 LEFT_OUT: dict[int, str] = {}  # row id -> why it is not trained on (none: row 30 was looked at and kept, see below)
 
@@ -107,7 +115,36 @@ def splits(db) -> dict[str, dict]:
                 "face) in training; rows 14 and 15 (a vacancy on the top face only) stay named test surfaces"
             ),
         )
+        later = v2_rows(stored)
+        if later:
+            ids = [r.id for r in later]
+            out["split-v2-ca.json"] = dict(
+                out["split-v1-ca-sv.json"],
+                train=sorted(out["split-v1-ca-sv.json"]["train"] + [r.unique_id for r in later]),
+                row_ids=dict(out["split-v1-ca-sv.json"]["row_ids"], **{r.unique_id: r.id for r in later}),
+                note=(
+                    "the (c+a) single-vacancy split plus the later training-pool rows "
+                    f"{ids} (data set v2's 600 ps runs, the third single-vacancy placement), written by "
+                    "tools/split_v1.py; rows 14 and 15 and the other runs of their structures stay out"
+                ),
+            )
     return out
+
+
+def v2_rows(rows) -> list:
+    """Of the database ``rows``, the finished training-pool rows after data set v1 up to
+    ``LAST_V2_SPLIT_ROW`` that ``split-v1-ca-sv.json`` does not hold (``split-v2-ca.json``)."""
+    from hydrolayer.data import classify_row
+
+    sv = {r.id for r in single_vacancy_rows(rows)}
+    return [
+        r
+        for r in rows
+        if LAST_V1_ROW < r.id <= LAST_V2_SPLIT_ROW
+        and r.id not in sv
+        and r.get("status") == "done"
+        and classify_row(r, ["calcite-104", "aragonite-010"]) == ""
+    ]
 
 
 def single_vacancy_rows(rows) -> list:
