@@ -304,3 +304,28 @@ def test_layer_loss_is_squared_error_in_the_first_layer_only():
     assert loss_function("l1+l2-layer", 0.5)(pred_out, target).item() == pytest.approx(2.0 * (~band).sum() / len(z))
     with pytest.raises(ValueError, match="planes"):
         loss_function("l1+l2-layer")(torch.zeros(1, 1, 2, 2, 10), torch.zeros(1, 1, 2, 2, 10))
+
+
+def test_init_from_fine_tunes_the_given_weights(toy, tiny, tmp_path):
+    """``init_from`` starts the run from a checkpoint's weights: with a vanishing learning rate
+    the run's weights stay the source's (a fresh start with the same seed is elsewhere); a
+    checkpoint of another network is refused, naming the file."""
+    db, cache = toy
+    fit(db, tmp_path / "a", tiny(cache, loss="l1", epochs=1), progress=False)
+    source = tmp_path / "a" / "model.pt"
+    fit(db, tmp_path / "b", tiny(cache, loss="l1", epochs=1, seed=2, lr=1e-12, init_from=str(source)), progress=False)
+    fit(db, tmp_path / "c", tiny(cache, loss="l1", epochs=1, seed=2, lr=1e-12), progress=False)
+    a, b, c = (_weights(tmp_path / r / "l1" / "checkpoint.pt") for r in "abc")
+    learned = [k for k in a if a[k].is_floating_point() and "running_" not in k]
+    assert all(torch.allclose(a[k], b[k], atol=1e-8) for k in learned)
+    assert not all(torch.allclose(a[k], c[k], atol=1e-3) for k in learned)
+    _, meta = load_model(tmp_path / "b" / "model.pt")
+    assert meta["train_config"]["init_from"] == str(source)
+    with pytest.raises(InputError, match=r"model\.pt: init_from holds a unet network"):
+        fit(
+            db,
+            tmp_path / "d",
+            tiny(cache, loss="l1", epochs=1, channels=(2, 4, 4, 8), init_from=str(source)),
+            progress=False,
+        )
+    assert not (tmp_path / "d").exists()

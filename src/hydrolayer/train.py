@@ -117,6 +117,9 @@ class TrainConfig:
     precision: str = (
         "float32"  # training forward pass: "float32" or "bfloat16" (CPU autocast; validation stays float32)
     )
+    init_from: str | None = (
+        None  # fine-tune: start from this checkpoint's weights (a shipped name or .pt; same network)
+    )
 
     def __post_init__(self):
         from .models import MODELS
@@ -408,6 +411,8 @@ class Training:
         # channels-last (NDHWC) weights and inputs: oneDNN's fast 3D layout on CPU, ~1.8x faster
         # per step; the same arithmetic up to summation order (benchmarks/RESULTS.md)
         model = build_model(cfg.model, **cfg.model_kwargs()).to(memory_format=torch.channels_last_3d)
+        if cfg.init_from:
+            _load_initial_weights(model, cfg)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
@@ -417,6 +422,28 @@ class Training:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+
+def _load_initial_weights(model, cfg: TrainConfig) -> None:
+    """Copy the weights of ``cfg.init_from`` (a shipped model's name or a checkpoint path) into
+    the freshly built ``model``: fine-tuning. The checkpoint must hold the same network (name
+    and kwargs); an ensemble manifest is refused (which member?)."""
+    from .models import load_model
+    from .registry import is_ensemble_path, resolve_model
+    from .util import InputError
+
+    path = resolve_model(cfg.init_from)
+    if is_ensemble_path(path):
+        raise InputError(f"{path}: init_from takes one checkpoint, not an ensemble manifest")
+    source, meta = load_model(path)
+    want = {"model": model.name, "kwargs": json.loads(json.dumps(model.hparams))}
+    have = {"model": meta["model"], "kwargs": json.loads(json.dumps(meta["kwargs"]))}
+    if want != have:
+        raise InputError(
+            f"{path}: init_from holds a {have['model']} network {have['kwargs']}, "
+            f"this run builds a {want['model']} network {want['kwargs']}"
+        )
+    model.load_state_dict(source.state_dict())
 
 
 class CheckpointIO:
@@ -512,6 +539,10 @@ def fit(
     cfg = _run_config(out, config, resume, epochs, dist)
     if cfg.batch_size % dist.world:
         raise InputError(f"{out}: batch_size {cfg.batch_size} is not divisible by the {dist.world} processes")
+    if cfg.init_from and not resume:  # a wrong checkpoint fails here, before anything is written
+        from .models import build_model
+
+        _load_initial_weights(build_model(cfg.model, **cfg.model_kwargs()), cfg)
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     dist.init()
