@@ -302,13 +302,33 @@ def _optimise(net):
 # =========================================================================== precision
 def bf16_supported() -> bool:
     """Whether this CPU runs oneDNN bfloat16 convolutions natively (AVX512-BF16 or AMX);
-    elsewhere bfloat16 is emulated and slower than float32."""
+    elsewhere bfloat16 is emulated and slower than float32.
+
+    oneDNN's own check (``_is_mkldnn_bf16_supported``) also says yes on AVX-512 CPUs without
+    BF16 instructions, where it emulates them: there a 3D U-Net step ran 2.1x slower in
+    bfloat16 than in float32 (benchmarks/RESULTS.md, 2026-12-01). So on Linux the CPU's own
+    flags decide (``avx512_bf16`` or ``amx_bf16`` in /proc/cpuinfo); elsewhere oneDNN's check."""
     try:
         import torch
 
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+            return False
     except Exception:  # private torch API: any failure means "do not use it"
         return False
+    flags = cpu_flags()
+    return True if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_flags() -> set[str] | None:
+    """The CPU's feature flags from /proc/cpuinfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
 
 
 def resolve_precision(precision: str | None) -> str:
