@@ -175,8 +175,10 @@ def main(argv=None, oracle=oracle_sims):
     """``oracle(db, replicas)``: the oracle mode's simulated maps ({label: match.Simulated})."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--db", default="data/simulations.db")
-    p.add_argument("--out", type=Path, default=Path("benchmarks/match_trials.json"))
-    p.add_argument("--figure", type=Path, default=Path("docs/images/match-trials.png"))
+    # no default paths: an exploratory run never overwrites the reported benchmarks/match_trials.json
+    # or docs/images/match-trials.png (the docstring's command names them)
+    p.add_argument("--out", type=Path, default=None, help="JSON of every trial (default: the summary on stdout only)")
+    p.add_argument("--figure", type=Path, default=None, help="PNG of right-first and height against SNR")
     p.add_argument("--trials", type=int, default=3, help="trials per case and SNR")
     p.add_argument("--snr", default="1.5,3,5,10")
     p.add_argument("--seed", type=int, default=2026, help="trials' random seed (explore on others)")
@@ -293,8 +295,10 @@ def main(argv=None, oracle=oracle_sims):
         "summary": summary,
         "records": records,
     }
-    args.out.write_text(json.dumps(doc, indent=1))
-    figure(summary, snrs, args.figure, model=predictor.name)
+    if args.out:
+        args.out.write_text(json.dumps(doc, indent=1))
+    if args.figure:
+        figure(summary, snrs, args.figure, model=predictor.name)
     print(json.dumps(summary, indent=1))
     print(f"total {time.perf_counter() - t0:.0f} s")
 
