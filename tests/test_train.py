@@ -9,6 +9,7 @@ same global batch. What it does not check: that the network learns real hydratio
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -329,3 +330,23 @@ def test_init_from_fine_tunes_the_given_weights(toy, tiny, tmp_path):
             progress=False,
         )
     assert not (tmp_path / "d").exists()
+
+
+def test_log_loss_adds_the_squared_error_of_ln_rho(toy, tiny, tmp_path):
+    """``loss: l2+log``: MSE + log_weight x MSE of ln(max(rho, 0) + LOG_EPS), on known numbers
+    (a negative prediction counts as 0 in the log term); a run with it trains one network."""
+    from hydrolayer.train import LOG_EPS, loss_function
+
+    pred, target = torch.tensor([-1.0, 1.0, 3.0]), torch.tensor([0.0, 0.0, 1.0])
+    logs = [
+        (math.log(0 + LOG_EPS) - math.log(0 + LOG_EPS)) ** 2,
+        (math.log(1 + LOG_EPS) - math.log(0 + LOG_EPS)) ** 2,
+        (math.log(3 + LOG_EPS) - math.log(1 + LOG_EPS)) ** 2,
+    ]
+    expected = (1 + 1 + 4) / 3 + 2.0 * sum(logs) / 3
+    assert loss_function("l2+log", log_weight=2.0)(pred, target).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="log_weight"):
+        tiny(toy[1], loss="l2+log", log_weight=-1)
+    db, cache = toy
+    summary = fit(db, tmp_path / "log", tiny(cache, loss="l2+log", log_weight=2.0, epochs=1), progress=False)
+    assert list(summary["losses"]) == ["l2+log"] and (tmp_path / "log" / "l2+log" / "best.pt").exists()

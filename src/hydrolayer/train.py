@@ -19,6 +19,10 @@ targets L1 learns the median and L2 the mean. ``loss: l1+l2`` trains once on
 L1 + ``l2_weight`` x MSE (:func:`loss_function`): the mean's pull on the high first-layer
 maxima that L1 alone under-fills, with L1's robustness elsewhere (benchmarks/RESULTS.md); ``loss:
 l1+l2-layer`` uses the squared error in the first layer's planes only and L1 elsewhere.
+``loss: l2+log`` adds to the MSE ``log_weight`` x the MSE of ln(rho + 0.1) (``LOG_EPS``): the
+density's squared error is ruled by the first layer's maxima (tens of rho_bulk on 0.1 Å
+targets), while AFM maps are made of ln(rho) (W = -kT ln rho) at 2.5-5 Å, where the density's
+lateral contrast is a few tenths of rho_bulk.
 Adam, ReduceLROnPlateau on the validation MAE,
 early stopping after ``patience`` epochs without improvement. Every epoch is a checkpoint;
 ``resume=True`` continues exactly (same split, windows, optimiser state, RNG state).
@@ -70,6 +74,7 @@ __all__ = [
     "LOSSES",
     "MIXED_LOSS",
     "LAYER_LOSS",
+    "LOG_LOSS",
     "loss_function",
     "fit_ensemble",
     "is_ensemble_run",
@@ -80,6 +85,8 @@ __all__ = [
 LOSSES = ("l1", "l2")  # what loss: compare trains and compares
 MIXED_LOSS = "l1+l2"  # L1 + l2_weight * MSE, one network
 LAYER_LOSS = "l1+l2-layer"  # L1, but l2_weight * squared error in the first layer (conventions.FIRST_LAYER)
+LOG_LOSS = "l2+log"  # MSE + log_weight * MSE of ln(rho + LOG_EPS)
+LOG_EPS = 0.1  # rho/rho_bulk: below it (inside the slab, the gap under the first layer) ln hardly counts
 ENSEMBLE_PLAN = "ensemble-plan.json"  # in an ensemble's run folder: members, bootstrap, config, splits
 
 
@@ -92,8 +99,11 @@ class TrainConfig:
     kernel_size: int = 3
     norm: str = "batch"  # "batch" or "none"
     dropout: float = 0.0
-    loss: str = "compare"  # "l1", "l2", "l1+l2" (mixed), "l1+l2-layer" or "compare" (l1 and l2; keep the better)
+    loss: str = (
+        "compare"  # "l1", "l2", "l1+l2" (mixed), "l1+l2-layer", "l2+log" or "compare" (l1 and l2; keep the better)
+    )
     l2_weight: float = 1.0  # losses "l1+l2" and "l1+l2-layer": weight of the squared-error term
+    log_weight: float = 1.0  # loss "l2+log": weight of the squared error of ln(rho + LOG_EPS)
     epochs: int = 60
     batch_size: int = 4  # global batch (split across torchrun processes)
     lr: float = 1e-3  # Adam learning rate
@@ -139,10 +149,14 @@ class TrainConfig:
             )
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if self.loss not in (*LOSSES, MIXED_LOSS, LAYER_LOSS, "compare"):
-            raise ValueError(f"loss must be 'l1', 'l2', 'l1+l2', 'l1+l2-layer' or 'compare', got {self.loss!r}")
-        if isinstance(self.l2_weight, bool) or not isinstance(self.l2_weight, (int, float)) or not self.l2_weight > 0:
-            raise ValueError(f"l2_weight must be a positive number, got {self.l2_weight!r}")
+        if self.loss not in (*LOSSES, MIXED_LOSS, LAYER_LOSS, LOG_LOSS, "compare"):
+            raise ValueError(
+                f"loss must be 'l1', 'l2', 'l1+l2', 'l1+l2-layer', 'l2+log' or 'compare', got {self.loss!r}"
+            )
+        for name in ("l2_weight", "log_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+                raise ValueError(f"{name} must be a positive number, got {v!r}")
         for name in ("epochs", "batch_size", "windows_per_interface", "patience", "lr_patience"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "epochs" else 1):
@@ -707,14 +721,15 @@ def _conclude(ctx: FitContext, results: dict) -> dict:
     return summary
 
 
-def loss_function(name: str, l2_weight: float = 1.0):
+def loss_function(name: str, l2_weight: float = 1.0, log_weight: float = 1.0):
     """The training loss called ``name``: ``"l1"`` (mean absolute error), ``"l2"`` (mean
     squared error), ``"l1+l2"`` (their sum, the MSE weighted by ``l2_weight``) or
     ``"l1+l2-layer"``: per voxel the absolute error, except in the first layer (the planes
     of a window 1-3 Å above the surface, :data:`conventions.FIRST_LAYER`, the last axis)
     where it is ``l2_weight`` x the squared error; averaged over all voxels. A voxel's
     L1 optimum is the median of what the input leaves open and its L2 optimum the mean;
-    the first layer's sharp maxima make that distribution skewed, so L1 under-fills them."""
+    the first layer's sharp maxima make that distribution skewed, so L1 under-fills them.
+    ``"l2+log"``: the MSE plus ``log_weight`` x the MSE of ln(max(rho, 0) + LOG_EPS)."""
     import torch
 
     l1, l2 = torch.nn.L1Loss(), torch.nn.MSELoss()
@@ -734,6 +749,13 @@ def loss_function(name: str, l2_weight: float = 1.0):
             return torch.where(band, l2_weight * e * e, e.abs()).mean()
 
         return layer_loss
+    if name == LOG_LOSS:
+
+        def log_loss(pred, target):
+            lp = torch.log(pred.clamp(min=0) + LOG_EPS)
+            return l2(pred, target) + log_weight * l2(lp, torch.log(target.clamp(min=0) + LOG_EPS))
+
+        return log_loss
     raise ValueError(f"unknown loss {name!r}")
 
 
@@ -761,7 +783,7 @@ def _fit_one(ctx: FitContext, loss_name: str) -> dict:
         return state.result(io.folder)
     _check_plan_size(ctx)
     net = DistributedDataParallel(training.model) if dist.active else training.model
-    lossf = loss_function(loss_name, cfg.l2_weight)
+    lossf = loss_function(loss_name, cfg.l2_weight, cfg.log_weight)
     for n_run, epoch in enumerate(range(state.epoch, cfg.epochs), start=1):
         rec = _run_epoch(ctx, training, net, lossf, loss_name)
         if dist.rank == 0:

@@ -33,10 +33,10 @@ class CLICommand:
         )
         add(
             "--loss",
-            choices=["l1", "l2", "l1+l2", "l1+l2-layer", "compare"],
+            choices=["l1", "l2", "l1+l2", "l1+l2-layer", "l2+log", "compare"],
             default=None,
             help="loss (default compare: train l1 and l2, keep the better; l1+l2: their sum, one network; "
-            "l1+l2-layer: L1 with squared error in the first layer)",
+            "l1+l2-layer: L1 with squared error in the first layer; l2+log: MSE plus the MSE of ln(rho + 0.1))",
         )
         add("--seed", type=int, default=None, help="random seed (default 0)")
         add("--no-progress", action="store_true", help="no progress bar (per-epoch lines only)")
