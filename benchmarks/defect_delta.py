@@ -6,7 +6,7 @@
 For the calcite (10-14) test rows 14 (CO3 2- vacancy), 15 (Ca2+ vacancy) and 10 (3 pair
 vacancies per face): the defect's delta, the row's water density minus pristine calcite's
 (row 1), both whole runs smoothed like the training targets (sigma_target 0.4 Å), on row 1's
-grid with the lattices aligned (``match_hybrid.frame_offset``); and each model's delta, the
+grid with the lattices aligned (``match_trials.frame_offset``); and each model's delta, the
 model on the row's atoms minus the model on row 1's. Within ``--radius`` Å (default 6) of the
 row's top-face vacancies and per height band above the surface plane: the correlation r of
 the model's delta with MD's, and its amplitude (standard deviation) against MD's.

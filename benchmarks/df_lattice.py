@@ -7,7 +7,7 @@ The matcher compares -dF_z/dz of the solvent-tip force (``afm.sta_force``), whic
 second z-derivative of ln(rho): fine vertical structure of the density decides it. For the
 calcite (10-14) rows 1 (pristine), 14/53 (CO3 2- vacancy, two runs) and 15/52 (Ca2+
 vacancy, two runs), each whole run's density goes to that map on row 1's grid (lattices
-aligned, ``match_hybrid.onto``/``frame_offset``) and is projected onto its lattice-periodic
+aligned, ``match_trials.onto``/``frame_offset``) and is projected onto its lattice-periodic
 part (the Fourier components of the surface unit cell: the mean over the cell's 5 x 3 unit
 cells, which also averages the MD noise 15-fold). Printed: the correlation of two such
 patterns per height band above the surface plane, for

@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import match_trials as mt  # noqa: E402
+from match_trials import frame_offset, onto  # noqa: E402,F401  (defect_delta and df_lattice take them from here too)
 
 CALCITE = {
     "calcite-104:size=5x3": 1,
@@ -41,31 +42,6 @@ CALCITE = {
     "calcite-104:size=5x3,vacancy=Ca": 15,
     "calcite-104:size=5x3,pairs=3,both,seed=3": 10,
 }
-
-
-def onto(src, dst_spec, shift) -> np.ndarray:
-    """``src``'s water at ``dst_spec``'s points moved by ``shift`` (x, y, z in Å;
-    ``data.sample_periodic``: trilinear, periodic in x and y; NaN outside ``src`` in z):
-    ``shift`` = where the source's lattice and surface plane lie minus where the destination's
-    do, so that the two slabs meet (each row's frame is shifted by its own ``frame_shift``, and
-    the rows' water boxes, hence their z grids and planes, differ)."""
-    from hydrolayer import data
-
-    pts = dst_spec.points() + np.asarray(shift, float) - np.asarray(src.spec.origin)
-    v = data.sample_periodic(src.values[0], src.spec.cell, pts).astype(float)
-    k = pts[..., 2] / src.spec.spacing[2]
-    return np.where((k >= 0) & (k <= src.spec.shape[2] - 1), v, np.nan)
-
-
-def frame_offset(db, row: int, base_row: int) -> np.ndarray:
-    """Where row ``row``'s slab lies against row ``base_row``'s (Å): the difference of their
-    ``frame_shift`` laterally (every row is the same lattice moved by its own shift), of their
-    surface planes (``z_top``) vertically."""
-    from hydrolayer import store
-
-    a, b = store.get_row(db, row), store.get_row(db, base_row)
-    dxy = np.asarray(a.data["frame_shift"][:2], float) - np.asarray(b.data["frame_shift"][:2], float)
-    return np.array([dxy[0], dxy[1], float(a.get("z_top")) - float(b.get("z_top"))])
 
 
 def lateral_distance(xy: np.ndarray, q, cell2: np.ndarray) -> np.ndarray:

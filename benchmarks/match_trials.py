@@ -97,16 +97,39 @@ def seen_rows(db, predictor) -> set[int]:
     return {store.get_row(db, u).id for u in trained_on(checkpoint_splits(metas))}
 
 
+def onto(src, dst_spec, shift) -> np.ndarray:
+    """``src``'s water at ``dst_spec``'s points moved by ``shift`` (x, y, z in Å;
+    ``data.sample_periodic``: trilinear, periodic in x and y; NaN outside ``src`` in z):
+    ``shift`` = where the source's lattice and surface plane lie minus where the destination's
+    do, so that the two slabs meet (each row's frame is shifted by its own ``frame_shift``, and
+    the rows' water boxes, hence their z grids and planes, differ)."""
+    from hydrolayer import data
+
+    pts = dst_spec.points() + np.asarray(shift, float) - np.asarray(src.spec.origin)
+    v = data.sample_periodic(src.values[0], src.spec.cell, pts).astype(float)
+    k = pts[..., 2] / src.spec.spacing[2]
+    return np.where((k >= 0) & (k <= src.spec.shape[2] - 1), v, np.nan)
+
+
+def frame_offset(db, row: int, base_row: int) -> np.ndarray:
+    """Where row ``row``'s slab lies against row ``base_row``'s (Å): the difference of their
+    ``frame_shift`` laterally (every row is the same lattice moved by its own shift), of their
+    surface planes (``z_top``) vertically."""
+    from hydrolayer import store
+
+    a, b = store.get_row(db, row), store.get_row(db, base_row)
+    dxy = np.asarray(a.data["frame_shift"][:2], float) - np.asarray(b.data["frame_shift"][:2], float)
+    return np.array([dxy[0], dxy[1], float(a.get("z_top")) - float(b.get("z_top"))])
+
+
 def mean_grid(db, rows):
     """The mean water density of several whole runs of one structure, on the first's grid:
-    each run moved so that its slab meets the first's (``match_hybrid.frame_offset``/``onto``;
+    each run moved so that its slab meets the first's (:func:`frame_offset`, :func:`onto`;
     where a run's box ends in z, the mean of the others)."""
-    import match_hybrid as mh
-
     first = half_grid(db, rows[0], "whole")
     stack = [np.asarray(first.values[0], float)]
     for row in rows[1:]:
-        stack.append(mh.onto(half_grid(db, row, "whole"), first.spec, mh.frame_offset(db, row, rows[0])))
+        stack.append(onto(half_grid(db, row, "whole"), first.spec, frame_offset(db, row, rows[0])))
     first.values = np.nanmean(np.stack(stack), axis=0)[None]
     return first
 
