@@ -89,9 +89,9 @@ def main(argv=None) -> list[dict]:
     z = base.spec.points()[0, 0, :, 2] - float(base.meta["surface_z"])
     md, atoms, shift = {}, {}, {}
     for row in ROWS + tuple(replicas.values()):
-        shift[row] = mh.frame_offset(args.db, row, 1)
+        shift[row] = mt.frame_offset(args.db, row, 1)
         g = as_quantity(smoothed(args.db, row), args.quantity)
-        md[row] = mh.onto(g, base.spec, shift[row]) - md1
+        md[row] = mt.onto(g, base.spec, shift[row]) - md1
         atoms[row] = g.atoms
     masks = {
         row: mh.near(base.spec, mh.top_sites_xy(args.db, row) - shift[row][:2], args.radius)[..., 0] for row in ROWS
@@ -108,9 +108,9 @@ def main(argv=None) -> list[dict]:
         report(f"MD, another run (row {rep})", row, compare(md[row], md[rep], masks[row], z))
     for name in args.models.split(","):
         pred = load_predictor(name)
-        p1 = mh.onto(as_quantity(predict_density(base.atoms, pred), args.quantity), base.spec, np.zeros(3))
+        p1 = mt.onto(as_quantity(predict_density(base.atoms, pred), args.quantity), base.spec, np.zeros(3))
         for row in ROWS:
-            pk = mh.onto(as_quantity(predict_density(atoms[row], pred), args.quantity), base.spec, shift[row])
+            pk = mt.onto(as_quantity(predict_density(atoms[row], pred), args.quantity), base.spec, shift[row])
             report(name, row, compare(md[row], pk - p1, masks[row], z))
     if args.figure and replicas:
         k, r = next(iter(replicas.items()))

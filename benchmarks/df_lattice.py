@@ -31,7 +31,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import defect_delta as dd  # noqa: E402
-import match_hybrid as mh  # noqa: E402
 import match_trials as mt  # noqa: E402
 
 BANDS = ((2.5, 3.0), (3.0, 3.5), (3.5, 4.0), (4.0, 4.5), (4.5, 5.0))  # Å above the surface Ca plane
@@ -72,8 +71,8 @@ def main(argv=None) -> dict:
     grids = {row: mt.half_grid(args.db, row, "whole") for row in sorted({r for p in RUN_PAIRS for r in p})}
 
     def pattern(g, row):
-        shift = mh.frame_offset(args.db, row, 1) if row != 1 else np.zeros(3)
-        return periodic(mh.onto(dd.as_quantity(g, "df"), base.spec, shift))
+        shift = mt.frame_offset(args.db, row, 1) if row != 1 else np.zeros(3)
+        return periodic(mt.onto(dd.as_quantity(g, "df"), base.spec, shift))
 
     def corr(a, b):
         out = []

@@ -34,7 +34,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import match_trials as mt  # noqa: E402
-from match_trials import frame_offset, onto  # noqa: E402,F401  (defect_delta and df_lattice take them from here too)
 
 CALCITE = {
     "calcite-104:size=5x3": 1,
@@ -83,15 +82,15 @@ def hybrid_sims(
     md1 = np.asarray(base.values[0], float)
     rows = {lab: (rows or {}).get(row, row) for lab, row in CALCITE.items()}
     halves = {lab: mt.half_grid(db, row, "half2" if row == CALCITE[lab] else "whole") for lab, row in rows.items()}
-    shift = {lab: frame_offset(db, row, 1) for lab, row in rows.items()}
+    shift = {lab: mt.frame_offset(db, row, 1) for lab, row in rows.items()}
     # the model where the mode uses it: every candidate for ``defect``, pristine for ``lattice``
     used = {"defect": list(halves), "lattice": ["calcite-104:size=5x3"], "control": []}[which]
     predictor = load_predictor(model_name) if used else None
-    model = {lab: onto(predict_density(halves[lab].atoms, predictor), base.spec, shift[lab]) for lab in used}
+    model = {lab: mt.onto(predict_density(halves[lab].atoms, predictor), base.spec, shift[lab]) for lab in used}
     p1 = model.get("calcite-104:size=5x3")
     zs, _ = surface_z_of(base)
     for lab, g in halves.items():
-        md_delta = np.nan_to_num(onto(g, base.spec, shift[lab]) - md1)  # none where row k has no water grid
+        md_delta = np.nan_to_num(mt.onto(g, base.spec, shift[lab]) - md1)  # none where row k has no water grid
         if which == "lattice":
             rho = np.where(np.isnan(p1), md1, p1) + md_delta
         else:  # defect: the model's delta on MD's pristine; control: MD's own delta on it

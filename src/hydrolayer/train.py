@@ -415,8 +415,9 @@ class Training:
     state: TrainState
 
     @classmethod
-    def build(cls, cfg: TrainConfig) -> "Training":
-        """A fresh network from ``cfg`` (seeded with ``cfg.seed``), Adam and ReduceLROnPlateau."""
+    def build(cls, cfg: TrainConfig, initial_state: dict | None = None) -> "Training":
+        """A fresh network from ``cfg`` (seeded with ``cfg.seed``; ``initial_state``: the
+        weights it starts from instead, :func:`initial_weights`), Adam and ReduceLROnPlateau."""
         import torch
 
         from .models import build_model
@@ -425,8 +426,8 @@ class Training:
         # channels-last (NDHWC) weights and inputs: oneDNN's fast 3D layout on CPU, ~1.8x faster
         # per step; the same arithmetic up to summation order (benchmarks/RESULTS.md)
         model = build_model(cfg.model, **cfg.model_kwargs()).to(memory_format=torch.channels_last_3d)
-        if cfg.init_from:
-            _load_initial_weights(model, cfg)
+        if initial_state is not None:
+            model.load_state_dict(initial_state)
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience
@@ -438,26 +439,26 @@ class Training:
         return self.optimizer.param_groups[0]["lr"]
 
 
-def _load_initial_weights(model, cfg: TrainConfig) -> None:
-    """Copy the weights of ``cfg.init_from`` (a shipped model's name or a checkpoint path) into
-    the freshly built ``model``: fine-tuning. The checkpoint must hold the same network (name
-    and kwargs); an ensemble manifest is refused (which member?)."""
-    from .models import load_model
+def initial_weights(cfg: TrainConfig) -> dict:
+    """The weights of ``cfg.init_from`` (a shipped model's name or a checkpoint path) that a
+    fine-tuning run starts from. The checkpoint must hold the network ``cfg`` builds (name and
+    kwargs); an ensemble manifest is refused (which member?)."""
+    from .models import _plain, build_model, load_model
     from .registry import is_ensemble_path, resolve_model
-    from .util import InputError
 
     path = resolve_model(cfg.init_from)
     if is_ensemble_path(path):
         raise InputError(f"{path}: init_from takes one checkpoint, not an ensemble manifest")
     source, meta = load_model(path)
-    want = {"model": model.name, "kwargs": json.loads(json.dumps(model.hparams))}
-    have = {"model": meta["model"], "kwargs": json.loads(json.dumps(meta["kwargs"]))}
+    model = build_model(cfg.model, **cfg.model_kwargs())
+    want = {"model": model.name, "kwargs": _plain(model.hparams)}
+    have = {"model": meta["model"], "kwargs": _plain(meta["kwargs"])}
     if want != have:
         raise InputError(
             f"{path}: init_from holds a {have['model']} network {have['kwargs']}, "
             f"this run builds a {want['model']} network {want['kwargs']}"
         )
-    model.load_state_dict(source.state_dict())
+    return source.state_dict()
 
 
 class CheckpointIO:
@@ -525,6 +526,7 @@ class FitContext:
     resume: bool = False
     progress: bool = True
     stop_after: int | None = None  # end after this many epochs of this call (tests: a "kill")
+    initial_state: dict | None = None  # init_from's weights (a new fine-tuning run), else None
 
     def log(self, msg: str) -> None:
         _log(msg, self.dist.rank)
@@ -553,15 +555,15 @@ def fit(
     cfg = _run_config(out, config, resume, epochs, dist)
     if cfg.batch_size % dist.world:
         raise InputError(f"{out}: batch_size {cfg.batch_size} is not divisible by the {dist.world} processes")
-    if cfg.init_from and not resume:  # a wrong checkpoint fails here, before anything is written
-        from .models import build_model
-
-        _load_initial_weights(build_model(cfg.model, **cfg.model_kwargs()), cfg)
+    # read once, before anything is written (a wrong checkpoint fails here); a resumed run restores its own
+    initial_state = initial_weights(cfg) if cfg.init_from and not resume else None
     if cfg.threads:
         torch.set_num_threads(int(cfg.threads))
     dist.init()
     try:
-        ctx = FitContext(db, out, cfg, dist, resume=resume, progress=progress, stop_after=stop_after)
+        ctx = FitContext(
+            db, out, cfg, dist, resume=resume, progress=progress, stop_after=stop_after, initial_state=initial_state
+        )
         return _fit(ctx)
     finally:
         dist.close()
@@ -769,7 +771,7 @@ def _fit_one(ctx: FitContext, loss_name: str) -> dict:
     if dist.rank == 0:
         io.folder.mkdir(parents=True, exist_ok=True)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    training = Training.build(cfg)
+    training = Training.build(cfg, ctx.initial_state)
     dist.barrier()
     if ctx.resume and io.checkpoint.exists():
         io.restore(training, cfg, dist.rank)
