@@ -115,7 +115,7 @@ def splits(db) -> dict[str, dict]:
                 "face) in training; rows 14 and 15 (a vacancy on the top face only) stay named test surfaces"
             ),
         )
-        later = v2_rows(stored)
+        later = v2_rows(stored, sv)
         if later:
             ids = [r.id for r in later]
             out["split-v2-ca.json"] = dict(
@@ -131,17 +131,18 @@ def splits(db) -> dict[str, dict]:
     return out
 
 
-def v2_rows(rows) -> list:
+def v2_rows(rows, sv) -> list:
     """Of the database ``rows``, the finished training-pool rows after data set v1 up to
-    ``LAST_V2_SPLIT_ROW`` that ``split-v1-ca-sv.json`` does not hold (``split-v2-ca.json``)."""
+    ``LAST_V2_SPLIT_ROW`` that ``split-v1-ca-sv.json`` does not hold (``split-v2-ca.json``);
+    ``sv``: its single-vacancy rows (:func:`single_vacancy_rows`)."""
     from hydrolayer.data import classify_row
 
-    sv = {r.id for r in single_vacancy_rows(rows)}
+    held = {r.id for r in sv}
     return [
         r
         for r in rows
         if LAST_V1_ROW < r.id <= LAST_V2_SPLIT_ROW
-        and r.id not in sv
+        and r.id not in held
         and r.get("status") == "done"
         and classify_row(r, ["calcite-104", "aragonite-010"]) == ""
     ]
