@@ -350,3 +350,48 @@ def test_log_loss_adds_the_squared_error_of_ln_rho(toy, tiny, tmp_path):
     db, cache = toy
     summary = fit(db, tmp_path / "log", tiny(cache, loss="l2+log", log_weight=2.0, epochs=1), progress=False)
     assert list(summary["losses"]) == ["l2+log"] and (tmp_path / "log" / "l2+log" / "best.pt").exists()
+
+
+def test_df_pattern_is_minus_the_second_z_derivative_of_ln_rho_blurred_and_demeaned():
+    """``df_pattern`` on ln rho = c(x) z²/2 with c linear in x: central differences are exact
+    on a quadratic, so -d²/dz² ln rho = -c(x) in every plane; a symmetric blur keeps a linear
+    c (valid part: the window loses the kernel's radius on each side), and taking out each
+    plane's mean leaves -(c - mean c)."""
+    from hydrolayer.conventions import SPACING, WINDOW_SHAPE, window_heights
+    from hydrolayer.train import DF_BAND, DF_BLUR, df_pattern
+
+    nx, ny, nz = WINDOW_SHAPE
+    z = window_heights()
+    c = 0.05 * np.arange(nx)
+    rho = np.exp(c[:, None, None] * (z[None, None, :] - 3.0) ** 2 / 2) * np.ones((nx, ny, nz))
+    d = df_pattern(torch.from_numpy(rho[None, None]))[0, 0].numpy()
+    r = int(np.ceil(3 * DF_BLUR / SPACING))
+    band = int(np.sum((z >= DF_BAND[0]) & (z <= DF_BAND[1])))
+    assert d.shape == (nx - 2 * r, ny - 2 * r, band)
+    inner = c[r : nx - r]
+    expected = -(inner - inner.mean())
+    assert np.allclose(d, expected[:, None, None], atol=1e-6)
+    with pytest.raises(ValueError, match="64 planes"):
+        df_pattern(torch.ones(1, 1, nx, ny, 8))
+
+
+def test_df_loss_adds_the_squared_error_of_the_df_pattern(toy, tiny, tmp_path):
+    """``loss: l2+df``: MSE + df_weight x MSE of df_pattern; a run with it trains one network
+    and logs the validation's df-pattern MSE beside its MAE."""
+    from hydrolayer.train import df_pattern, loss_function
+
+    g = torch.Generator().manual_seed(0)
+    target = 1 + torch.rand(2, 1, 32, 32, 64, generator=g)
+    pred = target * (1 + 0.1 * torch.rand(2, 1, 32, 32, 64, generator=g))
+    mse = torch.mean((pred - target) ** 2)
+    dmse = torch.mean((df_pattern(pred) - df_pattern(target)) ** 2)
+    assert dmse > 0
+    got = loss_function("l2+df", df_weight=3.0)(pred, target)
+    assert got.item() == pytest.approx((mse + 3.0 * dmse).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="df_weight"):
+        tiny(toy[1], loss="l2+df", df_weight=0)
+    db, cache = toy
+    summary = fit(db, tmp_path / "df", tiny(cache, loss="l2+df", epochs=1), progress=False)
+    assert list(summary["losses"]) == ["l2+df"]
+    rec = json.loads((tmp_path / "df" / "l2+df" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert rec["val_df_mse"] > 0

@@ -22,7 +22,10 @@ l1+l2-layer`` uses the squared error in the first layer's planes only and L1 els
 ``loss: l2+log`` adds to the MSE ``log_weight`` x the MSE of ln(rho + 0.1) (``LOG_EPS``): the
 density's squared error is ruled by the first layer's maxima (tens of rho_bulk on 0.1 Å
 targets), while AFM maps are made of ln(rho) (W = -kT ln rho) at 2.5-5 Å, where the density's
-lateral contrast is a few tenths of rho_bulk.
+lateral contrast is a few tenths of rho_bulk. ``loss: l2+df`` adds ``df_weight`` x the squared
+error of what the AFM matcher compares (:func:`df_pattern`): -d²/dz² ln rho, the
+frequency-shift-like map of the solvent-tip force up to kT, blurred laterally like a tip and
+with each plane's mean taken out, in the planes 2-6 Å above the surface (``DF_BAND``).
 Adam, ReduceLROnPlateau on the validation MAE,
 early stopping after ``patience`` epochs without improvement. Every epoch is a checkpoint;
 ``resume=True`` continues exactly (same split, windows, optimiser state, RNG state).
@@ -75,6 +78,8 @@ __all__ = [
     "MIXED_LOSS",
     "LAYER_LOSS",
     "LOG_LOSS",
+    "DF_LOSS",
+    "df_pattern",
     "loss_function",
     "fit_ensemble",
     "is_ensemble_run",
@@ -87,6 +92,9 @@ MIXED_LOSS = "l1+l2"  # L1 + l2_weight * MSE, one network
 LAYER_LOSS = "l1+l2-layer"  # L1, but l2_weight * squared error in the first layer (conventions.FIRST_LAYER)
 LOG_LOSS = "l2+log"  # MSE + log_weight * MSE of ln(rho + LOG_EPS)
 LOG_EPS = 0.1  # rho/rho_bulk: below it (inside the slab, the gap under the first layer) ln hardly counts
+DF_LOSS = "l2+df"  # MSE + df_weight * squared error of df_pattern (what the AFM matcher compares)
+DF_BAND = (2.0, 6.0)  # Å above the surface plane: the match trials' heights (2.5-5 Å) and a margin
+DF_BLUR = 0.5  # Å: the lateral Gaussian of df_pattern (the match trials' tip blur is 0.3-0.7 Å)
 ENSEMBLE_PLAN = "ensemble-plan.json"  # in an ensemble's run folder: members, bootstrap, config, splits
 
 
@@ -100,10 +108,11 @@ class TrainConfig:
     norm: str = "batch"  # "batch" or "none"
     dropout: float = 0.0
     loss: str = (
-        "compare"  # "l1", "l2", "l1+l2" (mixed), "l1+l2-layer", "l2+log" or "compare" (l1 and l2; keep the better)
+        "compare"  # "l1", "l2", "l1+l2" (mixed), "l1+l2-layer", "l2+log", "l2+df" or "compare" (l1 and l2; keep the better)
     )
     l2_weight: float = 1.0  # losses "l1+l2" and "l1+l2-layer": weight of the squared-error term
     log_weight: float = 1.0  # loss "l2+log": weight of the squared error of ln(rho + LOG_EPS)
+    df_weight: float = 1.0  # loss "l2+df": weight of the squared error of df_pattern
     epochs: int = 60
     batch_size: int = 4  # global batch (split across torchrun processes)
     lr: float = 1e-3  # Adam learning rate
@@ -149,11 +158,11 @@ class TrainConfig:
             )
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
-        if self.loss not in (*LOSSES, MIXED_LOSS, LAYER_LOSS, LOG_LOSS, "compare"):
+        if self.loss not in (*LOSSES, MIXED_LOSS, LAYER_LOSS, LOG_LOSS, DF_LOSS, "compare"):
             raise ValueError(
-                f"loss must be 'l1', 'l2', 'l1+l2', 'l1+l2-layer', 'l2+log' or 'compare', got {self.loss!r}"
+                f"loss must be 'l1', 'l2', 'l1+l2', 'l1+l2-layer', 'l2+log', 'l2+df' or 'compare', got {self.loss!r}"
             )
-        for name in ("l2_weight", "log_weight"):
+        for name in ("l2_weight", "log_weight", "df_weight"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
                 raise ValueError(f"{name} must be a positive number, got {v!r}")
@@ -723,7 +732,39 @@ def _conclude(ctx: FitContext, results: dict) -> dict:
     return summary
 
 
-def loss_function(name: str, l2_weight: float = 1.0, log_weight: float = 1.0):
+def df_pattern(rho):
+    """What the AFM matcher compares, on a batch of windows (..., nx, ny, 64), as a torch
+    tensor: -d²/dz² ln(max(rho, afm.DEFAULT_FLOOR)) (per Å², the derivative of the
+    solvent-tip F_z = kT d ln rho/dz up to kT, both z-derivatives as ``np.gradient``'s
+    central differences, as ``match.df_from_force`` takes them), blurred laterally by a
+    Gaussian of :data:`DF_BLUR` (valid part only: a window is not periodic), in the planes of
+    :data:`DF_BAND`, each plane's mean taken out (the matcher fits a scale and a plane to every
+    map, so only the lateral pattern counts)."""
+    import torch
+
+    from .afm import DEFAULT_FLOOR
+    from .conventions import SPACING, window_heights
+
+    z = window_heights()
+    keep = np.flatnonzero((z >= DF_BAND[0]) & (z <= DF_BAND[1]))
+    lo, hi = int(keep[0]), int(keep[-1]) + 1
+    if lo < 2 or hi + 2 > rho.shape[-1]:
+        raise ValueError(f"df_pattern needs windows of {len(z)} planes, got {rho.shape[-1]}")
+    w = torch.log(rho[..., lo - 2 : hi + 2].clamp(min=DEFAULT_FLOOR))
+    g = (w[..., 2:] - w[..., :-2]) / (2 * SPACING)
+    d = -(g[..., 2:] - g[..., :-2]) / (2 * SPACING)  # planes lo..hi-1
+    r = int(np.ceil(3 * DF_BLUR / SPACING))
+    k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=d.dtype) * SPACING / DF_BLUR) ** 2)
+    k = k / k.sum()
+    shape = d.shape
+    d = d.reshape(-1, 1, *shape[-3:])
+    d = torch.nn.functional.conv3d(d, k.view(1, 1, -1, 1, 1))  # x, valid
+    d = torch.nn.functional.conv3d(d, k.view(1, 1, 1, -1, 1))  # y, valid
+    d = d - d.mean(dim=(-3, -2), keepdim=True)
+    return d.reshape(*shape[:-3], *d.shape[-3:])
+
+
+def loss_function(name: str, l2_weight: float = 1.0, log_weight: float = 1.0, df_weight: float = 1.0):
     """The training loss called ``name``: ``"l1"`` (mean absolute error), ``"l2"`` (mean
     squared error), ``"l1+l2"`` (their sum, the MSE weighted by ``l2_weight``) or
     ``"l1+l2-layer"``: per voxel the absolute error, except in the first layer (the planes
@@ -731,7 +772,8 @@ def loss_function(name: str, l2_weight: float = 1.0, log_weight: float = 1.0):
     where it is ``l2_weight`` x the squared error; averaged over all voxels. A voxel's
     L1 optimum is the median of what the input leaves open and its L2 optimum the mean;
     the first layer's sharp maxima make that distribution skewed, so L1 under-fills them.
-    ``"l2+log"``: the MSE plus ``log_weight`` x the MSE of ln(max(rho, 0) + LOG_EPS)."""
+    ``"l2+log"``: the MSE plus ``log_weight`` x the MSE of ln(max(rho, 0) + LOG_EPS).
+    ``"l2+df"``: the MSE plus ``df_weight`` x the MSE of :func:`df_pattern`."""
     import torch
 
     l1, l2 = torch.nn.L1Loss(), torch.nn.MSELoss()
@@ -758,6 +800,12 @@ def loss_function(name: str, l2_weight: float = 1.0, log_weight: float = 1.0):
             return l2(pred, target) + log_weight * l2(lp, torch.log(target.clamp(min=0) + LOG_EPS))
 
         return log_loss
+    if name == DF_LOSS:
+
+        def df_loss(pred, target):
+            return l2(pred, target) + df_weight * l2(df_pattern(pred), df_pattern(target))
+
+        return df_loss
     raise ValueError(f"unknown loss {name!r}")
 
 
@@ -785,7 +833,7 @@ def _fit_one(ctx: FitContext, loss_name: str) -> dict:
         return state.result(io.folder)
     _check_plan_size(ctx)
     net = DistributedDataParallel(training.model) if dist.active else training.model
-    lossf = loss_function(loss_name, cfg.l2_weight, cfg.log_weight)
+    lossf = loss_function(loss_name, cfg.l2_weight, cfg.log_weight, cfg.df_weight)
     for n_run, epoch in enumerate(range(state.epoch, cfg.epochs), start=1):
         rec = _run_epoch(ctx, training, net, lossf, loss_name)
         if dist.rank == 0:
@@ -833,6 +881,7 @@ def _run_epoch(ctx: FitContext, training: Training, net, lossf, loss_name: str) 
         "train_loss": train_loss,
         "val_mae": val["mae"],
         "val_mae_A3": val["mae_A3"],
+        "val_df_mse": val["df_mse"],
         "val_windows": val["windows"],
         "lr": training.lr,
         "windows": t["windows"],
@@ -900,14 +949,18 @@ def _train_pass(ctx: FitContext, training: Training, net, lossf, loss_name: str)
 
 def validation_score(model, bank, plan, batch: int, dist: _Dist | None = None) -> dict:
     """MAE of ``model`` over the windows ``plan`` of ``bank`` against the mean of the MD halves
-    (``scoring``, through ``inference.run_batches``): ``{"mae", "mae_A3", "windows"}``. Under
-    torchrun every process scores its share and the sums are added up."""
+    (``scoring``, through ``inference.run_batches``), and the mean squared error of
+    :func:`df_pattern` (what the AFM matcher compares): ``{"mae", "mae_A3", "df_mse",
+    "windows"}``. Under torchrun every process scores its share and the sums are added up."""
+    import torch
+
     from .inference import run_batches
     from .scoring import ErrorSums
 
     dist = dist or _Dist()
     mine = plan[dist.rank :: dist.world]
     sums = ErrorSums()
+    df_sq, df_n = 0.0, 0
     model.eval()
     for k in range(0, len(mine), batch):
         part = mine[k : k + batch]
@@ -916,14 +969,21 @@ def validation_score(model, bank, plan, batch: int, dist: _Dist | None = None) -
         ref = 0.5 * (halves[:, 0] + halves[:, 1])
         for w, p in enumerate(part):
             sums.add(np.abs(pred[w] - ref[w]), bank.entries[p[0]].interface.rho_bulk)
-    total = dist.all_sum(sums.as_list() + [float(len(mine))])
-    return {**ErrorSums.from_list(total[:3]).result(), "windows": int(total[3])}
+        e = df_pattern(torch.from_numpy(np.asarray(pred, np.float32))) - df_pattern(torch.from_numpy(ref))
+        df_sq, df_n = df_sq + float((e * e).sum()), df_n + e.numel()
+    total = dist.all_sum(sums.as_list() + [float(len(mine)), df_sq, float(df_n)])
+    return {
+        **ErrorSums.from_list(total[:3]).result(),
+        "df_mse": total[4] / max(total[5], 1.0),
+        "windows": int(total[3]),
+    }
 
 
 def _log_epoch(ctx: FitContext, rec: dict) -> None:
     ctx.log(
         f"[{rec['loss']}] epoch {rec['epoch']}/{ctx.cfg.epochs}: train {rec['loss']} {rec['train_loss']:.4f}, "
         f"val MAE {rec['val_mae']:.4f} rho/rho_bulk ({rec['val_mae_A3']:.3e} A^-3){' *' if rec['best'] else ''}, "
+        f"val df MSE {rec['val_df_mse']:.3f}, "
         f"lr {rec['lr']:.2e}, {rec['windows_per_s']:.1f} windows/s (loading {rec['load_s']:.2f} s of "
         f"{rec['windows'] / rec['windows_per_s']:.1f} s)"
     )
