@@ -107,9 +107,7 @@ class TrainConfig:
     kernel_size: int = 3
     norm: str = "batch"  # "batch" or "none"
     dropout: float = 0.0
-    loss: str = (
-        "compare"  # "l1", "l2", "l1+l2" (mixed), "l1+l2-layer", "l2+log", "l2+df" or "compare" (l1 and l2; keep the better)
-    )
+    loss: str = "compare"  # "l1", "l2", "l1+l2" (mixed), "l1+l2-layer", "l2+log", "l2+df" or "compare" (l1 and l2; keep the better)
     l2_weight: float = 1.0  # losses "l1+l2" and "l1+l2-layer": weight of the squared-error term
     log_weight: float = 1.0  # loss "l2+log": weight of the squared error of ln(rho + LOG_EPS)
     df_weight: float = 1.0  # loss "l2+df": weight of the squared error of df_pattern
