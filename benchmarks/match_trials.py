@@ -250,6 +250,7 @@ def main(argv=None, oracle=oracle_sims):
         stack = (int(n), float(dz))
     if not wanted or set(wanted) - set(MODES):
         p.error(f"--modes: choose from {', '.join(MODES)}")
+
     def rows_of(values, flag):
         try:
             return {int(a): tuple(int(r) for r in b.split("+")) for a, b in (x.split("=") for x in values)}
@@ -292,7 +293,10 @@ def main(argv=None, oracle=oracle_sims):
     seen = seen_rows(args.db, predictor) if "model" in wanted else set()
     skipped = sorted(c for c in CASES if {c, *measure_from.get(c, ())} & seen)
     if skipped:
-        print(f"skipped: rows {skipped}, {predictor.name} was trained or selected on them (or their measurements' rows)", flush=True)
+        print(
+            f"skipped: rows {skipped}, {predictor.name} was trained or selected on them (or their measurements' rows)",
+            flush=True,
+        )
     for row, right in cases.items():
         if row in skipped:
             continue
